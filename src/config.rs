@@ -1,0 +1,93 @@
+//! Configuration of the store and server, and the limits every input obeys.
+//! Each number here is a documented consequence, not a magic constant.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Longest checkpoint message, session name or annotation note, in bytes.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Most tags on one checkpoint (and preserved tags in one retention policy).
+pub const MAX_TAGS: usize = 64;
+/// Longest tag, in bytes. Tags must not be empty.
+pub const MAX_TAG_BYTES: usize = 256;
+/// Largest `metadata` object (session or checkpoint), as JSON text.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// Most annotations one checkpoint can carry.
+pub const MAX_ANNOTATIONS: u32 = 1024;
+/// Largest page `list_checkpoints` / `list_sessions` returns; also the
+/// default when no `limit` is given. Clients page on with `after`.
+pub const MAX_PAGE: usize = 10_000;
+/// Most ids `validate` lists in `invalid_ids` (the counts are always exact).
+pub const MAX_REPORTED_INVALID: usize = 1_000;
+/// Default number of journal events retained for `subscribe { since }`.
+pub const DEFAULT_EVENT_RETENTION: u64 = 100_000;
+/// Default sled page-cache size. sled's own default is 1 GiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// In `async` mode, the longest a write stays only in memory.
+pub const ASYNC_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// When an acknowledged write is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Success is returned after the write is flushed and fdatasync'ed: it
+    /// survives a process crash and a power loss. Concurrent writers share
+    /// one fsync (group commit).
+    #[default]
+    Sync,
+    /// Success is returned once the write is applied in memory; it is flushed
+    /// and synced within [`ASYNC_FLUSH_INTERVAL`]. A crash may lose that window.
+    Async,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Sync => "sync",
+            Durability::Async => "async",
+        }
+    }
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sync" => Ok(Durability::Sync),
+            "async" => Ok(Durability::Async),
+            other => Err(format!("durability must be sync or async, not {other:?}")),
+        }
+    }
+}
+
+/// How to open a data directory.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// Journal events kept for replay; older ones are trimmed as new ones land.
+    pub event_retention: u64,
+    /// sled page-cache budget in bytes.
+    pub cache_bytes: u64,
+    /// Before migrating an older format, copy the directory to
+    /// `<data_dir>.backup-v<old version>`.
+    pub backup_before_migrate: bool,
+}
+
+impl StoreConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            durability: Durability::Sync,
+            event_retention: DEFAULT_EVENT_RETENTION,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            backup_before_migrate: true,
+        }
+    }
+}
+
+/// Events one subscription may have queued. When a subscriber falls this far
+/// behind, its subscription ends with `subscription_lagged` (naming the last
+/// event it was given) instead of slowing writers or other subscribers.
+pub const SUBSCRIBER_QUEUE_EVENTS: usize = 1024;
+/// Journal events read per step while replaying `subscribe { since }`.
+pub const REPLAY_PAGE_EVENTS: usize = 256;

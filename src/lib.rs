@@ -1,0 +1,11 @@
+//! checkpointd: a durable checkpoint server.
+//!
+//! (Table of contents; see `docs/architecture.md`.)
+
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod service;
+pub mod storage;
+
+pub use error::{Error, Result};

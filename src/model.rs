@@ -1,0 +1,286 @@
+//! The domain: sessions, checkpoints, annotations, retention policies and
+//! journal events, as the service hands them out. Storage encodes these; the
+//! protocol renders them; neither leaks into the other.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::fmt;
+use std::str::FromStr;
+use uuid::Uuid;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            pub fn new() -> Self {
+                $name(Uuid::new_v4())
+            }
+            pub fn as_bytes(&self) -> &[u8; 16] {
+                self.0.as_bytes()
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s).map($name)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A session: one program's line of checkpoints.
+    SessionId
+);
+id_type!(
+    /// One checkpoint.
+    CheckpointId
+);
+
+/// Why a checkpoint was taken. On the wire: `manual`, `scheduled`, `auto`,
+/// or `auto:<kind>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Trigger {
+    #[default]
+    Manual,
+    Scheduled,
+    Auto(Option<String>),
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trigger::Manual => f.write_str("manual"),
+            Trigger::Scheduled => f.write_str("scheduled"),
+            Trigger::Auto(None) => f.write_str("auto"),
+            Trigger::Auto(Some(kind)) => write!(f, "auto:{kind}"),
+        }
+    }
+}
+
+impl FromStr for Trigger {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "manual" => Ok(Trigger::Manual),
+            "scheduled" => Ok(Trigger::Scheduled),
+            "auto" => Ok(Trigger::Auto(None)),
+            _ => match s.strip_prefix("auto:") {
+                Some(kind) if !kind.is_empty() && kind.len() <= crate::config::MAX_TAG_BYTES => {
+                    Ok(Trigger::Auto(Some(kind.to_string())))
+                }
+                _ => Err(format!("trigger must be \"manual\", \"scheduled\", \"auto\" or \"auto:<kind>\", not {s:?}")),
+            },
+        }
+    }
+}
+
+/// How important an annotation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Severity {
+    #[default]
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "info" => Ok(Severity::Info),
+            "warning" => Ok(Severity::Warning),
+            "critical" => Ok(Severity::Critical),
+            other => Err(format!("severity must be \"info\", \"warning\" or \"critical\", not {other:?}")),
+        }
+    }
+}
+
+/// Which checkpoints a compaction keeps: the `keep_recent` newest, plus every
+/// checkpoint carrying one of `preserve_tags`. A policy with neither keeps
+/// everything and is refused by `compact`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RetentionPolicy {
+    pub keep_recent: Option<u64>,
+    pub preserve_tags: Vec<String>,
+}
+
+impl RetentionPolicy {
+    pub fn is_empty(&self) -> bool {
+        self.keep_recent.is_none() && self.preserve_tags.is_empty()
+    }
+
+    /// Whether the checkpoint that is `rank`-th newest (0 = newest) survives.
+    pub fn keeps(&self, rank: u64, tags: &[String]) -> bool {
+        let recent = match self.keep_recent {
+            Some(n) => rank < n,
+            // Only tags protect when no count is given.
+            None => false,
+        };
+        recent || tags.iter().any(|t| self.preserve_tags.contains(t))
+    }
+}
+
+/// A session as stored.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: SessionId,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    /// A JSON object, as JSON text.
+    pub metadata: Box<RawValue>,
+    pub retention: Option<RetentionPolicy>,
+    pub checkpoint_count: u64,
+    /// Sequence number of the newest stored checkpoint.
+    pub last_sequence: Option<u64>,
+}
+
+/// One row of `list_checkpoints`: everything but state and metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointSummary {
+    pub id: CheckpointId,
+    pub session_id: SessionId,
+    pub sequence_number: u64,
+    pub timestamp: DateTime<Utc>,
+    pub message: String,
+    pub tags: Vec<String>,
+    pub trigger: Trigger,
+    pub parent_id: Option<CheckpointId>,
+    pub has_notes: bool,
+}
+
+/// A checkpoint with its state, metadata and annotations.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub summary: CheckpointSummary,
+    /// The client's JSON, exactly as sent.
+    pub state: Box<RawValue>,
+    pub metadata: Box<RawValue>,
+    pub annotations: Vec<Annotation>,
+    /// CRC-32 (IEEE) over the stored record and state, as stored.
+    pub checksum: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotation {
+    pub note: String,
+    pub severity: Severity,
+    pub timestamp: DateTime<Utc>,
+}
+
+/// What a client asks to store.
+#[derive(Debug, Clone)]
+pub struct NewCheckpoint {
+    pub session_id: SessionId,
+    pub message: String,
+    pub tags: Vec<String>,
+    pub trigger: Trigger,
+    pub state: Option<Box<RawValue>>,
+    pub metadata: Option<Box<RawValue>>,
+    pub parent_id: Option<CheckpointId>,
+}
+
+/// Which page of one session's checkpoints to list. Bounds are exclusive.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub limit: Option<usize>,
+    pub after: Option<u64>,
+    pub before: Option<u64>,
+    pub tag: Option<String>,
+    pub newest_first: bool,
+}
+
+/// Result of a compaction (manual or by retention).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    pub removed: u64,
+    pub remaining: u64,
+}
+
+/// Result of `validate`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Validation {
+    pub valid: u64,
+    pub invalid: u64,
+    pub invalid_ids: Vec<CheckpointId>,
+}
+
+/// Totals kept incrementally and persisted in the meta tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Metrics {
+    pub total_checkpoints: u64,
+    pub active_sessions: u64,
+    pub total_sessions_created: u64,
+    pub global_sequence: u64,
+    pub event_sequence: u64,
+    pub oldest_event: Option<u64>,
+    pub bytes_on_disk: u64,
+}
+
+/// One change, as recorded in the durable event journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEvent {
+    /// Event sequence: 1-based, consecutive, never reused.
+    pub seq: u64,
+    pub session_id: SessionId,
+    pub timestamp: DateTime<Utc>,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    CheckpointCreated { checkpoint_id: CheckpointId, sequence_number: u64 },
+    CheckpointRestored { checkpoint_id: CheckpointId, sequence_number: u64 },
+    CheckpointDeleted { checkpoint_id: CheckpointId, sequence_number: u64 },
+    CheckpointsCompacted { removed: u64, remaining: u64 },
+    SessionDeleted { removed: u64 },
+}
+
+impl EventKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::CheckpointCreated { .. } => "checkpoint_created",
+            EventKind::CheckpointRestored { .. } => "checkpoint_restored",
+            EventKind::CheckpointDeleted { .. } => "checkpoint_deleted",
+            EventKind::CheckpointsCompacted { .. } => "checkpoints_compacted",
+            EventKind::SessionDeleted { .. } => "session_deleted",
+        }
+    }
+}
+
+/// `null` as a RawValue, for checkpoints stored without state.
+pub fn json_null() -> Box<RawValue> {
+    RawValue::from_string("null".to_string()).expect("null is JSON")
+}
+
+/// `{}` as a RawValue, for absent metadata.
+pub fn json_empty_object() -> Box<RawValue> {
+    RawValue::from_string("{}".to_string()).expect("{} is JSON")
+}

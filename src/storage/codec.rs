@@ -1,0 +1,77 @@
+//! The one place that knows how records become bytes.
+//!
+//! A stored record is `[RECORD_FORMAT][bincode body][crc32 of the two, LE]`.
+//! The leading byte lets a migration change the encoding; the trailing CRC
+//! lets `validate` and every read detect a flipped byte. bincode is
+//! unmaintained (its 3.0 release is only a `compile_error!`), so it stays
+//! behind this module.
+
+use crate::error::{Error, Result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Encoding of record bodies. Bump it only together with a migration.
+pub const RECORD_FORMAT: u8 = 1;
+
+const TRAILER: usize = 4;
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(RECORD_FORMAT);
+    bincode::serde::encode_into_std_write(value, &mut out, config())
+        .expect("writing to a Vec cannot fail and our records always encode");
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Whether the record's trailing checksum matches its bytes.
+pub fn checksum_ok(bytes: &[u8]) -> bool {
+    stored_checksum(bytes).is_some_and(|crc| crc == crc32fast::hash(&bytes[..bytes.len() - TRAILER]))
+}
+
+/// The checksum a record carries.
+pub fn stored_checksum(bytes: &[u8]) -> Option<u32> {
+    let at = bytes.len().checked_sub(TRAILER)?;
+    Some(u32::from_le_bytes(bytes[at..].try_into().ok()?))
+}
+
+/// Decodes a record, refusing a wrong format byte or a bad checksum.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    if !checksum_ok(bytes) {
+        return Err(Error::Internal(format!("{what}: stored record failed its checksum")));
+    }
+    let body = &bytes[..bytes.len() - TRAILER];
+    match body.first() {
+        Some(&RECORD_FORMAT) => {}
+        Some(other) => {
+            return Err(Error::Internal(format!("{what}: record format {other} is not {RECORD_FORMAT}")));
+        }
+        None => return Err(Error::Internal(format!("{what}: empty record"))),
+    }
+    let (value, used) = bincode::serde::decode_from_slice(&body[1..], config())
+        .map_err(|e| Error::Internal(format!("{what}: undecodable record: {e}")))?;
+    if used != body.len() - 1 {
+        return Err(Error::Internal(format!("{what}: trailing bytes in record")));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_detects_flipped_byte() {
+        let v = (42u64, "hello".to_string(), vec![1u8, 2, 3]);
+        let mut bytes = encode(&v);
+        assert_eq!(decode::<(u64, String, Vec<u8>)>(&bytes, "t").unwrap(), v);
+        bytes[3] ^= 0x40;
+        assert!(decode::<(u64, String, Vec<u8>)>(&bytes, "t").is_err());
+        assert!(!checksum_ok(&bytes));
+    }
+}

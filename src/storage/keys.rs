@@ -1,0 +1,142 @@
+//! The whole key schema. Every integer in a key is big-endian so that sled's
+//! byte order is numeric order: a session's checkpoints scan in sequence order
+//! and the journal scans in event order, without sorting.
+//!
+//! | tree            | key                                      | value                          |
+//! |-----------------|------------------------------------------|--------------------------------|
+//! | `meta`          | `format_version`, `counters`             | u32 BE / [`Counters`] record   |
+//! | `sessions`      | session id (16)                          | session record                 |
+//! | `session_order` | creation ordinal (8)                     | session id (16)                |
+//! | `checkpoints`   | session id (16) · sequence (8)           | checkpoint record (no state)   |
+//! | `states`        | session id (16) · sequence (8)           | state, as the client's JSON    |
+//! | `checkpoint_ids`| checkpoint id (16)                       | session id (16) · sequence (8) |
+//! | `sequences`     | sequence (8)                             | session id (16) · checkpoint id (16) |
+//! | `tags`          | session id (16) · tag len (2) · tag · sequence (8) | empty                |
+//! | `annotations`   | checkpoint id (16) · index (4)           | annotation record              |
+//! | `events`        | event sequence (8)                       | journal event record           |
+//!
+//! [`Counters`]: super::records::Counters
+
+use crate::model::{CheckpointId, SessionId};
+use std::ops::RangeInclusive;
+
+/// The trees, in the order `Store` opens them and transactions address them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeId {
+    Meta = 0,
+    Sessions,
+    SessionOrder,
+    Checkpoints,
+    States,
+    CheckpointIds,
+    Sequences,
+    Tags,
+    Annotations,
+    Events,
+}
+
+pub const TREE_COUNT: usize = 10;
+
+pub const TREE_NAMES: [&str; TREE_COUNT] = [
+    "meta",
+    "sessions",
+    "session_order",
+    "checkpoints",
+    "states",
+    "checkpoint_ids",
+    "sequences",
+    "tags",
+    "annotations",
+    "events",
+];
+
+pub const META_FORMAT_VERSION: &[u8] = b"format_version";
+pub const META_COUNTERS: &[u8] = b"counters";
+
+pub type CheckpointKey = [u8; 24];
+
+pub fn u64_key(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+pub fn session_key(id: SessionId) -> [u8; 16] {
+    *id.as_bytes()
+}
+
+pub fn checkpoint_key(session: SessionId, seq: u64) -> CheckpointKey {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(session.as_bytes());
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Splits a `checkpoints` / `states` key (also a `checkpoint_ids` value).
+pub fn decode_checkpoint_key(k: &[u8]) -> Option<(SessionId, u64)> {
+    if k.len() != 24 {
+        return None;
+    }
+    let session = uuid::Uuid::from_slice(&k[..16]).ok()?;
+    Some((SessionId(session), decode_u64(&k[16..])?))
+}
+
+/// All checkpoint keys of one session with sequence in `seqs`.
+pub fn session_checkpoints(session: SessionId, seqs: RangeInclusive<u64>) -> RangeInclusive<CheckpointKey> {
+    checkpoint_key(session, *seqs.start())..=checkpoint_key(session, *seqs.end())
+}
+
+pub fn checkpoint_id_key(id: CheckpointId) -> [u8; 16] {
+    *id.as_bytes()
+}
+
+/// `sequences` value: the owner of a global sequence number.
+pub fn sequence_value(session: SessionId, id: CheckpointId) -> [u8; 32] {
+    let mut v = [0u8; 32];
+    v[..16].copy_from_slice(session.as_bytes());
+    v[16..].copy_from_slice(id.as_bytes());
+    v
+}
+
+pub fn decode_sequence_value(v: &[u8]) -> Option<(SessionId, CheckpointId)> {
+    if v.len() != 32 {
+        return None;
+    }
+    let s = uuid::Uuid::from_slice(&v[..16]).ok()?;
+    let c = uuid::Uuid::from_slice(&v[16..]).ok()?;
+    Some((SessionId(s), CheckpointId(c)))
+}
+
+/// Prefix of every `tags` key of one (session, tag).
+pub fn tag_prefix(session: SessionId, tag: &str) -> Vec<u8> {
+    let len = u16::try_from(tag.len()).expect("tags are at most MAX_TAG_BYTES long");
+    let mut k = Vec::with_capacity(16 + 2 + tag.len() + 8);
+    k.extend_from_slice(session.as_bytes());
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(tag.as_bytes());
+    k
+}
+
+pub fn tag_key(session: SessionId, tag: &str, seq: u64) -> Vec<u8> {
+    let mut k = tag_prefix(session, tag);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The sequence at the end of a `tags` key.
+pub fn tag_key_sequence(k: &[u8]) -> Option<u64> {
+    decode_u64(k.get(k.len().checked_sub(8)?..)?)
+}
+
+pub fn annotation_key(id: CheckpointId, index: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(id.as_bytes());
+    k[16..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+pub fn annotation_index(k: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(k.get(16..20)?.try_into().ok()?))
+}

@@ -1,0 +1,758 @@
+//! Durable storage on sled: the only module that knows trees and key bytes.
+//!
+//! **Durability rule.** Every mutating method applies all of its changes —
+//! record, indexes, counters and journal event — in one sled transaction
+//! under the store's write lock, then returns only once the change is as
+//! durable as [`Durability`] promises (see [`commit`]). A failed write changes
+//! nothing and consumes no sequence number. After an I/O error the store fails
+//! closed: every later write is refused with `unavailable`.
+//!
+//! Reads go straight to sled and may observe a write a few microseconds
+//! before it is acknowledged; journal events, however, are released to
+//! subscribers only after they are durable.
+
+pub mod codec;
+pub mod commit;
+pub mod keys;
+pub mod migrate;
+pub mod records;
+
+use crate::config::{Durability, MAX_REPORTED_INVALID, StoreConfig};
+use crate::error::{Error, Result};
+use crate::model::{
+    Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, EventKind, JournalEvent, ListQuery, Metrics,
+    NewCheckpoint, RetentionPolicy, Session, SessionId, Severity, Validation, json_null,
+};
+use chrono::Utc;
+use commit::{Committer, Synced, Ticket};
+use keys::{TREE_COUNT, TREE_NAMES, TreeId};
+use records::{AnnotationRecord, CheckpointRecord, Counters, EventRecord, SessionRecord, micros, raw_json};
+use serde_json::value::RawValue;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{Batch, Transactional, Tree};
+use std::sync::Mutex;
+
+pub use commit::Synced as DurableMark;
+
+/// The durable checkpoint store. Cheap to share behind an `Arc`.
+pub struct Store {
+    db: sled::Db,
+    trees: Vec<Tree>,
+    /// Serialises writers; holds the counters as last committed.
+    writer: Mutex<Counters>,
+    committer: Committer,
+    config: StoreConfig,
+}
+
+/// The changes of one write, gathered before they are applied atomically.
+struct Write<'a> {
+    store: &'a Store,
+    counters: Counters,
+    batches: Vec<Batch>,
+    now: i64,
+}
+
+impl Write<'_> {
+    fn put(&mut self, tree: TreeId, key: impl AsRef<[u8]>, value: impl Into<sled::IVec>) {
+        self.batches[tree as usize].insert(key.as_ref(), value);
+    }
+
+    fn del(&mut self, tree: TreeId, key: impl AsRef<[u8]>) {
+        self.batches[tree as usize].remove(key.as_ref());
+    }
+
+    /// Appends a journal event and trims the event that falls out of retention.
+    fn event(&mut self, session_id: SessionId, kind: EventKind) {
+        self.counters.event_seq += 1;
+        let seq = self.counters.event_seq;
+        let record = EventRecord { session_id, timestamp: self.now, kind };
+        self.put(TreeId::Events, keys::u64_key(seq), codec::encode(&record));
+        if let Some(old) = seq.checked_sub(self.store.config.event_retention).filter(|&s| s > 0) {
+            self.del(TreeId::Events, keys::u64_key(old));
+        }
+    }
+
+    /// Removes a checkpoint with every index entry and annotation it has.
+    fn remove_checkpoint(&mut self, rec: &CheckpointRecord) -> Result<()> {
+        let key = keys::checkpoint_key(rec.session_id, rec.sequence_number);
+        self.del(TreeId::Checkpoints, key);
+        self.del(TreeId::States, key);
+        self.del(TreeId::CheckpointIds, keys::checkpoint_id_key(rec.id));
+        self.del(TreeId::Sequences, keys::u64_key(rec.sequence_number));
+        for tag in &rec.tags {
+            self.del(TreeId::Tags, keys::tag_key(rec.session_id, tag, rec.sequence_number));
+        }
+        for entry in self.store.tree(TreeId::Annotations).scan_prefix(rec.id.as_bytes()) {
+            let (k, _) = entry?;
+            self.del(TreeId::Annotations, k);
+        }
+        self.counters.checkpoints -= 1;
+        Ok(())
+    }
+
+    fn put_session(&mut self, rec: &SessionRecord) {
+        self.put(TreeId::Sessions, keys::session_key(rec.id), codec::encode(rec));
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) a data directory. Reads a constant number of
+    /// keys: counters live in the meta tree, nothing is scanned.
+    pub fn open(config: StoreConfig) -> Result<Store> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let db = sled::Config::new()
+            .path(&config.data_dir)
+            .cache_capacity(config.cache_bytes)
+            // The committer flushes; sled's own timer thread would only add
+            // unsynchronised flushes.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| open_error(&config, e))?;
+        let trees = TREE_NAMES.iter().map(|name| db.open_tree(name)).collect::<sled::Result<Vec<_>>>()?;
+        let meta = &trees[TreeId::Meta as usize];
+        migrate::prepare(&db, meta, &config)?;
+        let counters = match meta.get(keys::META_COUNTERS)? {
+            Some(bytes) => codec::decode(&bytes, "counters")?,
+            None => Counters::default(),
+        };
+        let committer = Committer::start(db.clone(), &config.data_dir, config.durability, counters.event_seq)?;
+        let store = Store { db, trees, writer: Mutex::new(counters), committer, config };
+        store.trim_journal()?;
+        Ok(store)
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.config.durability
+    }
+
+    pub fn format_version(&self) -> u32 {
+        migrate::CURRENT_FORMAT
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn tree(&self, id: TreeId) -> &Tree {
+        &self.trees[id as usize]
+    }
+
+    /// Runs `f` to gather one atomic write, applies it, and waits until it is
+    /// durable. The single path by which anything is written.
+    async fn write<T>(&self, f: impl FnOnce(&mut Write<'_>) -> Result<T>) -> Result<T> {
+        let (out, ticket) = self.write_now(f)?;
+        self.committer.wait(ticket).await?;
+        Ok(out)
+    }
+
+    fn write_now<T>(&self, f: impl FnOnce(&mut Write<'_>) -> Result<T>) -> Result<(T, Ticket)> {
+        let mut committed = self.writer.lock().map_err(|_| Error::Internal("write lock poisoned".into()))?;
+        self.committer.check()?;
+        let mut w = Write {
+            store: self,
+            counters: *committed,
+            batches: vec![Batch::default(); TREE_COUNT],
+            now: micros(Utc::now()),
+        };
+        let out = f(&mut w)?;
+        if w.counters != *committed {
+            w.put(TreeId::Meta, keys::META_COUNTERS, codec::encode(&w.counters));
+        }
+        let batches = w.batches;
+        let result: Result<(), TransactionError<()>> = self.trees.as_slice().transaction(|txs| {
+            for (tx, batch) in txs.iter().zip(&batches) {
+                tx.apply_batch(batch)?;
+            }
+            Ok::<_, ConflictableTransactionError<()>>(())
+        });
+        if let Err(e) = result {
+            // Part of the write may be in sled's buffers: fail closed.
+            self.committer.fail();
+            return Err(match e {
+                TransactionError::Storage(e) => e.into(),
+                TransactionError::Abort(()) => Error::Internal("transaction aborted".into()),
+            });
+        }
+        *committed = w.counters;
+        Ok((out, self.committer.applied(committed.event_seq)))
+    }
+
+    /// Trims the journal to the configured retention (after it was lowered).
+    fn trim_journal(&self) -> Result<()> {
+        let last = self.writer.lock().expect("write lock").event_seq;
+        let Some(keep_from) = last.checked_sub(self.config.event_retention).map(|s| s + 1) else {
+            return Ok(());
+        };
+        let events = self.tree(TreeId::Events);
+        loop {
+            let mut batch = Batch::default();
+            let mut n = 0;
+            for entry in events.range(..keys::u64_key(keep_from)).keys().take(10_000) {
+                batch.remove(entry?);
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            events.apply_batch(batch)?;
+        }
+    }
+
+    // ----- sessions -------------------------------------------------------
+
+    pub async fn create_session(&self, name: String, metadata: Box<RawValue>) -> Result<Session> {
+        self.write(|w| {
+            w.counters.sessions_created += 1;
+            w.counters.active_sessions += 1;
+            let rec = SessionRecord {
+                id: SessionId::new(),
+                ordinal: w.counters.sessions_created,
+                name,
+                created_at: w.now,
+                metadata: metadata.get().as_bytes().to_vec(),
+                retention: None,
+                checkpoint_count: 0,
+                last_sequence: None,
+            };
+            w.put_session(&rec);
+            w.put(TreeId::SessionOrder, keys::u64_key(rec.ordinal), &keys::session_key(rec.id)[..]);
+            rec.to_model()
+        })
+        .await
+    }
+
+    fn session_record(&self, id: SessionId) -> Result<SessionRecord> {
+        match self.tree(TreeId::Sessions).get(keys::session_key(id))? {
+            Some(bytes) => codec::decode(&bytes, "session"),
+            None => Err(Error::NotFound(format!("session {id} not found"))),
+        }
+    }
+
+    pub fn session(&self, id: SessionId) -> Result<Session> {
+        self.session_record(id)?.to_model()
+    }
+
+    /// Sessions in creation order, starting after session `after`.
+    pub fn list_sessions(&self, after: Option<SessionId>, limit: usize) -> Result<Vec<Session>> {
+        let start = match after {
+            Some(id) => self.session_record(id)?.ordinal + 1,
+            None => 0,
+        };
+        let mut out = Vec::new();
+        for entry in self.tree(TreeId::SessionOrder).range(keys::u64_key(start)..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, id) = entry?;
+            let id = uuid::Uuid::from_slice(&id).map_err(|_| Error::Internal("bad session_order entry".into()))?;
+            // A session deleted between the two reads is simply skipped.
+            if let Some(bytes) = self.tree(TreeId::Sessions).get(id.as_bytes())? {
+                out.push(codec::decode::<SessionRecord>(&bytes, "session")?.to_model()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a session with all its checkpoints; returns how many.
+    pub async fn delete_session(&self, id: SessionId) -> Result<u64> {
+        self.write(|w| {
+            let rec = w.store.session_record(id)?;
+            let mut removed = 0;
+            for entry in w.store.tree(TreeId::Checkpoints).range(keys::session_checkpoints(id, 0..=u64::MAX)) {
+                let (_, bytes) = entry?;
+                w.remove_checkpoint(&decode_checkpoint(&bytes)?)?;
+                removed += 1;
+            }
+            w.del(TreeId::Sessions, keys::session_key(id));
+            w.del(TreeId::SessionOrder, keys::u64_key(rec.ordinal));
+            w.counters.active_sessions -= 1;
+            w.event(id, EventKind::SessionDeleted { removed });
+            Ok(removed)
+        })
+        .await
+    }
+
+    /// Sets (or with `None` clears) the policy applied as checkpoints are added.
+    pub async fn set_retention(
+        &self,
+        id: SessionId,
+        policy: Option<RetentionPolicy>,
+    ) -> Result<Option<RetentionPolicy>> {
+        self.write(|w| {
+            let mut rec = w.store.session_record(id)?;
+            rec.retention = policy.filter(|p| !p.is_empty());
+            w.put_session(&rec);
+            Ok(rec.retention)
+        })
+        .await
+    }
+
+    // ----- checkpoints ----------------------------------------------------
+
+    /// Stores a checkpoint with the next global sequence number, then applies
+    /// the session's retention policy (never to the new checkpoint itself).
+    pub async fn put_checkpoint(&self, new: NewCheckpoint) -> Result<(CheckpointSummary, Option<Compaction>)> {
+        self.write(|w| {
+            let mut session = w.store.session_record(new.session_id)?;
+            if let Some(parent) = new.parent_id {
+                let (owner, _) = w.store.locate(parent)?;
+                if owner != new.session_id {
+                    return Err(Error::Conflict(format!("parent checkpoint {parent} belongs to another session")));
+                }
+            }
+            w.counters.global_seq += 1;
+            w.counters.checkpoints += 1;
+            let seq = w.counters.global_seq;
+            let state = new.state.unwrap_or_else(json_null);
+            let rec = CheckpointRecord {
+                id: CheckpointId::new(),
+                session_id: new.session_id,
+                sequence_number: seq,
+                timestamp: w.now,
+                message: new.message,
+                tags: new.tags,
+                trigger: new.trigger,
+                metadata: new.metadata.map_or_else(|| b"{}".to_vec(), |m| m.get().as_bytes().to_vec()),
+                parent_id: new.parent_id,
+                state_crc: crc32fast::hash(state.get().as_bytes()),
+            };
+            let key = keys::checkpoint_key(rec.session_id, seq);
+            w.put(TreeId::Checkpoints, key, codec::encode(&rec));
+            w.put(TreeId::States, key, state.get().as_bytes());
+            w.put(TreeId::CheckpointIds, keys::checkpoint_id_key(rec.id), &key[..]);
+            w.put(TreeId::Sequences, keys::u64_key(seq), &keys::sequence_value(rec.session_id, rec.id)[..]);
+            for tag in &rec.tags {
+                w.put(TreeId::Tags, keys::tag_key(rec.session_id, tag, seq), &[][..]);
+            }
+            session.checkpoint_count += 1;
+            session.last_sequence = Some(seq);
+            w.event(rec.session_id, EventKind::CheckpointCreated { checkpoint_id: rec.id, sequence_number: seq });
+            let compaction = match session.retention.clone() {
+                Some(policy) => apply_policy(w, &mut session, &policy, 1)?,
+                None => None,
+            };
+            w.put_session(&session);
+            Ok((rec.summary(false), compaction))
+        })
+        .await
+    }
+
+    /// Where a checkpoint lives: its session and sequence number.
+    fn locate(&self, id: CheckpointId) -> Result<(SessionId, u64)> {
+        let not_found = || Error::NotFound(format!("checkpoint {id} not found"));
+        let value = self.tree(TreeId::CheckpointIds).get(keys::checkpoint_id_key(id))?.ok_or_else(not_found)?;
+        keys::decode_checkpoint_key(&value).ok_or_else(|| Error::Internal(format!("bad index entry for {id}")))
+    }
+
+    fn checkpoint_record(&self, id: CheckpointId) -> Result<CheckpointRecord> {
+        let (session, seq) = self.locate(id)?;
+        match self.tree(TreeId::Checkpoints).get(keys::checkpoint_key(session, seq))? {
+            Some(bytes) => decode_checkpoint(&bytes),
+            None => Err(Error::NotFound(format!("checkpoint {id} not found"))),
+        }
+    }
+
+    fn has_notes(&self, id: CheckpointId) -> Result<bool> {
+        Ok(self.tree(TreeId::Annotations).scan_prefix(id.as_bytes()).next().transpose()?.is_some())
+    }
+
+    /// The full record: state, metadata and annotations.
+    pub fn checkpoint(&self, id: CheckpointId) -> Result<Checkpoint> {
+        let (session, seq) = self.locate(id)?;
+        let key = keys::checkpoint_key(session, seq);
+        let not_found = || Error::NotFound(format!("checkpoint {id} not found"));
+        let bytes = self.tree(TreeId::Checkpoints).get(key)?.ok_or_else(not_found)?;
+        let rec = decode_checkpoint(&bytes)?;
+        let state = self.tree(TreeId::States).get(key)?.ok_or_else(not_found)?;
+        if crc32fast::hash(&state) != rec.state_crc {
+            return Err(Error::Internal(format!("checkpoint {id}: stored state failed its checksum")));
+        }
+        let annotations = self.annotations(id)?;
+        Ok(Checkpoint {
+            summary: rec.summary(!annotations.is_empty()),
+            state: raw_json(state.to_vec(), "state")?,
+            metadata: raw_json(rec.metadata, "checkpoint metadata")?,
+            annotations,
+            checksum: codec::stored_checksum(&bytes).unwrap_or_default(),
+        })
+    }
+
+    fn annotations(&self, id: CheckpointId) -> Result<Vec<Annotation>> {
+        self.tree(TreeId::Annotations)
+            .scan_prefix(id.as_bytes())
+            .map(|entry| {
+                let (_, bytes) = entry?;
+                Ok(codec::decode::<AnnotationRecord>(&bytes, "annotation")?.to_model())
+            })
+            .collect()
+    }
+
+    /// One page of a session's checkpoints. Costs O(page), not O(session).
+    pub fn list_checkpoints(&self, session: SessionId, q: &ListQuery, max: usize) -> Result<Vec<CheckpointSummary>> {
+        self.session_record(session)?;
+        let limit = q.limit.unwrap_or(max).min(max);
+        let low = q.after.map_or(Some(0), |a| a.checked_add(1));
+        let high = q.before.map_or(Some(u64::MAX), |b| b.checked_sub(1));
+        let (Some(low), Some(high)) = (low, high) else { return Ok(Vec::new()) };
+        if low > high || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let checkpoints = self.tree(TreeId::Checkpoints);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut push = |bytes: &[u8]| -> Result<()> {
+            let rec = decode_checkpoint(bytes)?;
+            let notes = self.has_notes(rec.id)?;
+            out.push(rec.summary(notes));
+            Ok(())
+        };
+        match &q.tag {
+            None => {
+                let range = checkpoints.range(keys::session_checkpoints(session, low..=high));
+                let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+                    if q.newest_first { Box::new(range.rev()) } else { Box::new(range) };
+                for entry in iter.take(limit) {
+                    push(&entry?.1)?;
+                }
+            }
+            Some(tag) => {
+                let prefix = keys::tag_prefix(session, tag);
+                let range =
+                    self.tree(TreeId::Tags).range(keys::tag_key(session, tag, low)..=keys::tag_key(session, tag, high));
+                let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+                    if q.newest_first { Box::new(range.rev()) } else { Box::new(range) };
+                for entry in iter.take(limit) {
+                    let (k, _) = entry?;
+                    debug_assert!(k.starts_with(&prefix));
+                    let seq =
+                        keys::tag_key_sequence(&k).ok_or_else(|| Error::Internal("bad tag index entry".into()))?;
+                    // An index entry without its record would be corruption;
+                    // `verify` reports it, listing skips it.
+                    if let Some(bytes) = checkpoints.get(keys::checkpoint_key(session, seq))? {
+                        push(&bytes)?;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checkpoints of every session by global sequence, after `after`.
+    pub fn list_by_sequence(&self, after: u64, limit: usize) -> Result<Vec<CheckpointSummary>> {
+        let Some(start) = after.checked_add(1) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for entry in self.tree(TreeId::Sequences).range(keys::u64_key(start)..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = entry?;
+            let seq = keys::decode_u64(&k).ok_or_else(|| Error::Internal("bad sequence key".into()))?;
+            let (session, _) =
+                keys::decode_sequence_value(&v).ok_or_else(|| Error::Internal("bad sequence entry".into()))?;
+            if let Some(bytes) = self.tree(TreeId::Checkpoints).get(keys::checkpoint_key(session, seq))? {
+                let rec = decode_checkpoint(&bytes)?;
+                let notes = self.has_notes(rec.id)?;
+                out.push(rec.summary(notes));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Returns a checkpoint's state and journals that it was restored.
+    pub async fn restore(&self, session: SessionId, id: CheckpointId) -> Result<Checkpoint> {
+        self.write(|w| {
+            let cp = w.store.checkpoint(id)?;
+            if cp.summary.session_id != session {
+                return Err(Error::NotFound(format!("checkpoint {id} not found in session {session}")));
+            }
+            let sequence_number = cp.summary.sequence_number;
+            w.event(session, EventKind::CheckpointRestored { checkpoint_id: id, sequence_number });
+            Ok(cp)
+        })
+        .await
+    }
+
+    /// Deletes one checkpoint; with `session`, only if it belongs there.
+    /// Returns the session it belonged to.
+    pub async fn delete_checkpoint(&self, id: CheckpointId, session: Option<SessionId>) -> Result<SessionId> {
+        self.write(|w| {
+            let rec = w.store.checkpoint_record(id)?;
+            if session.is_some_and(|s| s != rec.session_id) {
+                return Err(Error::NotFound(format!("checkpoint {id} not found in this session")));
+            }
+            let mut sess = w.store.session_record(rec.session_id)?;
+            w.remove_checkpoint(&rec)?;
+            sess.checkpoint_count -= 1;
+            if sess.last_sequence == Some(rec.sequence_number) {
+                sess.last_sequence = w.store.newest_before(rec.session_id, rec.sequence_number)?;
+            }
+            w.put_session(&sess);
+            w.event(
+                rec.session_id,
+                EventKind::CheckpointDeleted { checkpoint_id: id, sequence_number: rec.sequence_number },
+            );
+            Ok(rec.session_id)
+        })
+        .await
+    }
+
+    /// Sequence of the newest checkpoint of `session` below `seq`.
+    fn newest_before(&self, session: SessionId, seq: u64) -> Result<Option<u64>> {
+        let Some(high) = seq.checked_sub(1) else { return Ok(None) };
+        match self.tree(TreeId::Checkpoints).range(keys::session_checkpoints(session, 0..=high)).keys().next_back() {
+            Some(k) => Ok(keys::decode_checkpoint_key(&k?).map(|(_, s)| s)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn annotate(&self, id: CheckpointId, note: String, severity: Severity) -> Result<Annotation> {
+        self.write(|w| {
+            w.store.locate(id)?;
+            let tree = w.store.tree(TreeId::Annotations);
+            let next = match tree.scan_prefix(id.as_bytes()).keys().next_back() {
+                Some(k) => keys::annotation_index(&k?).ok_or_else(|| Error::Internal("bad annotation key".into()))? + 1,
+                None => 0,
+            };
+            if next >= crate::config::MAX_ANNOTATIONS {
+                return Err(Error::TooLarge(format!(
+                    "checkpoint {id} already has {} annotations",
+                    crate::config::MAX_ANNOTATIONS
+                )));
+            }
+            let rec = AnnotationRecord { note, severity, timestamp: w.now };
+            w.put(TreeId::Annotations, keys::annotation_key(id, next), codec::encode(&rec));
+            Ok(rec.to_model())
+        })
+        .await
+    }
+
+    /// Removes the checkpoints of `session` that `policy` does not keep.
+    pub async fn compact(&self, session: SessionId, policy: &RetentionPolicy) -> Result<Compaction> {
+        self.write(|w| {
+            let mut rec = w.store.session_record(session)?;
+            let result = apply_policy(w, &mut rec, policy, 0)?
+                .unwrap_or(Compaction { removed: 0, remaining: rec.checkpoint_count });
+            w.put_session(&rec);
+            if result.removed == 0 {
+                w.event(session, EventKind::CheckpointsCompacted { removed: 0, remaining: result.remaining });
+            }
+            Ok(result)
+        })
+        .await
+    }
+
+    // ----- integrity, metrics, journal --------------------------------------
+
+    /// Checks the checksum of every checkpoint (of one session, or all).
+    pub fn validate(&self, session: Option<SessionId>) -> Result<Validation> {
+        let checkpoints = self.tree(TreeId::Checkpoints);
+        let iter = match session {
+            Some(s) => {
+                self.session_record(s)?;
+                checkpoints.range(keys::session_checkpoints(s, 0..=u64::MAX))
+            }
+            None => checkpoints.iter(),
+        };
+        let mut v = Validation::default();
+        for entry in iter {
+            let (k, bytes) = entry?;
+            let state_ok = |rec: &CheckpointRecord| -> Result<bool> {
+                Ok(self.tree(TreeId::States).get(&k)?.is_some_and(|s| crc32fast::hash(&s) == rec.state_crc))
+            };
+            let ok = match decode_checkpoint(&bytes) {
+                Ok(rec) => state_ok(&rec)?,
+                Err(_) => false,
+            };
+            if ok {
+                v.valid += 1;
+                continue;
+            }
+            v.invalid += 1;
+            if v.invalid_ids.len() < MAX_REPORTED_INVALID {
+                // The id comes from the sequence index: the record itself
+                // may be too damaged to say.
+                let seq = keys::decode_checkpoint_key(&k).map(|(_, s)| s).unwrap_or_default();
+                let owner = self.tree(TreeId::Sequences).get(keys::u64_key(seq))?;
+                if let Some((_, id)) = owner.as_deref().and_then(keys::decode_sequence_value) {
+                    v.invalid_ids.push(id);
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    pub fn metrics(&self) -> Result<Metrics> {
+        let c = *self.writer.lock().map_err(|_| Error::Internal("write lock poisoned".into()))?;
+        Ok(Metrics {
+            total_checkpoints: c.checkpoints,
+            active_sessions: c.active_sessions,
+            total_sessions_created: c.sessions_created,
+            global_sequence: c.global_seq,
+            event_sequence: c.event_seq,
+            oldest_event: self.oldest_event()?,
+            bytes_on_disk: self.db.size_on_disk()?,
+        })
+    }
+
+    /// Whether the store still accepts writes.
+    pub fn healthy(&self) -> bool {
+        self.committer.check().is_ok()
+    }
+
+    /// The oldest event the journal still holds.
+    pub fn oldest_event(&self) -> Result<Option<u64>> {
+        Ok(self.tree(TreeId::Events).first()?.and_then(|(k, _)| keys::decode_u64(&k)))
+    }
+
+    /// Journal events with `after < seq <= through`, at most `limit`,
+    /// optionally of one session.
+    pub fn events(
+        &self,
+        after: u64,
+        through: u64,
+        session: Option<SessionId>,
+        limit: usize,
+    ) -> Result<Vec<JournalEvent>> {
+        let Some(start) = after.checked_add(1) else { return Ok(Vec::new()) };
+        if start > through {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for entry in self.tree(TreeId::Events).range(keys::u64_key(start)..=keys::u64_key(through)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = entry?;
+            let event = decode_event(&k, &v)?;
+            if session.is_none_or(|s| s == event.session_id) {
+                out.push(event);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Refuses a replay from before the oldest retained event.
+    pub fn check_replay(&self, since: u64) -> Result<()> {
+        let last = self.writer.lock().expect("write lock").event_seq;
+        match self.oldest_event()? {
+            Some(oldest) if since + 1 < oldest => Err(Error::Compacted { requested: since, oldest }),
+            None if since < last => Err(Error::Compacted { requested: since, oldest: last + 1 }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A live feed of journal appends (sled `watch_prefix`). Appends show up
+    /// here before they are durable; pair with [`Store::durable_marks`].
+    pub fn watch_events(&self) -> EventWatch {
+        EventWatch { sub: self.tree(TreeId::Events).watch_prefix(b"") }
+    }
+
+    /// Watermarks of what is durable (and so may be shown to subscribers).
+    pub fn durable_marks(&self) -> tokio::sync::watch::Receiver<Synced> {
+        self.committer.subscribe()
+    }
+
+    /// Flushes and syncs everything, and stops the commit thread.
+    pub fn close(&self) {
+        self.committer.close();
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.committer.close();
+    }
+}
+
+/// Applies `policy` to `session`, the `skip` newest checkpoints exempt (the one
+/// being added). Returns `None` when nothing was removed.
+fn apply_policy(
+    w: &mut Write<'_>,
+    session: &mut SessionRecord,
+    policy: &RetentionPolicy,
+    skip: u64,
+) -> Result<Option<Compaction>> {
+    let id = session.id;
+    // Checkpoints already in the tree; `skip` new ones are in the batch only.
+    let stored = w.store.tree(TreeId::Checkpoints).range(keys::session_checkpoints(id, 0..=u64::MAX));
+    let mut doomed = Vec::new();
+    let mut newest_kept = None;
+    if policy.preserve_tags.is_empty() {
+        // Count-only policy: the oldest go, found without a full scan.
+        let keep = policy.keep_recent.unwrap_or(0).saturating_sub(skip);
+        let existing = session.checkpoint_count - skip;
+        for entry in stored.take(existing.saturating_sub(keep) as usize) {
+            doomed.push(decode_checkpoint(&entry?.1)?);
+        }
+    } else {
+        for (rank, entry) in (skip..).zip(stored.rev()) {
+            let rec = decode_checkpoint(&entry?.1)?;
+            if policy.keeps(rank, &rec.tags) {
+                newest_kept.get_or_insert(rec.sequence_number);
+            } else {
+                doomed.push(rec);
+            }
+        }
+    }
+    if doomed.is_empty() {
+        return Ok(None);
+    }
+    for rec in &doomed {
+        w.remove_checkpoint(rec)?;
+    }
+    let removed = doomed.len() as u64;
+    session.checkpoint_count -= removed;
+    if skip == 0 {
+        session.last_sequence = if policy.preserve_tags.is_empty() {
+            if session.checkpoint_count == 0 { None } else { session.last_sequence }
+        } else {
+            newest_kept
+        };
+    }
+    let result = Compaction { removed, remaining: session.checkpoint_count };
+    w.event(id, EventKind::CheckpointsCompacted { removed, remaining: result.remaining });
+    Ok(Some(result))
+}
+
+fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointRecord> {
+    codec::decode(bytes, "checkpoint")
+}
+
+fn decode_event(k: &[u8], v: &[u8]) -> Result<JournalEvent> {
+    let seq = keys::decode_u64(k).ok_or_else(|| Error::Internal("bad event key".into()))?;
+    Ok(codec::decode::<EventRecord>(v, "event")?.to_model(seq))
+}
+
+fn open_error(config: &StoreConfig, e: sled::Error) -> Error {
+    match e {
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") =>
+        {
+            Error::Unavailable(format!(
+                "data directory {} is in use by another checkpointd (could not acquire its lock)",
+                config.data_dir.display()
+            ))
+        }
+        other => other.into(),
+    }
+}
+
+/// Journal appends as sled reports them: before they are durable.
+pub struct EventWatch {
+    sub: sled::Subscriber,
+}
+
+impl EventWatch {
+    /// The next appended event; `None` when the store is gone.
+    pub async fn next(&mut self) -> Option<JournalEvent> {
+        loop {
+            match (&mut self.sub).await? {
+                sled::Event::Insert { key, value } => match decode_event(&key, &value) {
+                    Ok(event) => return Some(event),
+                    Err(e) => tracing::error!(error = %e, "undecodable journal event"),
+                },
+                // Retention trims show up as removals.
+                sled::Event::Remove { .. } => {}
+            }
+        }
+    }
+}

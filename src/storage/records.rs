@@ -1,0 +1,127 @@
+//! Stored shapes of the records. They mirror `model` but hold JSON as bytes
+//! (bincode cannot carry `serde_json` values) and times as microseconds.
+
+use crate::error::{Error, Result};
+use crate::model::{
+    Annotation, CheckpointId, CheckpointSummary, EventKind, JournalEvent, RetentionPolicy, Session, SessionId,
+    Severity, Trigger,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+pub fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+pub fn raw_json(bytes: Vec<u8>, what: &str) -> Result<Box<RawValue>> {
+    let text = String::from_utf8(bytes).map_err(|_| Error::Internal(format!("{what}: stored JSON is not UTF-8")))?;
+    RawValue::from_string(text).map_err(|e| Error::Internal(format!("{what}: stored JSON is invalid: {e}")))
+}
+
+/// Persisted totals. Rewritten in every write transaction, so opening a data
+/// directory reads one key instead of scanning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Last global checkpoint sequence handed out (never reused).
+    pub global_seq: u64,
+    /// Last journal event sequence handed out (never reused).
+    pub event_seq: u64,
+    pub sessions_created: u64,
+    pub active_sessions: u64,
+    pub checkpoints: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    /// Position in creation order (`session_order` key).
+    pub ordinal: u64,
+    pub name: String,
+    pub created_at: i64,
+    pub metadata: Vec<u8>,
+    pub retention: Option<RetentionPolicy>,
+    pub checkpoint_count: u64,
+    pub last_sequence: Option<u64>,
+}
+
+impl SessionRecord {
+    pub fn to_model(&self) -> Result<Session> {
+        Ok(Session {
+            id: self.id,
+            name: self.name.clone(),
+            created_at: from_micros(self.created_at),
+            metadata: raw_json(self.metadata.clone(), "session metadata")?,
+            retention: self.retention.clone(),
+            checkpoint_count: self.checkpoint_count,
+            last_sequence: self.last_sequence,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    pub id: CheckpointId,
+    pub session_id: SessionId,
+    pub sequence_number: u64,
+    pub timestamp: i64,
+    pub message: String,
+    pub tags: Vec<String>,
+    pub trigger: Trigger,
+    pub metadata: Vec<u8>,
+    pub parent_id: Option<CheckpointId>,
+    /// CRC-32 of the state bytes in the `states` tree, so a flipped byte
+    /// there is caught too.
+    pub state_crc: u32,
+}
+
+impl CheckpointRecord {
+    pub fn summary(&self, has_notes: bool) -> CheckpointSummary {
+        CheckpointSummary {
+            id: self.id,
+            session_id: self.session_id,
+            sequence_number: self.sequence_number,
+            timestamp: from_micros(self.timestamp),
+            message: self.message.clone(),
+            tags: self.tags.clone(),
+            trigger: self.trigger.clone(),
+            parent_id: self.parent_id,
+            has_notes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnnotationRecord {
+    pub note: String,
+    pub severity: Severity,
+    pub timestamp: i64,
+}
+
+impl AnnotationRecord {
+    pub fn to_model(&self) -> Annotation {
+        Annotation { note: self.note.clone(), severity: self.severity, timestamp: from_micros(self.timestamp) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub session_id: SessionId,
+    pub timestamp: i64,
+    pub kind: EventKind,
+}
+
+impl EventRecord {
+    pub fn to_model(&self, seq: u64) -> JournalEvent {
+        JournalEvent {
+            seq,
+            session_id: self.session_id,
+            timestamp: from_micros(self.timestamp),
+            kind: self.kind.clone(),
+        }
+    }
+}
