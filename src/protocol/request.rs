@@ -1,0 +1,253 @@
+//! Parsing at the edge: one [`Command`] per method, its params checked here,
+//! so the handler only ever sees well-typed requests.
+
+use crate::error::{Error, Result};
+use crate::model::{CheckpointId, ListQuery, NewCheckpoint, RetentionPolicy, SessionId, Severity, Trigger};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+
+/// A parsed envelope: the id to answer with and the command, or why the
+/// command is unusable (answered with the same id).
+#[derive(Debug)]
+pub struct Request {
+    pub id: String,
+    pub method: String,
+    pub command: Result<Command>,
+}
+
+/// Every method the server understands.
+#[derive(Debug)]
+pub enum Command {
+    Authenticate { token: Option<String> },
+    CreateSession { name: Option<String>, metadata: Option<Box<RawValue>> },
+    ListCheckpoints { session_id: SessionId, query: ListQuery },
+    Checkpoint(NewCheckpoint),
+    Subscribe { session_id: SessionId, since: Option<u64> },
+    Unsubscribe { session_id: SessionId },
+    Metrics,
+    Health,
+    GetCheckpoint { checkpoint_id: CheckpointId },
+    Restore { session_id: SessionId, checkpoint_id: CheckpointId },
+    DeleteCheckpoint { checkpoint_id: CheckpointId, session_id: Option<SessionId> },
+    Compact { session_id: SessionId, policy: RetentionPolicy },
+    SetRetention { session_id: SessionId, policy: Option<RetentionPolicy> },
+    ListSessions { limit: Option<usize>, after: Option<SessionId> },
+    GetSession { session_id: SessionId },
+    DeleteSession { session_id: SessionId },
+    Annotate { checkpoint_id: CheckpointId, note: String, severity: Option<Severity> },
+    Validate { session_id: Option<SessionId> },
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    id: String,
+    method: String,
+    #[serde(default)]
+    params: Option<Box<RawValue>>,
+}
+
+/// Parses one text frame. Text that is not a request envelope is an error
+/// answered with id `"unknown"`, as the seed did.
+pub fn parse_request(text: &str) -> std::result::Result<Request, Error> {
+    let env: Envelope = serde_json::from_str(text).map_err(|e| Error::InvalidJson(format!("Invalid JSON: {e}")))?;
+    let command = Params::parse(env.params.as_deref()).and_then(|p| p.command(&env.method));
+    Ok(Request { id: env.id, method: env.method, command })
+}
+
+/// A request's params, each value left as raw JSON until a method asks for it.
+struct Params(HashMap<String, Box<RawValue>>);
+
+impl Params {
+    fn parse(raw: Option<&RawValue>) -> Result<Params> {
+        match raw.map(RawValue::get).map(str::trim) {
+            None | Some("null") => Ok(Params(HashMap::new())),
+            Some(text) if text.starts_with('{') => serde_json::from_str(text)
+                .map(Params)
+                .map_err(|e| Error::InvalidJson(format!("Invalid JSON: params: {e}"))),
+            Some(_) => Err(Error::invalid("params must be an object")),
+        }
+    }
+
+    fn command(self, method: &str) -> Result<Command> {
+        let p = self;
+        Ok(match method {
+            "authenticate" => Command::Authenticate { token: p.opt("token")? },
+            "create_session" => Command::CreateSession { name: p.opt("name")?, metadata: p.raw_object("metadata")? },
+            "list_checkpoints" => Command::ListCheckpoints {
+                session_id: p.seed_session_id()?,
+                query: ListQuery {
+                    limit: p.opt("limit")?,
+                    after: p.opt("after")?,
+                    before: p.opt("before")?,
+                    tag: p.opt("tag")?,
+                    newest_first: match p.opt::<String>("order")?.as_deref() {
+                        None | Some("asc") => false,
+                        Some("desc") => true,
+                        Some(other) => {
+                            return Err(Error::invalid(format!("order must be \"asc\" or \"desc\", not {other:?}")));
+                        }
+                    },
+                },
+            },
+            "checkpoint" => Command::Checkpoint(NewCheckpoint {
+                session_id: p.seed_session_id()?,
+                message: p.opt("message")?.unwrap_or_else(|| "Checkpoint".to_string()),
+                tags: p.opt("tags")?.unwrap_or_default(),
+                trigger: match p.opt::<String>("trigger")? {
+                    Some(t) => t.parse::<Trigger>().map_err(Error::InvalidParams)?,
+                    None => Trigger::Manual,
+                },
+                state: p.0.get("state").cloned(),
+                metadata: p.raw_object("metadata")?,
+                parent_id: p.opt_id("parent_id")?,
+            }),
+            "subscribe" => Command::Subscribe { session_id: p.seed_session_id()?, since: p.opt("since")? },
+            "unsubscribe" => Command::Unsubscribe { session_id: p.seed_session_id()? },
+            "metrics" => Command::Metrics,
+            "health" => Command::Health,
+            "get_checkpoint" => Command::GetCheckpoint { checkpoint_id: p.id("checkpoint_id")? },
+            "restore" => Command::Restore { session_id: p.seed_session_id()?, checkpoint_id: p.id("checkpoint_id")? },
+            "delete_checkpoint" => {
+                Command::DeleteCheckpoint { checkpoint_id: p.id("checkpoint_id")?, session_id: p.opt_id("session_id")? }
+            }
+            "compact" => Command::Compact { session_id: p.seed_session_id()?, policy: p.policy()? },
+            "set_retention" => {
+                let policy = p.policy()?;
+                Command::SetRetention {
+                    session_id: p.seed_session_id()?,
+                    policy: (!policy.is_empty()).then_some(policy),
+                }
+            }
+            "list_sessions" => Command::ListSessions { limit: p.opt("limit")?, after: p.opt_id("after")? },
+            "get_session" => Command::GetSession { session_id: p.seed_session_id()? },
+            "delete_session" => Command::DeleteSession { session_id: p.seed_session_id()? },
+            "annotate" => Command::Annotate {
+                checkpoint_id: p.id("checkpoint_id")?,
+                note: p.opt("note")?.ok_or_else(|| Error::invalid("Missing note parameter"))?,
+                severity: match p.opt::<String>("severity")? {
+                    Some(s) => Some(s.parse().map_err(Error::InvalidParams)?),
+                    None => None,
+                },
+            },
+            "validate" => Command::Validate { session_id: p.opt_id("session_id")? },
+            other => return Err(Error::UnknownMethod(format!("Unknown method: {other}"))),
+        })
+    }
+
+    /// An optional param of type `T`; JSON `null` counts as absent.
+    fn opt<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(raw) if raw.get() == "null" => Ok(None),
+            Some(raw) => serde_json::from_str(raw.get()).map(Some).map_err(|_| {
+                Error::invalid(format!(
+                    "Invalid {name} parameter: expected {}",
+                    std::any::type_name::<T>().rsplit("::").next().unwrap_or("value")
+                ))
+            }),
+        }
+    }
+
+    /// `session_id` with the seed's exact error strings.
+    fn seed_session_id(&self) -> Result<SessionId> {
+        let text = match self.opt::<String>("session_id") {
+            Ok(Some(s)) => s,
+            _ => return Err(Error::invalid("Missing session_id parameter")),
+        };
+        text.parse().map_err(|_| Error::invalid("Invalid session_id format"))
+    }
+
+    /// A required id param, in the seed's style of error.
+    fn id<T: std::str::FromStr>(&self, name: &str) -> Result<T> {
+        self.opt_id(name)?.ok_or_else(|| Error::invalid(format!("Missing {name} parameter")))
+    }
+
+    fn opt_id<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>> {
+        let text = match self.opt::<String>(name) {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(Error::invalid(format!("Invalid {name} format"))),
+        };
+        text.parse().map(Some).map_err(|_| Error::invalid(format!("Invalid {name} format")))
+    }
+
+    /// A param that must be a JSON object, kept as the client's text.
+    fn raw_object(&self, name: &str) -> Result<Option<Box<RawValue>>> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(raw) if raw.get() == "null" => Ok(None),
+            Some(raw) if raw.get().starts_with('{') => Ok(Some(raw.clone())),
+            Some(_) => Err(Error::invalid(format!("Invalid {name} parameter: expected an object"))),
+        }
+    }
+
+    fn policy(&self) -> Result<RetentionPolicy> {
+        Ok(RetentionPolicy {
+            keep_recent: self.opt("keep_recent")?,
+            preserve_tags: self.opt("preserve_tags")?.unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Command> {
+        parse_request(text).unwrap().command
+    }
+
+    #[test]
+    fn seed_errors_are_exact() {
+        let e = parse(r#"{"id":"1","method":"checkpoint","params":{}}"#).unwrap_err();
+        assert_eq!(e.to_string(), "Missing session_id parameter");
+        let e = parse(r#"{"id":"1","method":"checkpoint","params":{"session_id":7}}"#).unwrap_err();
+        assert_eq!(e.to_string(), "Missing session_id parameter");
+        let e = parse(r#"{"id":"1","method":"subscribe","params":{"session_id":"nope"}}"#).unwrap_err();
+        assert_eq!(e.to_string(), "Invalid session_id format");
+        let e = parse(r#"{"id":"1","method":"frobnicate"}"#).unwrap_err();
+        assert_eq!(e.to_string(), "Unknown method: frobnicate");
+        assert_eq!(e.code(), "unknown_method");
+        let e = parse_request("{not json").unwrap_err();
+        assert!(e.to_string().starts_with("Invalid JSON: "));
+    }
+
+    #[test]
+    fn missing_or_null_params_are_empty() {
+        assert!(matches!(parse(r#"{"id":"1","method":"metrics"}"#), Ok(Command::Metrics)));
+        assert!(matches!(
+            parse(r#"{"id":"1","method":"create_session","params":null}"#),
+            Ok(Command::CreateSession { name: None, .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_types_are_invalid_params() {
+        let sid = uuid::Uuid::new_v4();
+        let e = parse(&format!(
+            r#"{{"id":"1","method":"list_checkpoints","params":{{"session_id":"{sid}","limit":"ten"}}}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(e.code(), "invalid_params");
+        let e = parse(&format!(r#"{{"id":"1","method":"checkpoint","params":{{"session_id":"{sid}","tags":"x"}}}}"#))
+            .unwrap_err();
+        assert_eq!(e.code(), "invalid_params");
+        let e = parse(&format!(
+            r#"{{"id":"1","method":"checkpoint","params":{{"session_id":"{sid}","trigger":"sometimes"}}}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(e.code(), "invalid_params");
+    }
+
+    #[test]
+    fn state_is_kept_verbatim() {
+        let sid = uuid::Uuid::new_v4();
+        let text = format!(
+            r#"{{"id":"1","method":"checkpoint","params":{{"session_id":"{sid}","state":{{"n": 1.50, "big": 123456789012345678901234567890}}}}}}"#
+        );
+        let Ok(Command::Checkpoint(new)) = parse(&text) else { panic!() };
+        assert_eq!(new.state.unwrap().get(), r#"{"n": 1.50, "big": 123456789012345678901234567890}"#);
+    }
+}

@@ -1,0 +1,218 @@
+//! Applies one parsed [`Command`] to the service: the single `match` that
+//! maps the wire onto the core.
+
+use super::connection::{Outbound, close};
+use super::{MAX_AUTH_FAILURES, Shared};
+use crate::error::{Error, Result};
+use crate::model::SessionId;
+use crate::protocol::{Command, render_error, render_event, render_lagged, render_ok, reply};
+use crate::service::hub::{Delivery, Subscription};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// What the connection should do after a request.
+pub(crate) enum Outcome {
+    Reply(String),
+    /// The reply was already queued.
+    Sent,
+    Close(Message),
+}
+
+/// Per-connection protocol state.
+pub(crate) struct Session {
+    shared: Arc<Shared>,
+    out: Outbound,
+    authenticated: bool,
+    auth_failures: u32,
+    subscriptions: HashMap<SessionId, JoinHandle<()>>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for task in self.subscriptions.values() {
+            task.abort();
+        }
+    }
+}
+
+impl Session {
+    pub fn new(shared: Arc<Shared>, out: Outbound) -> Session {
+        let authenticated = shared.config.token.is_none();
+        Session { shared, out, authenticated, auth_failures: 0, subscriptions: HashMap::new() }
+    }
+
+    pub async fn handle_text(&mut self, text: &str) -> Outcome {
+        let request = match crate::protocol::parse_request(text) {
+            Ok(request) => request,
+            Err(e) => return Outcome::Reply(render_error("unknown", &e)),
+        };
+        let id = request.id;
+        if !self.authenticated && request.method != "authenticate" {
+            return Outcome::Reply(render_error(&id, &Error::Unauthorized("Authentication required".into())));
+        }
+        let command = match request.command {
+            Ok(command) => command,
+            Err(e) => return Outcome::Reply(render_error(&id, &e)),
+        };
+        match self.apply(&id, command).await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::Reply(render_error(&id, &e)),
+        }
+    }
+
+    fn authenticate(&mut self, id: &str, token: Option<String>) -> Outcome {
+        let ok = match (&self.shared.config.token, token) {
+            (None, _) => true,
+            (Some(expected), Some(given)) => constant_time_eq(expected.as_bytes(), given.as_bytes()),
+            (Some(_), None) => false,
+        };
+        if ok {
+            self.authenticated = true;
+            return Outcome::Reply(render_ok(id, json!({"authenticated": true})));
+        }
+        self.auth_failures += 1;
+        let reply = render_error(id, &Error::Unauthorized("Invalid authentication token".into()));
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            // Best effort: the reply first, then the close.
+            let _ = self.out.try_send(Message::text(reply));
+            return Outcome::Close(close(CloseCode::Policy, "too many failed authentication attempts"));
+        }
+        Outcome::Reply(reply)
+    }
+
+    /// Replies, then starts forwarding: the reply precedes every event.
+    async fn start_subscription(&mut self, id: &str, sub: Subscription) -> Outcome {
+        let session_id = sub.session_id();
+        if let Some(old) = self.subscriptions.remove(&session_id) {
+            old.abort();
+        }
+        let reply = render_ok(id, json!({"subscribed": true, "session_id": session_id.to_string()}));
+        if self.out.send(Message::text(reply)).await.is_err() {
+            return Outcome::Sent;
+        }
+        self.subscriptions.insert(session_id, tokio::spawn(forward(sub, self.out.clone())));
+        Outcome::Sent
+    }
+
+    /// The one `match` from wire commands to service calls.
+    async fn apply(&mut self, id: &str, command: Command) -> Result<Outcome> {
+        let service = self.shared.service.clone();
+        Ok(Outcome::Reply(match command {
+            Command::Authenticate { token } => return Ok(self.authenticate(id, token)),
+            Command::Subscribe { session_id, since } => {
+                let sub = service.subscribe(session_id, since)?;
+                return Ok(self.start_subscription(id, sub).await);
+            }
+            Command::Unsubscribe { session_id } => {
+                if let Some(task) = self.subscriptions.remove(&session_id) {
+                    task.abort();
+                }
+                render_ok(id, json!({"subscribed": false, "session_id": session_id.to_string()}))
+            }
+            Command::CreateSession { name, metadata } => {
+                render_ok(id, service.create_session(name, metadata).await?.id.to_string())
+            }
+            Command::ListCheckpoints { session_id, query } => {
+                render_ok(id, reply::summaries(&service.list_checkpoints(session_id, &query)?))
+            }
+            Command::Checkpoint(new) => render_ok(id, service.checkpoint(new).await?.id.to_string()),
+            Command::Metrics => {
+                let m = service.metrics()?;
+                render_ok(
+                    id,
+                    json!({
+                        "total_checkpoints": m.total_checkpoints,
+                        "active_sessions": m.active_sessions,
+                        "total_sessions_created": m.total_sessions_created,
+                        "global_sequence": m.global_sequence,
+                        "event_sequence": m.event_sequence,
+                        "oldest_event": m.oldest_event,
+                        "bytes_on_disk": m.bytes_on_disk,
+                        "connections": self.shared.connections(),
+                        "subscriptions": service.health().subscriptions,
+                    }),
+                )
+            }
+            Command::Health => {
+                let h = service.health();
+                render_ok(
+                    id,
+                    json!({
+                        "healthy": h.healthy,
+                        "durability": h.durability.as_str(),
+                        "format_version": h.format_version,
+                        "connections": self.shared.connections(),
+                        "max_connections": self.shared.config.max_connections,
+                        "subscriptions": h.subscriptions,
+                        "version": env!("CARGO_PKG_VERSION"),
+                    }),
+                )
+            }
+            Command::GetCheckpoint { checkpoint_id } => {
+                render_ok(id, reply::checkpoint(&service.get_checkpoint(checkpoint_id)?))
+            }
+            Command::Restore { session_id, checkpoint_id } => {
+                render_ok(id, reply::restored(&service.restore(session_id, checkpoint_id).await?))
+            }
+            Command::DeleteCheckpoint { checkpoint_id, session_id } => {
+                service.delete_checkpoint(checkpoint_id, session_id).await?;
+                render_ok(id, json!({"deleted": true}))
+            }
+            Command::Compact { session_id, policy } => {
+                let c = service.compact(session_id, policy).await?;
+                render_ok(id, json!({"removed": c.removed, "remaining": c.remaining}))
+            }
+            Command::SetRetention { session_id, policy } => {
+                render_ok(id, service.set_retention(session_id, policy).await?.as_ref().map(reply::policy))
+            }
+            Command::ListSessions { limit, after } => {
+                let sessions = service.list_sessions(after, limit)?;
+                render_ok(id, sessions.iter().map(|s| reply::session(s, false)).collect::<Vec<_>>())
+            }
+            Command::GetSession { session_id } => {
+                render_ok(id, reply::session(&service.get_session(session_id)?, true))
+            }
+            Command::DeleteSession { session_id } => {
+                service.delete_session(session_id).await?;
+                render_ok(id, json!({"deleted": true}))
+            }
+            Command::Annotate { checkpoint_id, note, severity } => {
+                let a = service.annotate(checkpoint_id, note, severity).await?;
+                render_ok(id, reply::annotation(&a, Some(checkpoint_id.to_string())))
+            }
+            Command::Validate { session_id } => {
+                let v = service.validate(session_id)?;
+                let ids: Vec<String> = v.invalid_ids.iter().map(ToString::to_string).collect();
+                render_ok(id, json!({"valid": v.valid, "invalid": v.invalid, "invalid_ids": ids}))
+            }
+        }))
+    }
+}
+
+/// Pushes one subscription's events into the client's queue until it ends.
+async fn forward(mut sub: Subscription, out: Outbound) {
+    let session_id = sub.session_id().to_string();
+    while let Some(delivery) = sub.next().await {
+        let text = match delivery {
+            Delivery::Event(event) => render_event(&event),
+            Delivery::Lagged { last_seq } => render_lagged(&session_id, last_seq),
+        };
+        if out.send(Message::text(text)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a
+/// guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}

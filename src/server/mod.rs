@@ -1,0 +1,136 @@
+//! The WebSocket server: an accept loop that bounds connections, one
+//! [`connection`] task per client, and a broadcast shutdown that waits for
+//! every handler before flushing the store.
+
+mod connection;
+mod handler;
+
+use crate::error::{Error, Result};
+use crate::service::Service;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, broadcast, mpsc};
+
+/// Default `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default `--max-message-bytes`: the largest frame or message accepted; a
+/// larger one closes the connection with code 1009.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// A client must finish the WebSocket handshake within this time.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failed `authenticate` attempts before the connection is closed (1008).
+pub const MAX_AUTH_FAILURES: u32 = 5;
+/// Messages (replies and events) queued for one client's socket. When it is
+/// full, replies wait and subscriptions fall behind until they lag.
+pub const OUTBOUND_QUEUE: usize = 256;
+/// Connections over capacity that may be in their handshake at once, to be
+/// told "Server at capacity". Beyond this, extra sockets wait in the kernel's
+/// backlog.
+pub const REJECT_SLOTS: usize = 64;
+/// How long shutdown waits for clients to receive their Close frame.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Settings of the WebSocket front.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Clients must `authenticate` with this token first.
+    pub token: Option<String>,
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            token: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// Refuses to expose an unauthenticated server beyond loopback.
+pub fn check_exposure(addr: SocketAddr, token: Option<&str>, allow_unauthenticated: bool) -> Result<()> {
+    if token.is_none() && !addr.ip().is_loopback() && !allow_unauthenticated {
+        return Err(Error::InvalidParams(format!(
+            "refusing to listen on non-loopback address {addr} without a token; set --token-file or CHECKPOINTD_TOKEN, or pass --allow-unauthenticated"
+        )));
+    }
+    Ok(())
+}
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub service: Service,
+    pub config: ServerConfig,
+    /// One permit per admitted client; taken before the handshake.
+    pub slots: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub fn connections(&self) -> usize {
+        self.config.max_connections - self.slots.available_permits()
+    }
+}
+
+/// Serves `listener` until `shutdown` completes, then closes every client
+/// with a Close frame, waits for in-flight commands, and flushes the store.
+pub async fn run(listener: TcpListener, service: Service, config: ServerConfig, shutdown: impl Future) -> Result<()> {
+    let shared =
+        Arc::new(Shared { slots: Arc::new(Semaphore::new(config.max_connections)), service: service.clone(), config });
+    let (notify_shutdown, _) = broadcast::channel::<()>(1);
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    tokio::select! {
+        () = accept_loop(&listener, &shared, &notify_shutdown, &done_tx) => {}
+        _ = shutdown => tracing::info!("shutting down"),
+    }
+    // Closing the broadcast tells every handler; each holds a `done_tx`
+    // clone, so `recv` returns once the last one has finished.
+    drop(notify_shutdown);
+    drop(done_tx);
+    drop(listener);
+    let _ = done_rx.recv().await;
+    service.close();
+    tracing::info!("stopped; data flushed");
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    notify: &broadcast::Sender<()>,
+    done: &mpsc::Sender<()>,
+) {
+    // Bounds open sockets (admitted + being rejected) before `accept`.
+    let sockets = Arc::new(Semaphore::new(shared.config.max_connections + REJECT_SLOTS));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let Ok(socket_permit) = Arc::clone(&sockets).acquire_owned().await else { return };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(5);
+                accepted
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait, never give up.
+                tracing::warn!(error = %e, "accept failed; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let slot = Arc::clone(&shared.slots).try_acquire_owned().ok();
+        let shared = Arc::clone(shared);
+        let shutdown = notify.subscribe();
+        let done = done.clone();
+        tokio::spawn(async move {
+            connection::serve(stream, peer, slot, shared, shutdown).await;
+            drop(socket_permit);
+            drop(done);
+        });
+    }
+}
