@@ -1,6 +1,45 @@
 //! checkpointd: a durable checkpoint server.
 //!
-//! (Table of contents; see `docs/architecture.md`.)
+//! Programs save snapshots of their state over WebSocket, list and restore
+//! them after a crash, and watch new ones appear live. This crate is the
+//! server, its storage engine, a client, and the `checkpoint-dump` tool.
+//!
+//! # One command, from the socket to the disk
+//!
+//! A client sends `{"id":"7","method":"checkpoint","params":{...}}`:
+//!
+//! 1. [`server::run`] accepts the TCP connection after taking a connection
+//!    slot, and `server::connection::serve` completes the WebSocket handshake
+//!    and reads text frames, one request at a time.
+//! 2. [`protocol::parse_request`] turns the frame into a
+//!    [`protocol::Command`]: the envelope and every param are checked here,
+//!    with the seed's exact error strings.
+//! 3. `server::handler::Session::apply` — one `match` over `Command` —
+//!    calls [`service::Service::checkpoint`], which enforces the input
+//!    limits of [`config`].
+//! 4. [`storage::Store::put_checkpoint`] gathers the record, its indexes,
+//!    the counters and a `checkpoint_created` journal event, and
+//!    `Store::write` applies them as one sled transaction under the write
+//!    lock, taking the next global sequence number.
+//! 5. The write returns a ticket; [`storage::commit`] (group commit) flushes
+//!    sled and `fdatasync`s its file, shared by every writer waiting at that
+//!    moment, and only then wakes the writer: the reply is sent.
+//! 6. The same durable mark releases the journal event:
+//!    [`service::hub`] has been draining sled's `watch_prefix` on the events
+//!    tree, and now offers the event to each subscriber's bounded queue; the
+//!    connection's subscription task renders it with [`protocol::reply`].
+//!
+//! # Modules
+//!
+//! - [`config`]: durability levels, limits, defaults — every tunable number.
+//! - [`error`]: one error enum; each variant has a stable wire code.
+//! - [`model`]: sessions, checkpoints, events as the service hands them out.
+//! - [`storage`]: sled trees ([`storage::keys`] is the whole key schema),
+//!   the record codec, group commit, format version and migrations.
+//! - [`service`]: the operations and their rules; the event hub.
+//! - [`protocol`]: request parsing and reply/event rendering.
+//! - [`server`]: listener, connections, shutdown.
+//! - [`client`]: a small async client for the protocol.
 
 pub mod client;
 pub mod config;
