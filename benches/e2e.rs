@@ -1,0 +1,336 @@
+//! End-to-end benchmark: the real `checkpointd` binary on loopback, driven by
+//! concurrent WebSocket clients, next to two ceilings measured in the same run:
+//! a WebSocket server speaking the same JSON protocol that stores nothing
+//! (the protocol's ceiling) and raw sled with an fdatasync per write (the
+//! disk's ceiling). Results are printed as Markdown tables; BENCHMARKS.md
+//! keeps the latest.
+//!
+//! `cargo bench --bench e2e` (about two minutes); `-- --quick` for a short run.
+
+use checkpointd::client::Client;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::Message;
+
+const NULL_SERVER_ENV: &str = "CHECKPOINTD_BENCH_NULL_SERVER";
+const STATE_BYTES: usize = 1024;
+const EVENTS_PER_RUN: usize = 2_000;
+
+fn main() {
+    if std::env::var_os(NULL_SERVER_ENV).is_some() {
+        return null_server::main();
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let window = if quick { Duration::from_secs(1) } else { Duration::from_secs(4) };
+    let events = if quick { 300 } else { EVENTS_PER_RUN };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let state = one_kib_state();
+
+    println!("# checkpointd end-to-end benchmark ({} s per point)\n", window.as_secs());
+    let disk = DiskCeiling::measure(window);
+    println!("## Disk ceiling: raw sled, 1 KiB values\n");
+    println!("| mode | writes/s | p50 | p99 |\n|---|---|---|---|");
+    println!(
+        "| insert + flush + fdatasync per write | {:.0} | {} | {} |",
+        disk.single.rate,
+        ms(disk.single.p50),
+        ms(disk.single.p99)
+    );
+    println!(
+        "| batches of 64, one flush + fdatasync each | {:.0} | {} | {} |\n",
+        disk.batched.rate,
+        ms(disk.batched.p50),
+        ms(disk.batched.p99)
+    );
+
+    let mut rows = Vec::new();
+    let null = Server::null();
+    let mut null_rates = HashMap::new();
+    for clients in [1, 16, 64] {
+        let s = rt.block_on(write_load(&null.url, clients, window, &state));
+        null_rates.insert(clients, s.rate);
+        rows.push(("no-storage server".to_string(), clients, s));
+    }
+    let null_events: Vec<_> = [1, 16].iter().map(|&n| (n, rt.block_on(event_latency(&null.url, n, events)))).collect();
+    drop(null);
+
+    let mut server_events = Vec::new();
+    for durability in ["sync", "async"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = Server::checkpointd(dir.path(), durability);
+        for clients in [1, 16, 64] {
+            let s = rt.block_on(write_load(&server.url, clients, window, &state));
+            rows.push((format!("checkpointd {durability}"), clients, s));
+        }
+        if durability == "sync" {
+            server_events = [1, 16].iter().map(|&n| (n, rt.block_on(event_latency(&server.url, n, events)))).collect();
+        }
+    }
+
+    println!("## Checkpoint creation, 1 KiB state, one request in flight per client\n");
+    println!("| server | clients | checkpoints/s | p50 | p99 | vs no-storage | vs disk (per-write) |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, clients, s) in &rows {
+        println!(
+            "| {name} | {clients} | {:.0} | {} | {} | {:.2}x | {:.2}x |",
+            s.rate,
+            ms(s.p50),
+            ms(s.p99),
+            s.rate / null_rates[clients],
+            s.rate / disk.single.rate
+        );
+    }
+    println!("\n## Event latency, from the writer's reply to each subscriber's event\n");
+    println!("| server | subscribers | p50 | p99 |\n|---|---|---|---|");
+    for (name, list) in [("no-storage server", &null_events), ("checkpointd sync", &server_events)] {
+        for (n, (p50, p99)) in list {
+            println!("| {name} | {n} | {} | {} |", ms(*p50), ms(*p99));
+        }
+    }
+}
+
+fn one_kib_state() -> Value {
+    // A realistic-looking object whose JSON text is about 1 KiB.
+    let filler = "x".repeat(STATE_BYTES - 120);
+    json!({"step": 42, "plan": ["read", "think", "act"], "scratch": filler, "score": 0.875})
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn stats(mut latencies: Vec<Duration>, elapsed: Duration) -> Stats {
+    latencies.sort();
+    let pick = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q) as usize).copied().unwrap_or_default();
+    Stats { rate: latencies.len() as f64 / elapsed.as_secs_f64(), p50: pick(0.5), p99: pick(0.99) }
+}
+
+/// `clients` connections, each with one checkpoint in flight, for `window`.
+async fn write_load(url: &str, clients: usize, window: Duration, state: &Value) -> Stats {
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        let mut c = Client::connect(url).await.expect("connect");
+        let session = c.create_session("bench").await.expect("session");
+        conns.push((c, session));
+    }
+    let start = Instant::now();
+    let deadline = start + window;
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|(mut c, session)| {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    c.checkpoint(&session, "bench", state.clone(), json!({})).await.expect("checkpoint");
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("client task"));
+    }
+    stats(all, start.elapsed())
+}
+
+/// One writer, `subscribers` subscribers of its session; latency from the
+/// writer receiving its reply to each subscriber receiving the event.
+async fn event_latency(url: &str, subscribers: usize, events: usize) -> (Duration, Duration) {
+    let mut writer = Client::connect(url).await.expect("connect");
+    let session = writer.create_session("events").await.expect("session");
+    let replies: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..subscribers {
+        let mut sub = Client::connect(url).await.expect("connect");
+        sub.subscribe(&session, None).await.expect("subscribe");
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::with_capacity(events);
+            while seen.len() < events {
+                match sub.next_event(Duration::from_secs(10)).await {
+                    Ok(Some(ev)) => {
+                        let id = ev["data"]["checkpoint_id"].as_str().unwrap_or_default().to_string();
+                        seen.push((id, Instant::now()));
+                    }
+                    _ => break,
+                }
+            }
+            seen
+        }));
+    }
+    for _ in 0..events {
+        let id = writer.checkpoint(&session, "e", json!({"n": 1}), json!({})).await.expect("checkpoint");
+        replies.lock().unwrap().insert(id, Instant::now());
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        for (id, at) in t.await.expect("subscriber") {
+            if let Some(reply) = replies.lock().unwrap().get(&id) {
+                lat.push(at.saturating_duration_since(*reply));
+            }
+        }
+    }
+    let s = stats(lat, Duration::from_secs(1));
+    (s.p50, s.p99)
+}
+
+struct DiskCeiling {
+    single: Stats,
+    batched: Stats,
+}
+
+impl DiskCeiling {
+    fn measure(window: Duration) -> DiskCeiling {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::Config::new().path(dir.path()).flush_every_ms(None).open().expect("sled");
+        let file = std::fs::File::open(dir.path().join("db")).expect("db file");
+        let value = vec![7u8; STATE_BYTES];
+        let mut n = 0u64;
+        let mut run = |batch: usize| {
+            let start = Instant::now();
+            let mut lat = Vec::new();
+            while start.elapsed() < window {
+                let t = Instant::now();
+                for _ in 0..batch {
+                    n += 1;
+                    db.insert(n.to_be_bytes(), value.as_slice()).expect("insert");
+                }
+                db.flush().expect("flush");
+                file.sync_data().expect("fdatasync");
+                lat.extend(std::iter::repeat_n(t.elapsed(), batch));
+            }
+            stats(lat, start.elapsed())
+        };
+        let single = run(1);
+        let batched = run(64);
+        DiskCeiling { single, batched }
+    }
+}
+
+/// A server child process; killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn checkpointd(dir: &std::path::Path, durability: &str) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_checkpointd"));
+        cmd.args(["--listen", "127.0.0.1:0", "--durability", durability, "--data-dir"]).arg(dir);
+        Server::spawn(cmd)
+    }
+
+    fn null() -> Server {
+        let mut cmd = Command::new(std::env::current_exe().expect("own path"));
+        cmd.env(NULL_SERVER_ENV, "1");
+        Server::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Server {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read address");
+        let url = line.trim().strip_prefix("listening on ").expect("listening line").to_string();
+        Server { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The protocol's ceiling: same envelope, same JSON work, nothing stored.
+mod null_server {
+    use super::*;
+
+    pub fn main() {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            println!("listening on ws://{}", listener.local_addr().expect("addr"));
+            let (events, _) = broadcast::channel::<(String, Arc<str>)>(4096);
+            let seq_lock = Arc::new(Mutex::new(0u64));
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let _ = stream.set_nodelay(true);
+                let events = events.clone();
+                let seq = Arc::clone(&seq_lock);
+                tokio::spawn(async move {
+                    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                    let (mut tx, mut rx) = ws.split();
+                    let (out, mut out_rx) = tokio::sync::mpsc::channel::<String>(256);
+                    tokio::spawn(async move {
+                        while let Some(text) = out_rx.recv().await {
+                            if tx.send(Message::text(text)).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    while let Some(Ok(msg)) = rx.next().await {
+                        let Message::Text(text) = msg else { continue };
+                        let req: Value = match serde_json::from_str(text.as_str()) {
+                            Ok(v) => v,
+                            Err(e) => {
+                                let _ = out.send(json!({"id": "unknown", "success": false, "error": format!("Invalid JSON: {e}")}).to_string()).await;
+                                continue;
+                            }
+                        };
+                        let id = req["id"].as_str().unwrap_or("unknown").to_string();
+                        let session = req["params"]["session_id"].as_str().unwrap_or_default().to_string();
+                        let result = match req["method"].as_str().unwrap_or_default() {
+                            "create_session" => json!(uuid::Uuid::new_v4().to_string()),
+                            "checkpoint" => {
+                                let cid = uuid::Uuid::new_v4().to_string();
+                                let n = {
+                                    let mut s = seq.lock().unwrap();
+                                    *s += 1;
+                                    *s
+                                };
+                                let ev = json!({"event_type": "checkpoint_created", "data": {"checkpoint_id": cid, "session_id": session, "timestamp": chrono::Utc::now().to_rfc3339(), "sequence_number": n}, "seq": n});
+                                let _ = events.send((session.clone(), ev.to_string().into()));
+                                json!(cid)
+                            }
+                            "subscribe" => {
+                                let mut sub = events.subscribe();
+                                let out = out.clone();
+                                let want = session.clone();
+                                tokio::spawn(async move {
+                                    while let Ok((s, ev)) = sub.recv().await {
+                                        if s == want && out.send(ev.to_string()).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                });
+                                json!({"subscribed": true, "session_id": session})
+                            }
+                            _ => json!(null),
+                        };
+                        let reply = json!({"id": id, "success": true, "result": result}).to_string();
+                        if out.send(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+}
