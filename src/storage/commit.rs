@@ -43,6 +43,8 @@ pub struct Synced {
 struct Pending {
     /// Last ticket handed out.
     issued: u64,
+    /// Last ticket the flushing thread has taken on.
+    taken: u64,
     /// Event sequence of the newest applied write.
     event_seq: u64,
     closing: bool,
@@ -75,7 +77,7 @@ impl Committer {
         let (synced, _) = watch::channel(Synced { ticket: 0, event_seq, failed: false });
         let shared = Arc::new(Shared {
             mode,
-            pending: Mutex::new(Pending { issued: 0, event_seq, closing: false }),
+            pending: Mutex::new(Pending { issued: 0, taken: 0, event_seq, closing: false }),
             wake: Condvar::new(),
             synced,
             db,
@@ -97,7 +99,13 @@ impl Committer {
         p.event_seq = event_seq;
         match self.shared.mode {
             Durability::Sync => self.shared.wake.notify_one(),
-            Durability::Async => self.shared.synced.send_modify(|s| s.event_seq = s.event_seq.max(event_seq)),
+            Durability::Async => {
+                self.shared.synced.send_modify(|s| s.event_seq = s.event_seq.max(event_seq));
+                // Only the first write of a window wakes the thread.
+                if p.issued == p.taken + 1 {
+                    self.shared.wake.notify_one();
+                }
+            }
         }
         Ticket(p.issued)
     }
@@ -153,39 +161,30 @@ fn failed() -> Error {
 
 impl Shared {
     fn run(&self) {
-        let mut done = 0u64;
         let mut synced_blobs = HashSet::new();
         loop {
             let (target, event_seq, closing) = {
                 let mut p = self.pending.lock().expect("commit lock");
-                loop {
-                    if p.issued > done || p.closing {
-                        break;
-                    }
-                    p = match self.mode {
-                        Durability::Sync => self.wake.wait(p).expect("commit lock"),
-                        Durability::Async => self.wake.wait_timeout(p, ASYNC_FLUSH_INTERVAL).expect("commit lock").0,
-                    };
+                // Sleeps until there is work: an idle server uses no CPU.
+                while p.issued == p.taken && !p.closing {
+                    p = self.wake.wait(p).expect("commit lock");
                 }
-                // In async mode, a write that just arrived waits for the
-                // interval, so one flush covers a whole window of writes.
+                // In async mode a whole window of writes shares one flush.
                 if self.mode == Durability::Async && !p.closing {
                     p = self.wake.wait_timeout(p, ASYNC_FLUSH_INTERVAL).expect("commit lock").0;
                 }
+                p.taken = p.issued;
                 (p.issued, p.event_seq, p.closing)
             };
-            if target > done {
-                if let Err(e) = self.flush(&mut synced_blobs) {
-                    tracing::error!(error = %e, "flush to disk failed; the store now refuses writes");
-                    self.synced.send_modify(|s| s.failed = true);
-                    return;
-                }
-                done = target;
-                self.synced.send_modify(|s| {
-                    s.ticket = target;
-                    s.event_seq = s.event_seq.max(event_seq);
-                });
+            if let Err(e) = self.flush(&mut synced_blobs) {
+                tracing::error!(error = %e, "flush to disk failed; the store now refuses writes");
+                self.synced.send_modify(|s| s.failed = true);
+                return;
             }
+            self.synced.send_modify(|s| {
+                s.ticket = s.ticket.max(target);
+                s.event_seq = s.event_seq.max(event_seq);
+            });
             if closing {
                 return;
             }
