@@ -4,7 +4,7 @@
 //!
 //! | tree            | key                                      | value                          |
 //! |-----------------|------------------------------------------|--------------------------------|
-//! | `meta`          | `format_version`, `counters`             | u32 BE / [`Counters`] record   |
+//! | `meta`          | `format_version`, `counters`, `intent`   | u32 BE / [`Counters`] / last change |
 //! | `sessions`      | session id (16)                          | session record                 |
 //! | `session_order` | creation ordinal (8)                     | session id (16)                |
 //! | `checkpoints`   | session id (16) · sequence (8)           | checkpoint record (no state)   |
@@ -37,6 +37,13 @@ pub enum TreeId {
 
 pub const TREE_COUNT: usize = 10;
 
+impl TreeId {
+    /// Trees holding records that index entries point at.
+    pub fn is_record(tree: u8) -> bool {
+        [TreeId::Sessions, TreeId::Checkpoints, TreeId::States].iter().any(|&t| t as u8 == tree)
+    }
+}
+
 pub const TREE_NAMES: [&str; TREE_COUNT] = [
     "meta",
     "sessions",
@@ -52,6 +59,8 @@ pub const TREE_NAMES: [&str; TREE_COUNT] = [
 
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
 pub const META_COUNTERS: &[u8] = b"counters";
+/// The last write's changes, written before them (see `storage` atomicity).
+pub const META_INTENT: &[u8] = b"intent";
 
 pub type CheckpointKey = [u8; 24];
 
