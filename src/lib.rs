@@ -18,9 +18,9 @@
 //!    calls [`service::Service::checkpoint`], which enforces the input
 //!    limits of [`config`].
 //! 4. [`storage::Store::put_checkpoint`] gathers the record, its indexes,
-//!    the counters and a `checkpoint_created` journal event, and
-//!    `Store::write` applies them as one sled transaction under the write
-//!    lock, taking the next global sequence number.
+//!    the counters and a `checkpoint_created` journal event, taking the next
+//!    global sequence number under the write lock; `Store::apply` writes
+//!    them atomically (one intent record, then each key).
 //! 5. The write returns a ticket; [`storage::commit`] (group commit) flushes
 //!    sled and `fdatasync`s its file, shared by every writer waiting at that
 //!    moment, and only then wakes the writer: the reply is sent.
