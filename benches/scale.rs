@@ -23,8 +23,9 @@
 //! limit on open files (by default it inherits the hard limit from here).
 
 use checkpointd::client::Client;
-use checkpointd::config::{Durability, MAX_PAGE, StoreConfig};
+use checkpointd::config::{Durability, MAX_PAGE, SUBSCRIBER_QUEUE_EVENTS, StoreConfig};
 use checkpointd::model::{ListQuery, NewCheckpoint, SessionId, Trigger};
+use checkpointd::server::OUTBOUND_QUEUE;
 use checkpointd::storage::Store;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -267,6 +268,7 @@ fn open_table(cached: &Populated) {
     );
     println!("|---|---|---|---|---|---|---|");
     let mut baseline = 0;
+    let mut measured = Vec::new();
     for (label, dir) in &rows {
         let mut runs: Vec<_> = (0..OPEN_RUNS).map(|_| measure_open(dir)).collect();
         runs.sort_by_key(|r| r["open_us"]);
@@ -283,8 +285,18 @@ fn open_table(cached: &Populated) {
             ms(Duration::from_micros(r["first_page_us"])),
             mib(r["rss_page_kb"].saturating_sub(base)),
         );
+        measured.push((r["open_us"], r["rss_open_kb"].saturating_sub(base)));
     }
     println!("\nRSS columns are above the process's baseline before `Store::open` ({}).\n", mib(baseline));
+    let (big_open, big_rss) = measured[2];
+    let (_, small_rss) = measured[1];
+    verdict("open with the big directory under 1 s", big_open < 1_000_000, &ms(Duration::from_micros(big_open)));
+    verdict(
+        "memory after open independent of the number stored",
+        big_rss <= small_rss + 2 * 1024,
+        &format!("{} with {} vs {} with {SMALL}", mib(big_rss), cached.big_count + SMALL, mib(small_rss)),
+    );
+    println!();
 }
 
 // ----- (b) list ----------------------------------------------------------------
@@ -333,6 +345,9 @@ fn list_table(cached: &Populated) {
         ratio(big.p50, small.p50),
         ratio(big.p99, small.p99)
     );
+    let r = ratio(big.mean, small.mean);
+    verdict("a page in the big session within 2x of the same page in the 1k one", r <= 2.0, &format!("{r:.2}x (mean)"));
+    println!();
 }
 
 // ----- (c) idle connections --------------------------------------------------
@@ -403,9 +418,12 @@ fn idle_table(rt: &tokio::runtime::Runtime) {
     println!("| per connection | {:.1} KiB |", busy.saturating_sub(idle) as f64 / connected.max(1) as f64);
     println!("| after they all closed | {} |", mib(after));
     println!("| peak (VmHWM) | {} |\n", mib(hwm));
-    if connected < IDLE_CONNECTIONS {
-        println!("**Only {connected} of {IDLE_CONNECTIONS} connections were set up within {CALL_TIMEOUT:?} each.**\n");
-    }
+    verdict(
+        "1,000 idle subscribed connections under 100 MB (server RSS)",
+        connected == IDLE_CONNECTIONS && busy * 1024 < 100_000_000,
+        &format!("{connected} connections, {}", mib(busy)),
+    );
+    println!();
 }
 
 // ----- (d) stalled subscriber --------------------------------------------------
@@ -552,11 +570,24 @@ fn stalled_table(rt: &tokio::runtime::Runtime, events: u64) {
     }
     let (base, stall) = (&runs[0].1, &runs[1].1);
     let grow = |f: &Flow| f.hwm_kb as i64 - f.idle_kb as i64;
+    let added_peak = grow(stall) - grow(base);
+    let added_end = stall.end_kb as i64 - base.end_kb as i64;
+    // What the server may hold for one stalled subscriber: its event queue,
+    // the connection's outgoing queue (rendered events of about 250 bytes)
+    // and tungstenite's 128 KiB write buffer.
+    let bound_kb = ((SUBSCRIBER_QUEUE_EVENTS * 200 + OUTBOUND_QUEUE * 300 + 128 * 1024) / 1024) as i64;
     println!(
-        "\nThe stalled subscriber added {:+.1} MiB to the peak (VmHWM − RSS before: {} vs {}).\n",
-        (grow(stall) - grow(base)) as f64 / 1024.0,
+        "\nThe stalled subscriber changed the peak by {:+.1} MiB (VmHWM − RSS before: {} vs {}) and the RSS after the flow by {:+.1} MiB; its bounded queues hold about {:.1} MiB. Run-to-run noise of these figures is a few MiB (sled's cache).\n",
+        added_peak as f64 / 1024.0,
         mib(grow(stall).max(0) as u64),
-        mib(grow(base).max(0) as u64)
+        mib(grow(base).max(0) as u64),
+        added_end as f64 / 1024.0,
+        bound_kb as f64 / 1024.0
+    );
+    verdict(
+        "a stalled subscriber adds no more than its bounded queue (allowing 4 MiB of noise)",
+        added_peak <= bound_kb + 4 * 1024 && added_end <= bound_kb + 4 * 1024,
+        &format!("{:+.1} MiB peak, {:+.1} MiB after", added_peak as f64 / 1024.0, added_end as f64 / 1024.0),
     );
     if let Some(lag) = &stall.lag {
         match lag.lagged_last_seq {
@@ -567,12 +598,19 @@ fn stalled_table(rt: &tokio::runtime::Runtime, events: u64) {
                 lag.read_time.as_secs_f64(),
                 if last == lag.last_event_seq { "" } else { " **last_seq does not match the last event given.**" }
             ),
-            None => println!(
-                "**When it finally read, it got {} events and no `subscription_lagged` within {LAG_READ_TIMEOUT:?}.**\n",
-                lag.events_before
-            ),
+            None => {
+                println!(
+                    "**When it finally read, it got {} events and no `subscription_lagged` within {LAG_READ_TIMEOUT:?}.**\n",
+                    lag.events_before
+                );
+                std::process::exit(1);
+            }
         }
     }
+}
+
+fn verdict(target: &str, met: bool, measured: &str) {
+    println!("- target: {target}: **{}** ({measured})", if met { "met" } else { "not met" });
 }
 
 // ----- helpers -----------------------------------------------------------------
