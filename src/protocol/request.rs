@@ -56,6 +56,41 @@ pub fn parse_request(text: &str) -> std::result::Result<Request, Error> {
     Ok(Request { id: env.id, method: env.method, command })
 }
 
+/// Deepest nesting of arrays and objects accepted in `state` and `metadata`.
+/// Values are stored verbatim and handed back inside a reply (two levels
+/// deeper), so this keeps every stored value readable by common JSON parsers
+/// (serde_json stops at 128 levels); deeper values are `too_large`.
+pub const MAX_JSON_DEPTH: usize = 100;
+
+/// Refuses a value nested deeper than [`MAX_JSON_DEPTH`]. `raw` is valid
+/// JSON, so brackets outside strings are all structure.
+fn check_depth(name: &str, raw: &RawValue) -> Result<()> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in raw.get().as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(Error::TooLarge(format!("{name} is nested deeper than {MAX_JSON_DEPTH} levels")));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// A request's params, each value left as raw JSON until a method asks for it.
 struct Params(HashMap<String, Box<RawValue>>);
 
@@ -99,7 +134,7 @@ impl Params {
                     Some(t) => t.parse::<Trigger>().map_err(Error::InvalidParams)?,
                     None => Trigger::Manual,
                 },
-                state: p.0.get("state").cloned(),
+                state: p.raw_value("state")?,
                 metadata: p.raw_object("metadata")?,
                 parent_id: p.opt_id("parent_id")?,
             }),
@@ -178,8 +213,22 @@ impl Params {
         match self.0.get(name) {
             None => Ok(None),
             Some(raw) if raw.get() == "null" => Ok(None),
-            Some(raw) if raw.get().starts_with('{') => Ok(Some(raw.clone())),
+            Some(raw) if raw.get().starts_with('{') => {
+                check_depth(name, raw)?;
+                Ok(Some(raw.clone()))
+            }
             Some(_) => Err(Error::invalid(format!("Invalid {name} parameter: expected an object"))),
+        }
+    }
+
+    /// Any JSON value, kept as the client's text (`null` included).
+    fn raw_value(&self, name: &str) -> Result<Option<Box<RawValue>>> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(raw) => {
+                check_depth(name, raw)?;
+                Ok(Some(raw.clone()))
+            }
         }
     }
 
@@ -239,6 +288,21 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.code(), "invalid_params");
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let sid = uuid::Uuid::new_v4();
+        let nested = |n: usize| format!("{}\"[{{\\\"\"{}", "[".repeat(n), "]".repeat(n));
+        let text = |state: &str| {
+            format!(r#"{{"id":"1","method":"checkpoint","params":{{"session_id":"{sid}","state":{state}}}}}"#)
+        };
+        assert!(parse(&text(&nested(MAX_JSON_DEPTH))).is_ok());
+        assert_eq!(parse(&text(&nested(MAX_JSON_DEPTH + 1))).unwrap_err().code(), "too_large");
+        let meta = format!(r#"{{"id":"1","method":"create_session","params":{{"metadata":{{"a":{}}}}}}}"#, nested(99));
+        assert!(parse(&meta).is_ok());
+        let meta = format!(r#"{{"id":"1","method":"create_session","params":{{"metadata":{{"a":{}}}}}}}"#, nested(100));
+        assert_eq!(parse(&meta).unwrap_err().code(), "too_large");
     }
 
     #[test]

@@ -33,15 +33,16 @@ pub(crate) async fn serve(
         .max_frame_size(Some(limit))
         // Back-pressure instead of unbounded buffering of replies.
         .max_write_buffer_size(limit.saturating_mul(2).max(1 << 20));
-    let ws = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)),
-    )
-    .await
-    {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "handshake failed"),
-        Err(_) => return tracing::debug!(%peer, "handshake timed out"),
+    // A socket that never finishes its handshake must not hold up shutdown.
+    let handshake =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)));
+    let ws = tokio::select! {
+        _ = shutdown.recv() => return tracing::debug!(%peer, "shutdown during the handshake"),
+        result = handshake => match result {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "handshake failed"),
+            Err(_) => return tracing::debug!(%peer, "handshake timed out"),
+        },
     };
     let (mut sink, mut incoming) = ws.split();
     let Some(_slot) = slot else {
@@ -56,12 +57,15 @@ pub(crate) async fn serve(
     };
     tracing::debug!(%peer, "connected");
     let (out, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let writer = tokio::spawn(write_loop(sink, out_rx));
+    let mut writer = tokio::spawn(write_loop(sink, out_rx));
     let mut session = Session::new(Arc::clone(&shared), out.clone());
+    // Every wait below also watches for shutdown: a client that stops
+    // reading fills its queue, and must not keep the server from stopping.
+    let mut shutting_down = false;
     loop {
         let frame = tokio::select! {
             _ = shutdown.recv() => {
-                let _ = out.send(close(CloseCode::Away, "server shutting down")).await;
+                shutting_down = true;
                 break;
             }
             frame = incoming.next() => frame,
@@ -79,28 +83,50 @@ pub(crate) async fn serve(
                 tracing::debug!(%peer, error = %e, "message over the limit");
                 Outcome::Close(close(CloseCode::Size, "message too large"))
             }
+            Some(Err(tungstenite::Error::Utf8(e))) => {
+                // RFC 6455 §8.1: invalid UTF-8 in a text frame fails the connection.
+                tracing::debug!(%peer, error = %e, "text frame is not UTF-8");
+                Outcome::Close(close(CloseCode::Invalid, "text frame is not valid UTF-8"))
+            }
+            Some(Err(tungstenite::Error::Protocol(e))) => {
+                tracing::debug!(%peer, error = %e, "WebSocket protocol violation");
+                Outcome::Close(close(CloseCode::Protocol, "WebSocket protocol violation"))
+            }
             Some(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "read failed");
                 break;
             }
         };
-        match outcome {
-            Outcome::Reply(text) => {
-                if out.send(Message::text(text)).await.is_err() {
-                    break;
-                }
-            }
-            Outcome::Sent => {}
-            Outcome::Close(frame) => {
-                let _ = out.send(frame).await;
+        let (message, subscription, last) = match outcome {
+            Outcome::Reply(text) => (Message::text(text), None, false),
+            Outcome::Subscribed(text, sub) => (Message::text(text), Some(sub), false),
+            Outcome::Close(frame) => (frame, None, true),
+        };
+        tokio::select! {
+            sent = out.send(message) => if sent.is_err() { break },
+            _ = shutdown.recv() => {
+                shutting_down = true;
                 break;
             }
         }
+        if let Some(sub) = subscription {
+            // After its reply, so the reply precedes every event.
+            session.forward(sub);
+        }
+        if last {
+            break;
+        }
     }
-    // Stop subscriptions, then let the writer drain what is queued.
+    // Stop subscriptions, queue the Close frame after what is queued, and let
+    // the writer drain it all — within the grace period, then drop the socket.
     drop(session);
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    if shutting_down {
+        let _ = tokio::time::timeout_at(deadline, out.send(close(CloseCode::Away, "server shutting down"))).await;
+    }
     drop(out);
-    if tokio::time::timeout(SHUTDOWN_GRACE, writer).await.is_err() {
+    if tokio::time::timeout_at(deadline, &mut writer).await.is_err() {
+        writer.abort();
         tracing::debug!(%peer, "client did not take its last messages in time");
     }
     tracing::debug!(%peer, "disconnected");

@@ -17,8 +17,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 /// What the connection should do after a request.
 pub(crate) enum Outcome {
     Reply(String),
-    /// The reply was already queued.
-    Sent,
+    /// The reply to `subscribe`; once it is queued, [`Session::forward`]
+    /// starts the events, so the reply precedes every one of them.
+    Subscribed(String, Subscription),
     Close(Message),
 }
 
@@ -84,18 +85,14 @@ impl Session {
         Outcome::Reply(reply)
     }
 
-    /// Replies, then starts forwarding: the reply precedes every event.
-    async fn start_subscription(&mut self, id: &str, sub: Subscription) -> Outcome {
+    /// Starts pushing a subscription's events; it replaces any earlier
+    /// subscription of this connection to the same session.
+    pub fn forward(&mut self, sub: Subscription) {
         let session_id = sub.session_id();
-        if let Some(old) = self.subscriptions.remove(&session_id) {
+        let task = tokio::spawn(forward(sub, self.out.clone()));
+        if let Some(old) = self.subscriptions.insert(session_id, task) {
             old.abort();
         }
-        let reply = render_ok(id, json!({"subscribed": true, "session_id": session_id.to_string()}));
-        if self.out.send(Message::text(reply)).await.is_err() {
-            return Outcome::Sent;
-        }
-        self.subscriptions.insert(session_id, tokio::spawn(forward(sub, self.out.clone())));
-        Outcome::Sent
     }
 
     /// The one `match` from wire commands to service calls.
@@ -105,7 +102,12 @@ impl Session {
             Command::Authenticate { token } => return Ok(self.authenticate(id, token)),
             Command::Subscribe { session_id, since } => {
                 let sub = service.subscribe(session_id, since)?;
-                return Ok(self.start_subscription(id, sub).await);
+                // The earlier subscription stops now; the new one starts after its reply.
+                if let Some(old) = self.subscriptions.remove(&session_id) {
+                    old.abort();
+                }
+                let reply = render_ok(id, json!({"subscribed": true, "session_id": session_id.to_string()}));
+                return Ok(Outcome::Subscribed(reply, sub));
             }
             Command::Unsubscribe { session_id } => {
                 if let Some(task) = self.subscriptions.remove(&session_id) {
