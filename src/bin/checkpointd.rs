@@ -101,11 +101,18 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
+        // Checked before binding, so a refused address is never exposed.
+        let addrs: Vec<_> = tokio::net::lookup_host(&args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?
+            .collect();
+        for addr in &addrs {
+            server::check_exposure(*addr, token.as_deref(), args.allow_unauthenticated).map_err(|e| e.to_string())?;
+        }
+        let listener = tokio::net::TcpListener::bind(addrs.as_slice())
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        server::check_exposure(addr, token.as_deref(), args.allow_unauthenticated).map_err(|e| e.to_string())?;
         let store = StoreConfig {
             durability: args.durability,
             event_retention: args.event_retention,

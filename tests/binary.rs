@@ -1,0 +1,515 @@
+//! The real `checkpointd` binary as a child process: options, restart,
+//! SIGTERM, SIGKILL, a second instance on the same directory, exposure rules
+//! and tokens.
+
+use checkpointd::client::{Client, ClientError};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_checkpointd");
+/// Upper bound for startup, one request, or an exit.
+const STEP: Duration = Duration::from_secs(15);
+/// SIGTERM must stop the server within this.
+const STOP: Duration = Duration::from_secs(8);
+
+/// Environment variables the binary reads; cleared so the caller's
+/// environment cannot change a test.
+const ENV: [&str; 9] = [
+    "CHECKPOINTD_DATA_DIR",
+    "CHECKPOINTD_LISTEN",
+    "CHECKPOINTD_TOKEN",
+    "CHECKPOINTD_MAX_CONNECTIONS",
+    "CHECKPOINTD_MAX_MESSAGE_BYTES",
+    "CHECKPOINTD_DURABILITY",
+    "CHECKPOINTD_EVENT_RETENTION",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+];
+
+/// A running (or finished) child process, killed and reaped on drop.
+struct Daemon {
+    pid: u32,
+    /// stdout lines after the `listening on` line.
+    stdout: mpsc::Receiver<String>,
+    exited: mpsc::Receiver<ExitStatus>,
+    status: Option<ExitStatus>,
+    stderr: Option<JoinHandle<String>>,
+    url: Option<String>,
+}
+
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for var in ENV {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    cmd
+}
+
+impl Daemon {
+    /// Spawns the binary; the caller decides whether it should come up.
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut child = command(args, env).spawn().expect("spawn checkpointd");
+        let pid = child.id();
+        let out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let (line_tx, stdout) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
+        // The child is waited for on its own thread: exits are observed
+        // without polling.
+        let (exit_tx, exited) = mpsc::channel();
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = exit_tx.send(status);
+            }
+        });
+        Daemon { pid, stdout, exited, status: None, stderr: Some(stderr), url: None }
+    }
+
+    /// Spawns the server and waits for its `listening on ws://` line.
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon::spawn(args, env);
+        let deadline = Instant::now() + STEP;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match d.stdout.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("listening on ws://") {
+                        assert!(addr.starts_with("127.0.0.1:"), "{line}");
+                        d.url = Some(format!("ws://{addr}"));
+                        return d;
+                    }
+                }
+                Err(_) => {
+                    let status = d.wait_exit(Duration::from_secs(2));
+                    panic!("checkpointd did not come up ({status:?}); stderr:\n{}", d.stderr());
+                }
+            }
+        }
+    }
+
+    /// Starts serving `dir` on a free loopback port.
+    fn serve(dir: &Path, extra: &[&str]) -> Daemon {
+        let mut args = vec!["--listen", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Daemon::start(&args, &[])
+    }
+
+    fn url(&self) -> &str {
+        self.url.as_deref().expect("not listening")
+    }
+
+    async fn connect(&self) -> Client {
+        tokio::time::timeout(STEP, Client::connect(self.url())).await.expect("connect timed out").expect("connect")
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.pid.to_string()]).status().unwrap();
+        assert!(status.success(), "kill -{name} {} failed", self.pid);
+    }
+
+    /// Waits for the process to exit; `None` if it is still running.
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.exited.recv_timeout(within).ok();
+        }
+        self.status
+    }
+
+    /// Everything the process wrote to stderr (waits for it to exit).
+    fn stderr(&mut self) -> String {
+        self.stderr.take().map(|h| h.join().unwrap()).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status (must come within `STOP`).
+    fn terminate(&mut self) -> ExitStatus {
+        let started = Instant::now();
+        self.signal("TERM");
+        let status = self.wait_exit(STOP).unwrap_or_else(|| panic!("no exit within {STOP:?} of SIGTERM"));
+        eprintln!("checkpointd stopped {:?} after SIGTERM", started.elapsed());
+        status
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.status.is_none() && self.wait_exit(Duration::ZERO).is_none() {
+            let _ = Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
+            let _ = self.wait_exit(STEP);
+        }
+    }
+}
+
+/// Runs the binary to completion: (status, stdout, stderr).
+fn run(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let mut d = Daemon::spawn(args, env);
+    let status = d.wait_exit(STEP).unwrap_or_else(|| panic!("{args:?} did not exit"));
+    let mut stdout = String::new();
+    while let Ok(line) = d.stdout.recv_timeout(Duration::from_secs(2)) {
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    (status, stdout, d.stderr())
+}
+
+async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, fut).await.unwrap_or_else(|_| panic!("{what}: timed out"))
+}
+
+async fn ok(c: &mut Client, method: &str, params: Value) -> Value {
+    bounded(method, c.call(method, params)).await.unwrap_or_else(|e| panic!("{method}: {e}"))
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn data(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("data")
+}
+
+// ---------------------------------------------------------------- options
+
+#[test]
+fn help_documents_every_option() {
+    for args in [&["--help"][..], &["serve", "--help"][..]] {
+        let (status, stdout, _) = run(args, &[]);
+        assert!(status.success(), "{args:?}: {status}");
+        for needle in [
+            "--data-dir",
+            "--listen",
+            "--token-file",
+            "--max-connections",
+            "--max-message-bytes",
+            "--durability",
+            "--event-retention",
+            "--allow-unauthenticated",
+            "CHECKPOINTD_DATA_DIR",
+            "CHECKPOINTD_LISTEN",
+            "CHECKPOINTD_TOKEN",
+            "CHECKPOINTD_MAX_CONNECTIONS",
+            "127.0.0.1:7700",
+            "./checkpoint-data",
+            "1024",
+            "sync",
+        ] {
+            assert!(stdout.contains(needle), "{args:?} --help does not mention {needle}:\n{stdout}");
+        }
+    }
+    let (status, stdout, _) = run(&["--version"], &[]);
+    assert!(status.success());
+    assert!(stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout}");
+}
+
+#[test]
+fn bad_options_are_refused() {
+    let dir = tempdir();
+    let d = data(&dir);
+    let d = d.to_str().unwrap();
+    for args in [
+        vec!["--listen", "127.0.0.1:0", "--data-dir", d, "--durability", "sometimes"],
+        vec!["--listen", "127.0.0.1:0", "--data-dir", d, "--max-connections", "many"],
+        vec!["--listen", "127.0.0.1:0", "--data-dir", d, "--token", "s3cret"],
+        vec!["--listen", "127.0.0.1:0", "--data-dir", d, "--no-such-option"],
+    ] {
+        let (status, _, stderr) = run(&args, &[]);
+        assert!(!status.success(), "{args:?} was accepted");
+        assert!(!stderr.is_empty(), "{args:?}: no message");
+    }
+    for args in [
+        vec!["--listen", "127.0.0.1:0", "--data-dir", d, "--max-connections", "0"],
+        vec!["--listen", "127.0.0.1:0", "--data-dir", d, "--max-message-bytes", "10"],
+        vec!["--listen", "127.0.0.1:0", "--data-dir", d, "--event-retention", "0"],
+        vec!["--listen", "not an address", "--data-dir", d],
+    ] {
+        let (status, stdout, stderr) = run(&args, &[]);
+        assert_eq!(status.code(), Some(1), "{args:?}: {status}; {stderr}");
+        assert!(!stdout.contains("listening"), "{args:?}");
+        assert!(stderr.lines().any(|l| l.starts_with("checkpointd: ")), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_non_loopback_address_needs_a_token_or_an_opt_in() {
+    let dir = tempdir();
+    let d = data(&dir);
+    let (status, stdout, stderr) = run(&["--listen", "0.0.0.0:0", "--data-dir", d.to_str().unwrap()], &[]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(!stdout.contains("listening"));
+    let line = stderr.lines().find(|l| l.starts_with("checkpointd: ")).unwrap_or_else(|| panic!("{stderr}"));
+    // It names the requested address: port 0 was never bound.
+    assert!(line.contains("--allow-unauthenticated") && line.contains("0.0.0.0:0 "), "{line}");
+    // Refused before anything was created on disk.
+    assert!(!d.exists(), "the data directory was created although the server refused to start");
+}
+
+// ---------------------------------------------------------------- tokens
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_file_trailing_newline_is_ignored() {
+    let dir = tempdir();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    let server = Daemon::serve(&data(&dir), &["--token-file", token_file.to_str().unwrap()]);
+    let mut c = server.connect().await;
+    let e = bounded("metrics", c.call("metrics", json!({}))).await.unwrap_err();
+    assert_eq!(e, ClientError::Remote { message: "Authentication required".into(), code: "unauthorized".into() });
+    let e = bounded("auth", c.call("authenticate", json!({"token": "s3cret\n"}))).await.unwrap_err();
+    assert_eq!(e.code(), Some("unauthorized"));
+    ok(&mut c, "authenticate", json!({"token": "s3cret"})).await;
+    ok(&mut c, "metrics", json!({})).await;
+    drop(server);
+
+    // The token in the environment works the same way.
+    let dir2 = tempdir();
+    let args = ["--listen", "127.0.0.1:0", "--data-dir", dir2.path().to_str().unwrap()];
+    let server = Daemon::start(&args, &[("CHECKPOINTD_TOKEN", "from-env")]);
+    let mut c = server.connect().await;
+    assert_eq!(bounded("m", c.call("metrics", json!({}))).await.unwrap_err().code(), Some("unauthorized"));
+    ok(&mut c, "authenticate", json!({"token": "from-env"})).await;
+    ok(&mut c, "metrics", json!({})).await;
+    drop(server);
+
+    // An empty or missing token file is refused.
+    std::fs::write(&token_file, "\n").unwrap();
+    let (status, _, stderr) = run(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir2.path().to_str().unwrap(),
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("empty"), "{stderr}");
+    let missing = dir.path().join("missing");
+    let (status, _, stderr) = run(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir2.path().to_str().unwrap(),
+            "--token-file",
+            missing.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("token file"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_configures_the_server() {
+    let dir = tempdir();
+    let d = data(&dir);
+    let server = Daemon::start(
+        &["serve"],
+        &[
+            ("CHECKPOINTD_DATA_DIR", d.to_str().unwrap()),
+            ("CHECKPOINTD_LISTEN", "127.0.0.1:0"),
+            ("CHECKPOINTD_MAX_CONNECTIONS", "1"),
+            ("CHECKPOINTD_DURABILITY", "async"),
+        ],
+    );
+    let mut c = server.connect().await;
+    let h = ok(&mut c, "health", json!({})).await;
+    assert_eq!(h["durability"], "async");
+    assert_eq!(h["max_connections"], 1);
+    let mut second = server.connect().await;
+    let msg = bounded("init", second.next_message()).await.unwrap();
+    assert!(msg.to_text().unwrap().contains("Server at capacity"), "{msg:?}");
+    assert!(d.is_dir(), "data directory was not created");
+}
+
+// ---------------------------------------------------------------- lifecycle
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_everything() {
+    let dir = tempdir();
+    let mut server = Daemon::serve(&data(&dir), &[]);
+    let mut c = server.connect().await;
+    let sid = bounded("s", c.create_session("keep me")).await.unwrap();
+    ok(&mut c, "set_retention", json!({"session_id": sid, "keep_recent": 50, "preserve_tags": ["m"]})).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let extra = json!({"tags": [format!("t{i}")], "metadata": {"i": i}, "trigger": "scheduled"});
+        ids.push(
+            bounded("c", c.checkpoint(&sid, &format!("c{i}"), json!({"step": i, "pi": 3.14}), extra)).await.unwrap(),
+        );
+    }
+    ok(&mut c, "annotate", json!({"checkpoint_id": ids[3], "note": "n", "severity": "critical"})).await;
+    ok(&mut c, "delete_checkpoint", json!({"checkpoint_id": ids[9]})).await;
+    let empty = bounded("s", c.create_session("empty")).await.unwrap();
+    ok(&mut c, "delete_session", json!({"session_id": empty})).await;
+
+    let before_metrics = ok(&mut c, "metrics", json!({})).await;
+    let before_session = ok(&mut c, "get_session", json!({"session_id": sid})).await;
+    let mut before_records = Vec::new();
+    for id in &ids[..9] {
+        before_records.push(ok(&mut c, "get_checkpoint", json!({"checkpoint_id": id})).await);
+    }
+    let before_sessions = ok(&mut c, "list_sessions", json!({})).await;
+
+    assert_eq!(server.terminate().code(), Some(0));
+    let mut server = Daemon::serve(&data(&dir), &[]);
+    let mut c = server.connect().await;
+    let m = ok(&mut c, "metrics", json!({})).await;
+    for field in ["total_checkpoints", "active_sessions", "total_sessions_created", "global_sequence", "event_sequence"]
+    {
+        assert_eq!(m[field], before_metrics[field], "{field} changed across a restart");
+    }
+    assert_eq!(ok(&mut c, "get_session", json!({"session_id": sid})).await, before_session);
+    for (id, before) in ids[..9].iter().zip(&before_records) {
+        assert_eq!(&ok(&mut c, "get_checkpoint", json!({"checkpoint_id": id})).await, before);
+    }
+    assert_eq!(ok(&mut c, "list_sessions", json!({})).await, before_sessions);
+    assert_eq!(ok(&mut c, "validate", json!({})).await["invalid"], 0);
+    // Sequences continue; the deleted newest one is not reused.
+    let deleted_seq = before_records[8]["sequence_number"].as_u64().unwrap() + 1;
+    let next = bounded("c", c.checkpoint(&sid, "after restart", json!(1), json!({}))).await.unwrap();
+    let seq = ok(&mut c, "get_checkpoint", json!({"checkpoint_id": next})).await["sequence_number"].as_u64().unwrap();
+    assert!(seq > deleted_seq, "sequence {seq} reused after restart");
+    // The journal survived: a subscriber resumes from before the restart.
+    ok(&mut c, "subscribe", json!({"session_id": sid, "since": 0})).await;
+    let first = bounded("event", c.next_event(STEP)).await.unwrap().expect("no replayed event");
+    assert_eq!(first["event_type"], "checkpoint_created");
+    assert_eq!(first["data"]["checkpoint_id"], ids[0].as_str());
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_close_frames_and_exits_zero() {
+    let dir = tempdir();
+    let mut server = Daemon::serve(&data(&dir), &[]);
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    let sid = bounded("s", a.create_session("s")).await.unwrap();
+    ok(&mut b, "subscribe", json!({"session_id": sid})).await;
+    // A half-open connection that never handshakes must not delay the exit.
+    let _idle = std::net::TcpStream::connect(server.url().trim_start_matches("ws://")).unwrap();
+
+    assert_eq!(server.terminate().code(), Some(0));
+    for c in [&mut a, &mut b] {
+        let deadline = Instant::now() + STEP;
+        let mut code = None;
+        for _ in 0..100 {
+            assert!(Instant::now() < deadline);
+            match bounded("close", c.next_message()).await {
+                Ok(Message::Close(frame)) => {
+                    code = frame.map(|f| u16::from(f.code));
+                    break;
+                }
+                Ok(_) => continue,
+                Err(e) => panic!("connection ended without a Close frame: {e}"),
+            }
+        }
+        assert_eq!(code, Some(1001));
+    }
+    let mut stderr = server.stderr();
+    stderr.retain(|c| c != '\r');
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_no_acknowledged_checkpoint() {
+    let dir = tempdir();
+    let mut server = Daemon::serve(&data(&dir), &[]);
+    let mut c = server.connect().await;
+    let sid = bounded("s", c.create_session("crash")).await.unwrap();
+    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let (enough_tx, mut enough_rx) = tokio::sync::watch::channel(0usize);
+    let enough_tx = Arc::new(enough_tx);
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let url = server.url().to_string();
+        let sid = sid.clone();
+        let acked = Arc::clone(&acked);
+        let enough_tx = Arc::clone(&enough_tx);
+        writers.push(tokio::spawn(async move {
+            let mut c = Client::connect(&url).await.unwrap();
+            for i in 0..100_000u64 {
+                let n = w * 1_000_000 + i;
+                match c.checkpoint(&sid, &format!("w{w}-{i}"), json!({"n": n}), json!({})).await {
+                    Ok(id) => {
+                        let mut a = acked.lock().unwrap();
+                        a.push((id, n));
+                        enough_tx.send_replace(a.len());
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    bounded("writes", enough_rx.wait_for(|&n| n >= 200)).await.unwrap();
+    server.signal("KILL");
+    let status = server.wait_exit(STEP).expect("no exit after SIGKILL");
+    assert!(!status.success());
+    for w in writers {
+        bounded("writer", w).await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 200);
+
+    let mut server = Daemon::serve(&data(&dir), &[]);
+    let mut c = server.connect().await;
+    for (id, n) in &acked {
+        let record = ok(&mut c, "get_checkpoint", json!({"checkpoint_id": id})).await;
+        assert_eq!(record["state"], json!({"n": n}), "{id}");
+        assert_eq!(record["session_id"], sid.as_str());
+    }
+    let v = ok(&mut c, "validate", json!({})).await;
+    assert_eq!(v["invalid"], 0, "{v}");
+    let count = ok(&mut c, "get_session", json!({"session_id": sid})).await["checkpoint_count"].as_u64().unwrap();
+    assert!(count as usize >= acked.len());
+    let list = bounded("list", c.list_checkpoints(&sid, json!({}))).await.unwrap();
+    assert_eq!(list.len() as u64, count, "checkpoint_count disagrees with the list");
+    assert_eq!(ok(&mut c, "metrics", json!({})).await["total_checkpoints"], count);
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_directory_is_refused() {
+    let dir = tempdir();
+    let d = data(&dir);
+    let mut first = Daemon::serve(&d, &[]);
+    let mut c = first.connect().await;
+    let sid = bounded("s", c.create_session("mine")).await.unwrap();
+
+    let (status, stdout, stderr) = run(&["--listen", "127.0.0.1:0", "--data-dir", d.to_str().unwrap()], &[]);
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stdout.contains("listening"), "{stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected a one-line error, got:\n{stderr}");
+    let line = lines[0];
+    assert!(line.starts_with("checkpointd: "), "{line}");
+    assert!(line.contains("in use"), "{line}");
+    assert!(line.contains(d.to_str().unwrap()), "the error does not name the directory: {line}");
+
+    // The first server is unaffected.
+    ok(&mut c, "get_session", json!({"session_id": sid})).await;
+    bounded("c", c.checkpoint(&sid, "still mine", json!(1), json!({}))).await.unwrap();
+    assert_eq!(first.terminate().code(), Some(0));
+}
