@@ -357,7 +357,7 @@ async fn restart_keeps_everything() {
     for i in 0..10 {
         let extra = json!({"tags": [format!("t{i}")], "metadata": {"i": i}, "trigger": "scheduled"});
         ids.push(
-            bounded("c", c.checkpoint(&sid, &format!("c{i}"), json!({"step": i, "pi": 3.14}), extra)).await.unwrap(),
+            bounded("c", c.checkpoint(&sid, &format!("c{i}"), json!({"step": i, "x": 2.5}), extra)).await.unwrap(),
         );
     }
     ok(&mut c, "annotate", json!({"checkpoint_id": ids[3], "note": "n", "severity": "critical"})).await;
