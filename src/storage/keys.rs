@@ -149,3 +149,23 @@ pub fn annotation_key(id: CheckpointId, index: u32) -> [u8; 20] {
 pub fn annotation_index(k: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(k.get(16..20)?.try_into().ok()?))
 }
+
+/// Splits a `tags` key into session, tag and sequence.
+pub fn decode_tag_key(k: &[u8]) -> Option<(SessionId, String, u64)> {
+    let session = uuid::Uuid::from_slice(k.get(..16)?).ok()?;
+    let len = usize::from(u16::from_be_bytes(k.get(16..18)?.try_into().ok()?));
+    if k.len() != 16 + 2 + len + 8 {
+        return None;
+    }
+    let tag = std::str::from_utf8(&k[18..18 + len]).ok()?.to_string();
+    Some((SessionId(session), tag, decode_u64(&k[18 + len..])?))
+}
+
+/// Splits an `annotations` key into checkpoint id and index.
+pub fn decode_annotation_key(k: &[u8]) -> Option<(CheckpointId, u32)> {
+    if k.len() != 20 {
+        return None;
+    }
+    let id = uuid::Uuid::from_slice(&k[..16]).ok()?;
+    Some((CheckpointId(id), annotation_index(k)?))
+}

@@ -25,6 +25,9 @@
 
 pub mod codec;
 pub mod commit;
+pub mod dircopy;
+pub mod import;
+pub mod inspect;
 pub mod keys;
 pub mod migrate;
 pub mod records;
