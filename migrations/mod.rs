@@ -1,0 +1,28 @@
+//! The on-disk format's upgrade steps, run in order by `storage::migrate`
+//! when checkpointd opens a data directory written by an older version.
+//!
+//! Format 1 is the first released format and nothing has changed since, so
+//! there is no step yet. The runner itself is proven by `tests/migrations.rs`
+//! with test-only steps, and `tests/fixtures/v1/` is a directory written in
+//! format 1 that every later version must open intact.
+//!
+//! # Changing the format
+//!
+//! 1. Add one file per step, named `v0001_to_v0002_<what>.rs`, starting with
+//!    a doc comment that says what changed and why. It exports one
+//!    `pub const STEP: Step` whose `run` reads the directory as version 1
+//!    left it and stages the new shape in the `StepWrite`; the runner applies
+//!    it together with the new version in one transaction. Keep the step
+//!    self-contained (its own copies of old record shapes): later code will
+//!    not know them.
+//! 2. Declare it below (`mod v0001_to_v0002_<what>;`), append its `STEP` to
+//!    [`STEPS`], and bump `CURRENT_FORMAT` in `src/storage/migrate.rs` (and
+//!    `codec::RECORD_FORMAT` if the record encoding changed).
+//! 3. Add `tests/fixtures/v<new>/` with the fixture command in
+//!    `docs/operations.md`, and keep every older fixture: each must still
+//!    open intact.
+
+use super::Step;
+
+/// Every step, in order: `STEPS[i].from == i + 1`.
+pub static STEPS: &[Step] = &[];
