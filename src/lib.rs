@@ -40,14 +40,19 @@
 //! - [`protocol`]: request parsing and reply/event rendering.
 //! - [`server`]: listener, connections, shutdown.
 //! - [`client`]: a small async client for the protocol.
+//! - [`dump`]: the `checkpoint-dump` commands, read from a private copy of a
+//!   data directory ([`storage::inspect`]).
+//! - [`transfer`]: export / import as JSON lines, and forge-reasoning import.
 
 pub mod client;
 pub mod config;
+pub mod dump;
 pub mod error;
 pub mod model;
 pub mod protocol;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod transfer;
 
 pub use error::{Error, Result};

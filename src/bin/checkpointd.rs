@@ -23,6 +23,31 @@ struct Cli {
 enum Command {
     /// Serve (the default when no subcommand is given).
     Serve(ServeArgs),
+    /// Load a `checkpoint-dump export` into an empty data directory, or a
+    /// forge-reasoning export (`--forge-export`) into any data directory.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["file", "forge_export"])))]
+struct ImportArgs {
+    /// Data directory to load into (created when missing).
+    #[arg(long, env = "CHECKPOINTD_DATA_DIR", default_value = "./checkpoint-data")]
+    data_dir: PathBuf,
+    /// A `checkpoint-dump export` file, or - for stdin. The data directory
+    /// must be empty.
+    file: Option<PathBuf>,
+    /// A forge-reasoning `export_all_checkpoints` JSON file. Checkpoints whose
+    /// id already exists are skipped.
+    #[arg(long, value_name = "FILE")]
+    forge_export: Option<PathBuf>,
+    /// Keep forge checkpoints' `state` (it holds the forge host's environment
+    /// variables); by default it is replaced by null.
+    #[arg(long, requires = "forge_export", conflicts_with = "file")]
+    keep_forge_state: bool,
+    /// Do not copy the data directory before migrating an older format.
+    #[arg(long)]
+    no_backup: bool,
 }
 
 #[derive(Args)]
@@ -55,6 +80,10 @@ struct ServeArgs {
     /// Allow listening on a non-loopback address without a token.
     #[arg(long)]
     allow_unauthenticated: bool,
+    /// Do not copy the data directory to `<DIR>.backup-v<old>` before
+    /// migrating an older on-disk format.
+    #[arg(long)]
+    no_backup: bool,
 }
 
 fn main() -> ExitCode {
@@ -65,6 +94,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Serve(args)) => serve(args),
+        Some(Command::Import(args)) => import(args),
         None => serve(cli.serve),
     };
     match result {
@@ -116,6 +146,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         let store = StoreConfig {
             durability: args.durability,
             event_retention: args.event_retention,
+            backup_before_migrate: !args.no_backup,
             ..StoreConfig::new(&args.data_dir)
         };
         let service = Service::open(store).map_err(|e| e.to_string())?;
@@ -125,6 +156,51 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         println!("listening on ws://{addr}");
         let _ = std::io::stdout().flush();
         server::run(listener, service, config, shutdown_signal()).await.map_err(|e| e.to_string())
+    })
+}
+
+fn import(args: ImportArgs) -> Result<(), String> {
+    use checkpointd::storage::Store;
+    enum Input {
+        Forge(String),
+        Export(Box<dyn std::io::BufRead>),
+    }
+    let cannot_read = |path: &std::path::Path, e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    // The input is opened first, so a wrong path creates no data directory.
+    let input = match (&args.forge_export, &args.file) {
+        (Some(path), _) => Input::Forge(std::fs::read_to_string(path).map_err(|e| cannot_read(path, e))?),
+        (None, Some(path)) if path.as_os_str() == "-" => Input::Export(Box::new(std::io::stdin().lock())),
+        (None, Some(path)) => {
+            let file = std::fs::File::open(path).map_err(|e| cannot_read(path, e))?;
+            Input::Export(Box::new(std::io::BufReader::new(file)))
+        }
+        (None, None) => unreachable!("clap requires a file or --forge-export"),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let config = StoreConfig { backup_before_migrate: !args.no_backup, ..StoreConfig::new(&args.data_dir) };
+        let dir = args.data_dir.display();
+        let store = Store::open(config).map_err(|e| e.to_string())?;
+        let result = match input {
+            Input::Forge(text) => {
+                checkpointd::transfer::import_forge(&store, &text, args.keep_forge_state).await.map(|r| {
+                    format!(
+                        "imported {} forge checkpoints into {dir}: {} skipped (id already present), {} sessions created, {} existing sessions extended; global sequence {}",
+                        r.imported, r.skipped, r.sessions_created, r.sessions_reused, r.global_sequence
+                    )
+                })
+            }
+            Input::Export(reader) => checkpointd::transfer::import(&store, reader).await.map(|c| {
+                format!(
+                    "imported {} sessions, {} checkpoints, {} annotations into {dir}",
+                    c.sessions, c.checkpoints, c.annotations
+                )
+            }),
+        };
+        store.close();
+        let report = result.map_err(|e| e.to_string())?;
+        println!("{report}");
+        Ok(())
     })
 }
 

@@ -1,0 +1,115 @@
+//! `checkpoint-dump`: inspect a checkpointd data directory without changing it.
+//!
+//! Exit codes: 0 ok, 1 problems found or an error, 2 usage.
+
+use checkpointd::dump::{self, Command, Options};
+use checkpointd::model::{CheckpointId, SessionId};
+use clap::{Parser, Subcommand};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Inspect a checkpointd data directory: it is never changed (the tool reads
+/// a private copy). Human-readable tables by default, JSON lines with --json.
+#[derive(Parser)]
+#[command(name = "checkpoint-dump", version)]
+struct Cli {
+    /// Data directory to inspect.
+    #[arg(long, env = "CHECKPOINTD_DATA_DIR", default_value = "./checkpoint-data")]
+    data_dir: PathBuf,
+    /// Print JSON lines (one object per row), for jq.
+    #[arg(long)]
+    json: bool,
+    /// Read a copy taken without the directory's lock, while a server runs on
+    /// it (sled recovers the copy like a crash image).
+    #[arg(long)]
+    snapshot: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Format version, counts, sequences, oldest retained event, bytes on disk.
+    Summary,
+    /// One row per session, in creation order.
+    Sessions,
+    /// One session's checkpoints in sequence order.
+    Checkpoints {
+        #[arg(long)]
+        session: SessionId,
+        /// Add each checkpoint's state.
+        #[arg(long)]
+        with_state: bool,
+    },
+    /// One checkpoint with state, metadata, parent and annotations.
+    Checkpoint { id: CheckpointId },
+    /// The event journal.
+    Events {
+        /// Only events with a sequence above this one (exclusive).
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// At most this many events.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Check every checksum, index entry, record and counter; exit 1 on any problem.
+    Verify,
+    /// Everything as JSON lines, for `checkpointd import`.
+    Export,
+}
+
+/// Stdout that treats a closed pipe (`| head`) as the end of the output.
+struct Out<W: Write>(W, bool);
+
+impl<W: Write> Write for Out<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.1 {
+            return Ok(buf.len());
+        }
+        match self.0.write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.1 = true;
+                Ok(buf.len())
+            }
+            other => other,
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.1 {
+            return Ok(());
+        }
+        match self.0.flush() {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.1 = true;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = match cli.command {
+        Cmd::Summary => Command::Summary,
+        Cmd::Sessions => Command::Sessions,
+        Cmd::Checkpoints { session, with_state } => Command::Checkpoints { session, with_state },
+        Cmd::Checkpoint { id } => Command::Checkpoint { id },
+        Cmd::Events { since, limit } => Command::Events { since, limit },
+        Cmd::Verify => Command::Verify,
+        Cmd::Export => Command::Export,
+    };
+    let opts = Options { data_dir: cli.data_dir, json: cli.json, snapshot: cli.snapshot };
+    let mut out = Out(io::BufWriter::new(io::stdout().lock()), false);
+    match dump::run(&opts, &command, &mut out) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("checkpoint-dump: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! `checkpoint-dump`: what each command reads from an [`Inspector`] and how
+//! it is printed: aligned tables with full ids, or JSON lines (`--json`) in
+//! the wire protocol's shapes, for jq. The binary only parses arguments.
+
+use crate::error::{Error, Result};
+use crate::model::{CheckpointId, EventKind, JournalEvent, SessionId};
+use crate::protocol::reply::{self, SummaryView, timestamp};
+use crate::storage::inspect::{Inspector, Summary, Verification};
+use serde::Serialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Longest message shown in a table cell; `checkpoint ID` and `--json` show
+/// it whole.
+pub const MAX_MESSAGE_CHARS: usize = 80;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub data_dir: PathBuf,
+    /// JSON lines instead of tables.
+    pub json: bool,
+    /// Read a copy taken without the directory's lock (a server may hold it).
+    pub snapshot: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum Command {
+    Summary,
+    Sessions,
+    Checkpoints {
+        session: SessionId,
+        with_state: bool,
+    },
+    Checkpoint {
+        id: CheckpointId,
+    },
+    /// Events with seq > `since`, at most `limit`.
+    Events {
+        since: u64,
+        limit: Option<usize>,
+    },
+    Verify,
+    Export,
+}
+
+/// Runs one command. `Ok(false)` means it ran and found problems (`verify`).
+pub fn run(opts: &Options, cmd: &Command, out: &mut dyn Write) -> Result<bool> {
+    let ins = Inspector::open(&opts.data_dir, opts.snapshot)?;
+    let json = opts.json;
+    match cmd {
+        Command::Summary => summary(&ins.summary()?, json, out)?,
+        Command::Sessions => sessions(&ins, json, out)?,
+        Command::Checkpoints { session, with_state } => checkpoints(&ins, *session, *with_state, json, out)?,
+        Command::Checkpoint { id } => checkpoint(&ins, *id, json, out)?,
+        Command::Events { since, limit } => events(&ins, *since, *limit, json, out)?,
+        Command::Verify => {
+            let v = ins.verify()?;
+            verification(&v, json, out)?;
+            out.flush()?;
+            return Ok(v.ok());
+        }
+        Command::Export => {
+            crate::transfer::export(&ins, out)?;
+        }
+    }
+    out.flush()?;
+    Ok(true)
+}
+
+/// JSON text on one line. Valid JSON has line breaks only between tokens
+/// (never inside a string), where a space means the same.
+fn one_line(raw: &RawValue) -> Box<RawValue> {
+    let text = raw.get().replace(['\n', '\r'], " ");
+    RawValue::from_string(text).expect("JSON with whitespace replaced by spaces stays JSON")
+}
+
+fn json_line(out: &mut dyn Write, value: &impl Serialize) -> Result<()> {
+    serde_json::to_writer(&mut *out, value).map_err(|e| Error::Internal(format!("cannot render: {e}")))?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Keeps a table row on one line.
+fn cell(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => s.push_str("\\n"),
+            '\r' => s.push_str("\\r"),
+            '\t' => s.push_str("\\t"),
+            c if c.is_control() => s.push_str(&c.escape_unicode().to_string()),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+fn short(text: &str) -> String {
+    let text = cell(text);
+    match text.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// Aligned columns, two spaces apart; the last column is not padded.
+fn table(out: &mut dyn Write, head: &[&str], rows: &[Vec<String>]) -> Result<()> {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let head: Vec<String> = head.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&head).chain(rows) {
+        let mut line = String::new();
+        for (i, (c, w)) in row.iter().zip(&widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+/// `key  value` lines with aligned values.
+fn record(out: &mut dyn Write, fields: &[(String, String)]) -> Result<()> {
+    let width = fields.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+    for (k, v) in fields {
+        writeln!(out, "{k:<width$}  {v}")?;
+    }
+    Ok(())
+}
+
+fn summary(s: &Summary, json: bool, out: &mut dyn Write) -> Result<()> {
+    let c = s.counters.unwrap_or_default();
+    if json {
+        return json_line(
+            out,
+            &json!({
+                "data_dir": s.data_dir.display().to_string(),
+                "format_version": s.format_version,
+                "sessions": s.sessions,
+                "checkpoints": s.checkpoints,
+                "annotations": s.annotations,
+                "events": s.events,
+                "oldest_event": s.oldest_event,
+                "newest_event": s.newest_event,
+                "global_sequence": c.global_seq,
+                "event_sequence": c.event_seq,
+                "sessions_created": c.sessions_created,
+                "bytes_on_disk": s.bytes_on_disk,
+            }),
+        );
+    }
+    let fields = [
+        ("data_dir", s.data_dir.display().to_string()),
+        ("format_version", opt(s.format_version)),
+        ("sessions", s.sessions.to_string()),
+        ("checkpoints", s.checkpoints.to_string()),
+        ("annotations", s.annotations.to_string()),
+        ("events", s.events.to_string()),
+        ("oldest_event", opt(s.oldest_event)),
+        ("newest_event", opt(s.newest_event)),
+        ("global_sequence", c.global_seq.to_string()),
+        ("event_sequence", c.event_seq.to_string()),
+        ("sessions_created", c.sessions_created.to_string()),
+        ("bytes_on_disk", s.bytes_on_disk.to_string()),
+    ];
+    record(out, &fields.map(|(k, v)| (k.to_string(), v)))
+}
+
+fn sessions(ins: &Inspector, json: bool, out: &mut dyn Write) -> Result<()> {
+    let mut rows = Vec::new();
+    for rec in ins.sessions() {
+        let mut s = rec?.to_model()?;
+        s.metadata = one_line(&s.metadata);
+        if json {
+            json_line(out, &reply::session(&s, true))?;
+        } else {
+            rows.push(vec![
+                s.id.to_string(),
+                cell(&s.name),
+                timestamp(s.created_at),
+                s.checkpoint_count.to_string(),
+                opt(s.last_sequence),
+            ]);
+        }
+    }
+    if json { Ok(()) } else { table(out, &["ID", "NAME", "CREATED", "CHECKPOINTS", "LAST_SEQUENCE"], &rows) }
+}
+
+#[derive(Serialize)]
+struct CheckpointRow<'a> {
+    #[serde(flatten)]
+    summary: SummaryView<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'a RawValue>,
+}
+
+fn checkpoints(ins: &Inspector, session: SessionId, with_state: bool, json: bool, out: &mut dyn Write) -> Result<()> {
+    ins.session(session)?;
+    let mut rows = Vec::new();
+    for rec in ins.checkpoints(session) {
+        let rec = rec?;
+        let state = if with_state { Some(one_line(&ins.state(&rec)?)) } else { None };
+        let s = rec.summary(ins.has_notes(rec.id)?);
+        if json {
+            json_line(out, &CheckpointRow { summary: SummaryView::from(&s), state: state.as_deref() })?;
+            continue;
+        }
+        let mut row = vec![
+            s.sequence_number.to_string(),
+            s.id.to_string(),
+            timestamp(s.timestamp),
+            s.trigger.to_string(),
+            opt((!s.tags.is_empty()).then(|| cell(&s.tags.join(",")))),
+            opt(s.parent_id),
+            if s.has_notes { "yes".into() } else { "-".into() },
+            short(&s.message),
+        ];
+        if let Some(state) = state {
+            row.push(state.get().to_string());
+        }
+        rows.push(row);
+    }
+    if json {
+        return Ok(());
+    }
+    let mut head = vec!["SEQUENCE", "ID", "TIMESTAMP", "TRIGGER", "TAGS", "PARENT", "NOTES", "MESSAGE"];
+    if with_state {
+        head.push("STATE");
+    }
+    table(out, &head, &rows)
+}
+
+fn checkpoint(ins: &Inspector, id: CheckpointId, json: bool, out: &mut dyn Write) -> Result<()> {
+    let mut c = ins.checkpoint(id)?;
+    c.state = one_line(&c.state);
+    c.metadata = one_line(&c.metadata);
+    if json {
+        return json_line(out, &reply::checkpoint(&c));
+    }
+    let s = &c.summary;
+    let mut fields = vec![
+        ("id".to_string(), s.id.to_string()),
+        ("session_id".into(), s.session_id.to_string()),
+        ("sequence_number".into(), s.sequence_number.to_string()),
+        ("timestamp".into(), timestamp(s.timestamp)),
+        ("trigger".into(), s.trigger.to_string()),
+        ("tags".into(), opt((!s.tags.is_empty()).then(|| cell(&s.tags.join(", "))))),
+        ("parent_id".into(), opt(s.parent_id)),
+        ("message".into(), cell(&s.message)),
+        ("metadata".into(), c.metadata.get().to_string()),
+        ("state".into(), c.state.get().to_string()),
+        ("checksum".into(), format!("{:08x}", c.checksum)),
+        ("annotations".into(), c.annotations.len().to_string()),
+    ];
+    for (i, a) in c.annotations.iter().enumerate() {
+        fields.push((
+            format!("annotation {i}"),
+            format!("{}  {:<8}  {}", timestamp(a.timestamp), a.severity.as_str(), cell(&a.note)),
+        ));
+    }
+    record(out, &fields)
+}
+
+fn event_row(e: &JournalEvent) -> Vec<String> {
+    let (checkpoint, sequence, removed, remaining) = match &e.kind {
+        EventKind::CheckpointCreated { checkpoint_id, sequence_number }
+        | EventKind::CheckpointRestored { checkpoint_id, sequence_number }
+        | EventKind::CheckpointDeleted { checkpoint_id, sequence_number } => {
+            (Some(checkpoint_id.to_string()), Some(*sequence_number), None, None)
+        }
+        EventKind::CheckpointsCompacted { removed, remaining } => (None, None, Some(*removed), Some(*remaining)),
+        EventKind::SessionDeleted { removed } => (None, None, Some(*removed), None),
+    };
+    vec![
+        e.seq.to_string(),
+        timestamp(e.timestamp),
+        e.kind.name().to_string(),
+        e.session_id.to_string(),
+        opt(checkpoint),
+        opt(sequence),
+        opt(removed),
+        opt(remaining),
+    ]
+}
+
+fn events(ins: &Inspector, since: u64, limit: Option<usize>, json: bool, out: &mut dyn Write) -> Result<()> {
+    let mut rows = Vec::new();
+    for e in ins.events(since).take(limit.unwrap_or(usize::MAX)) {
+        let e = e?;
+        if json {
+            writeln!(out, "{}", reply::render_event(&e))?;
+        } else {
+            rows.push(event_row(&e));
+        }
+    }
+    if json {
+        return Ok(());
+    }
+    let head = ["SEQ", "TIMESTAMP", "EVENT", "SESSION", "CHECKPOINT", "SEQUENCE", "REMOVED", "REMAINING"];
+    table(out, &head, &rows)
+}
+
+fn verification(v: &Verification, json: bool, out: &mut dyn Write) -> Result<()> {
+    let shown = if (v.problems.len() as u64) < v.total_problems {
+        format!(" (the first {} shown)", v.problems.len())
+    } else {
+        String::new()
+    };
+    let checked = format!(
+        "{} sessions, {} checkpoints, {} tags, {} annotations, {} events checked",
+        v.sessions, v.checkpoints, v.tags, v.annotations, v.events
+    );
+    if json {
+        for p in &v.problems {
+            json_line(out, &json!({ "problem": p }))?;
+        }
+        return json_line(
+            out,
+            &json!({
+                "ok": v.ok(),
+                "problems": v.total_problems,
+                "sessions": v.sessions,
+                "checkpoints": v.checkpoints,
+                "tags": v.tags,
+                "annotations": v.annotations,
+                "events": v.events,
+            }),
+        );
+    }
+    for p in &v.problems {
+        writeln!(out, "problem: {p}")?;
+    }
+    if v.ok() {
+        writeln!(out, "ok: {checked}; no problems")?;
+    } else {
+        writeln!(out, "{} problems found{shown}; {checked}", v.total_problems)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,483 @@
+//! Moving data between data directories: `checkpoint-dump export` writes
+//! JSON lines, `checkpointd import` loads them into an empty directory with
+//! the same ids, sequence numbers, timestamps and states, and
+//! `checkpointd import --forge-export` loads forge-reasoning's
+//! `export_all_checkpoints` file.
+//!
+//! # Export format (one JSON object per line)
+//!
+//! 1. `{"type":"header","export_version":1,"format_version":..,"global_sequence":..,"event_sequence":..,
+//!    "sessions_created":..,"sessions":..,"checkpoints":..,"annotations":..,"exported_at":..}`
+//! 2. per session, in creation order: `{"type":"session","id","ordinal","name","created_at","metadata","retention"}`,
+//!    then its checkpoints in sequence order, each
+//!    `{"type":"checkpoint","id","session_id","sequence_number","timestamp","message","tags","trigger",
+//!    "parent_id","metadata","state"}` followed by its
+//!    `{"type":"annotation","checkpoint_id","index","note","severity","timestamp"}` lines.
+//!
+//! `state` and `metadata` are the stored JSON text, byte for byte; stored
+//! JSON that spans lines travels as a string in `state_text` /
+//! `metadata_text` instead (with `null` in `state` / `metadata`). The
+//! journal is not exported; the event sequence is carried over instead, so
+//! numbers handed out after an import stay above every exported one.
+
+use crate::error::{Error, Result};
+use crate::model::{Annotation, CheckpointId, RetentionPolicy, SessionId, Severity, Trigger, json_null};
+use crate::protocol::reply::timestamp;
+use crate::storage::Store;
+use crate::storage::import::{ImportAnnotation, ImportBatch, ImportCheckpoint, ImportCounts, ImportSession};
+use crate::storage::inspect::Inspector;
+use crate::storage::records::{from_micros, raw_json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, Write};
+
+/// Version of the export format (not of the on-disk format).
+pub const EXPORT_VERSION: u32 = 1;
+/// Checkpoints per import write; each write is one atomic change.
+const BATCH_CHECKPOINTS: usize = 512;
+/// Rough bytes per import write.
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    r#type: String,
+    export_version: u32,
+    format_version: Option<u32>,
+    global_sequence: u64,
+    event_sequence: u64,
+    sessions_created: u64,
+    sessions: u64,
+    checkpoints: u64,
+    annotations: u64,
+    exported_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SessionLine {
+    r#type: String,
+    id: SessionId,
+    ordinal: u64,
+    name: String,
+    created_at: DateTime<Utc>,
+    metadata: Box<RawValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metadata_text: Option<String>,
+    retention: Option<RetentionPolicy>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointLine {
+    r#type: String,
+    id: CheckpointId,
+    session_id: SessionId,
+    sequence_number: u64,
+    timestamp: DateTime<Utc>,
+    message: String,
+    tags: Vec<String>,
+    trigger: String,
+    parent_id: Option<CheckpointId>,
+    metadata: Box<RawValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metadata_text: Option<String>,
+    state: Box<RawValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state_text: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AnnotationLine {
+    r#type: String,
+    checkpoint_id: CheckpointId,
+    index: u32,
+    note: String,
+    severity: String,
+    timestamp: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+struct LineType {
+    r#type: String,
+}
+
+/// Stored JSON that spans lines (a client may send pretty-printed JSON, kept
+/// byte for byte) would break the one-object-per-line format: it travels as
+/// a string in `<field>_text` instead, with `null` in `<field>`.
+fn split_raw(raw: Box<RawValue>) -> (Box<RawValue>, Option<String>) {
+    if raw.get().contains(['\n', '\r']) { (json_null(), Some(raw.get().to_string())) } else { (raw, None) }
+}
+
+fn join_raw(raw: Box<RawValue>, text: Option<String>, what: &str) -> Result<Box<RawValue>> {
+    match text {
+        Some(t) => RawValue::from_string(t).map_err(|e| Error::invalid(format!("{what}_text is not JSON: {e}"))),
+        None => Ok(raw),
+    }
+}
+
+fn write_line<T: Serialize>(out: &mut dyn Write, line: &T) -> Result<()> {
+    serde_json::to_writer(&mut *out, line).map_err(|e| Error::Internal(format!("cannot write export: {e}")))?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Writes everything in the inspected directory as export lines; returns
+/// what was written.
+pub fn export(ins: &Inspector, out: &mut dyn Write) -> Result<ImportCounts> {
+    let summary = ins.summary()?;
+    let counters = summary.counters.unwrap_or_default();
+    write_line(
+        out,
+        &Header {
+            r#type: "header".into(),
+            export_version: EXPORT_VERSION,
+            format_version: summary.format_version,
+            global_sequence: counters.global_seq,
+            event_sequence: counters.event_seq,
+            sessions_created: counters.sessions_created,
+            sessions: summary.sessions,
+            checkpoints: summary.checkpoints,
+            annotations: summary.annotations,
+            exported_at: timestamp(Utc::now()),
+        },
+    )?;
+    let mut counts = ImportCounts::default();
+    for session in ins.sessions() {
+        let s = session?;
+        let (metadata, metadata_text) = split_raw(raw_json(s.metadata.clone(), "session metadata")?);
+        write_line(
+            out,
+            &SessionLine {
+                r#type: "session".into(),
+                id: s.id,
+                ordinal: s.ordinal,
+                name: s.name.clone(),
+                created_at: from_micros(s.created_at),
+                metadata,
+                metadata_text,
+                retention: s.retention.clone(),
+            },
+        )?;
+        counts.sessions += 1;
+        for rec in ins.checkpoints(s.id) {
+            let rec = rec?;
+            let (state, state_text) = split_raw(ins.state(&rec)?);
+            let (metadata, metadata_text) = split_raw(raw_json(rec.metadata, "checkpoint metadata")?);
+            let notes = ins.annotations(rec.id)?;
+            write_line(
+                out,
+                &CheckpointLine {
+                    r#type: "checkpoint".into(),
+                    id: rec.id,
+                    session_id: rec.session_id,
+                    sequence_number: rec.sequence_number,
+                    timestamp: from_micros(rec.timestamp),
+                    message: rec.message,
+                    tags: rec.tags,
+                    trigger: rec.trigger.to_string(),
+                    parent_id: rec.parent_id,
+                    metadata,
+                    metadata_text,
+                    state,
+                    state_text,
+                },
+            )?;
+            counts.checkpoints += 1;
+            for (index, a) in notes {
+                write_line(
+                    out,
+                    &AnnotationLine {
+                        r#type: "annotation".into(),
+                        checkpoint_id: rec.id,
+                        index,
+                        note: a.note,
+                        severity: a.severity.as_str().into(),
+                        timestamp: from_micros(a.timestamp),
+                    },
+                )?;
+                counts.annotations += 1;
+            }
+        }
+    }
+    out.flush()?;
+    let announced =
+        ImportCounts { sessions: summary.sessions, checkpoints: summary.checkpoints, annotations: summary.annotations };
+    if counts != announced {
+        return Err(Error::Internal(format!(
+            "exported {counts:?}, but the directory holds {announced:?}: some records belong to no listed session or checkpoint; run verify"
+        )));
+    }
+    Ok(counts)
+}
+
+fn parse<'a, T: Deserialize<'a>>(line: &'a str, n: usize) -> Result<T> {
+    serde_json::from_str(line).map_err(|e| Error::invalid(format!("line {n}: {e}")))
+}
+
+/// Loads an export into `store`, which must be pristine (never written).
+/// Writes in atomic batches; on an error the directory holds a prefix of the
+/// export and should be discarded.
+pub async fn import(store: &Store, input: impl BufRead) -> Result<ImportCounts> {
+    if !store.is_pristine()? {
+        return Err(Error::Conflict(format!(
+            "data directory {} is not empty; import loads into an empty one",
+            store.config().data_dir.display()
+        )));
+    }
+    let mut lines = input.lines().enumerate().map(|(i, l)| (i + 1, l));
+    let header: Header = loop {
+        match lines.next() {
+            Some((_, Ok(l))) if l.trim().is_empty() => continue,
+            Some((n, Ok(l))) => match parse::<Header>(&l, n) {
+                Ok(h) if h.r#type == "header" => break h,
+                _ => return Err(Error::invalid(format!("line {n}: not a checkpoint-dump export header"))),
+            },
+            Some((_, Err(e))) => return Err(e.into()),
+            None => return Err(Error::invalid("the export is empty")),
+        }
+    };
+    if header.export_version != EXPORT_VERSION {
+        return Err(Error::invalid(format!(
+            "export version {} is not {EXPORT_VERSION}, the version this checkpointd reads",
+            header.export_version
+        )));
+    }
+    let fresh = || ImportBatch {
+        global_seq_floor: header.global_sequence,
+        event_seq_floor: header.event_sequence,
+        sessions_created_floor: header.sessions_created,
+        ..ImportBatch::default()
+    };
+    let mut batch = fresh();
+    let mut total = ImportCounts::default();
+    for (n, line) in lines {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |e: Error| Error::invalid(format!("line {n}: {e}"));
+        match parse::<LineType>(&line, n)?.r#type.as_str() {
+            "session" => {
+                let s: SessionLine = parse(&line, n)?;
+                batch.sessions.push(ImportSession {
+                    id: s.id,
+                    ordinal: Some(s.ordinal),
+                    name: s.name,
+                    created_at: s.created_at,
+                    metadata: join_raw(s.metadata, s.metadata_text, "metadata").map_err(at)?,
+                    retention: s.retention,
+                });
+            }
+            "checkpoint" => {
+                let c: CheckpointLine = parse(&line, n)?;
+                let trigger = c.trigger.parse::<Trigger>().map_err(|e| at(Error::invalid(e)))?;
+                batch.checkpoints.push(ImportCheckpoint {
+                    id: c.id,
+                    session_id: c.session_id,
+                    sequence_number: c.sequence_number,
+                    timestamp: c.timestamp,
+                    message: c.message,
+                    tags: c.tags,
+                    trigger,
+                    metadata: join_raw(c.metadata, c.metadata_text, "metadata").map_err(at)?,
+                    parent_id: c.parent_id,
+                    state: join_raw(c.state, c.state_text, "state").map_err(at)?,
+                });
+            }
+            "annotation" => {
+                let a: AnnotationLine = parse(&line, n)?;
+                let severity = a.severity.parse::<Severity>().map_err(|e| at(Error::invalid(e)))?;
+                batch.annotations.push(ImportAnnotation {
+                    checkpoint_id: a.checkpoint_id,
+                    index: Some(a.index),
+                    annotation: Annotation { note: a.note, severity, timestamp: a.timestamp },
+                });
+            }
+            other => return Err(Error::invalid(format!("line {n}: unknown line type {other:?}"))),
+        }
+        if batch.checkpoints.len() >= BATCH_CHECKPOINTS || batch.approx_bytes() >= BATCH_BYTES {
+            total += store.import(std::mem::replace(&mut batch, fresh())).await.map_err(at)?;
+        }
+    }
+    // Also carries the counters over when the export holds no records.
+    total += store.import(batch).await?;
+    let expected =
+        ImportCounts { sessions: header.sessions, checkpoints: header.checkpoints, annotations: header.annotations };
+    if total != expected {
+        return Err(Error::invalid(format!(
+            "the export is incomplete: its header announces {expected:?}, it holds {total:?}"
+        )));
+    }
+    Ok(total)
+}
+
+// ----- forge-reasoning ------------------------------------------------------
+
+/// forge-reasoning's `export_all_checkpoints` file.
+#[derive(Deserialize)]
+struct ForgeExport {
+    checkpoints: Vec<ForgeCheckpoint>,
+    #[serde(default)]
+    global_sequence: u64,
+}
+
+/// forge-reasoning's `TemporalCheckpoint`.
+#[derive(Deserialize)]
+struct ForgeCheckpoint {
+    id: uuid::Uuid,
+    timestamp: DateTime<Utc>,
+    sequence_number: u64,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    state: Box<RawValue>,
+    trigger: serde_json::Value,
+    session_id: uuid::Uuid,
+    #[serde(default)]
+    checksum: Option<String>,
+}
+
+/// What a forge import did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForgeReport {
+    pub imported: u64,
+    /// Checkpoints whose id already existed (or repeated in the file).
+    pub skipped: u64,
+    pub sessions_created: u64,
+    /// Sessions that already existed and received checkpoints.
+    pub sessions_reused: u64,
+    /// The global sequence after the import.
+    pub global_sequence: u64,
+}
+
+/// The session a forge session becomes.
+pub fn forge_session_name(id: SessionId) -> String {
+    format!("forge:{id}")
+}
+
+/// forge's `CheckpointTrigger`, serialised by serde: `"Manual"`,
+/// `"Scheduled"`, or `{"Automatic": "<AutoTrigger>"}` (`"Auto"` in some
+/// versions).
+fn forge_trigger(v: &serde_json::Value) -> Option<Trigger> {
+    use serde_json::Value;
+    let auto = |kind: Option<&Value>| match kind {
+        None | Some(Value::Null) => Some(Trigger::Auto(None)),
+        Some(Value::String(k)) if !k.is_empty() && k.len() <= crate::config::MAX_TAG_BYTES => {
+            Some(Trigger::Auto(Some(k.clone())))
+        }
+        _ => None,
+    };
+    match v {
+        Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "manual" => Some(Trigger::Manual),
+            "scheduled" => Some(Trigger::Scheduled),
+            "auto" | "automatic" => Some(Trigger::Auto(None)),
+            _ => None,
+        },
+        Value::Object(m) if m.len() == 1 => {
+            let (k, kind) = m.iter().next()?;
+            matches!(k.to_ascii_lowercase().as_str(), "auto" | "automatic").then(|| auto(Some(kind)))?
+        }
+        _ => None,
+    }
+}
+
+/// Loads forge-reasoning's export into `store`. Each forge session becomes
+/// a session named `forge:<id>` with the same id; ids, sequence numbers,
+/// timestamps, messages, tags and triggers are kept; `state` (which holds the
+/// forge host's environment variables) is stored only with `keep_state`,
+/// otherwise null. forge checksums are not verified (see
+/// docs/operations.md); each is kept in the checkpoint's metadata as
+/// `forge_checksum`. Ids already present are skipped. Refuses the whole file,
+/// before writing anything, when a sequence number is 0, repeated, or used
+/// by another checkpoint here.
+pub async fn import_forge(store: &Store, text: &str, keep_state: bool) -> Result<ForgeReport> {
+    let export: ForgeExport =
+        serde_json::from_str(text).map_err(|e| Error::invalid(format!("not a forge-reasoning export: {e}")))?;
+    let mut cps = export.checkpoints;
+    cps.sort_by_key(|c| c.sequence_number);
+    let mut report = ForgeReport::default();
+    let mut first_seen: HashMap<SessionId, DateTime<Utc>> = HashMap::new();
+    let mut seen_ids = HashSet::new();
+    let mut seqs = HashSet::new();
+    let mut todo = Vec::new();
+    for c in cps {
+        let session = SessionId(c.session_id);
+        let earliest = first_seen.entry(session).or_insert(c.timestamp);
+        *earliest = (*earliest).min(c.timestamp);
+        let id = CheckpointId(c.id);
+        if !seen_ids.insert(id) || store.contains_checkpoint(id)? {
+            report.skipped += 1;
+            continue;
+        }
+        let seq = c.sequence_number;
+        if seq == 0 {
+            return Err(Error::invalid(format!("forge checkpoint {id} has sequence 0; sequences start at 1")));
+        }
+        if !seqs.insert(seq) || store.sequence_in_use(seq)? {
+            return Err(Error::Conflict(format!(
+                "forge checkpoint {id} has sequence {seq}, which another checkpoint already uses; nothing was imported"
+            )));
+        }
+        let trigger = forge_trigger(&c.trigger)
+            .ok_or_else(|| Error::invalid(format!("forge checkpoint {id}: unknown trigger {}", c.trigger)))?;
+        let mut tags: Vec<String> = Vec::with_capacity(c.tags.len());
+        for t in c.tags {
+            if !tags.contains(&t) {
+                tags.push(t);
+            }
+        }
+        let metadata = match &c.checksum {
+            Some(sum) => serde_json::json!({ "forge_checksum": sum }).to_string(),
+            None => "{}".to_string(),
+        };
+        todo.push(ImportCheckpoint {
+            id,
+            session_id: session,
+            sequence_number: seq,
+            timestamp: c.timestamp,
+            message: c.message,
+            tags,
+            trigger,
+            metadata: RawValue::from_string(metadata).expect("serde_json renders JSON"),
+            parent_id: None,
+            state: if keep_state { c.state } else { json_null() },
+        });
+    }
+    let mut batch = ImportBatch { global_seq_floor: export.global_sequence, ..ImportBatch::default() };
+    let mut sessions_done = HashSet::new();
+    for c in &todo {
+        if !sessions_done.insert(c.session_id) {
+            continue;
+        }
+        if store.contains_session(c.session_id)? {
+            report.sessions_reused += 1;
+        } else {
+            batch.sessions.push(ImportSession {
+                id: c.session_id,
+                ordinal: None,
+                name: forge_session_name(c.session_id),
+                created_at: first_seen[&c.session_id],
+                metadata: RawValue::from_string(r#"{"imported_from":"forge-reasoning"}"#.to_string())
+                    .expect("literal JSON"),
+                retention: None,
+            });
+        }
+    }
+    for c in todo {
+        batch.checkpoints.push(c);
+        if batch.checkpoints.len() >= BATCH_CHECKPOINTS || batch.approx_bytes() >= BATCH_BYTES {
+            let floor = batch.global_seq_floor;
+            let done = store.import(std::mem::take(&mut batch)).await?;
+            batch.global_seq_floor = floor;
+            report.imported += done.checkpoints;
+            report.sessions_created += done.sessions;
+        }
+    }
+    let done = store.import(batch).await?;
+    report.imported += done.checkpoints;
+    report.sessions_created += done.sessions;
+    report.global_sequence = store.metrics()?.global_sequence;
+    Ok(report)
+}
