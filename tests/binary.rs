@@ -57,7 +57,11 @@ fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
 impl Daemon {
     /// Spawns the binary; the caller decides whether it should come up.
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let mut child = command(args, env).spawn().expect("spawn checkpointd");
+        Daemon::spawn_command(command(args, env))
+    }
+
+    fn spawn_command(mut cmd: Command) -> Daemon {
+        let mut child = cmd.spawn().expect("spawn checkpointd");
         let pid = child.id();
         let out = child.stdout.take().unwrap();
         let mut err = child.stderr.take().unwrap();
@@ -88,7 +92,10 @@ impl Daemon {
 
     /// Spawns the server and waits for its `listening on ws://` line.
     fn start(args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let mut d = Daemon::spawn(args, env);
+        Daemon::wait_ready(Daemon::spawn(args, env))
+    }
+
+    fn wait_ready(mut d: Daemon) -> Daemon {
         let deadline = Instant::now() + STEP;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -512,4 +519,66 @@ async fn a_second_server_on_the_same_directory_is_refused() {
     ok(&mut c, "get_session", json!({"session_id": sid})).await;
     bounded("c", c.checkpoint(&sid, "still mine", json!(1), json!({}))).await.unwrap();
     assert_eq!(first.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_never_breaks_the_store() {
+    let dir = tempdir();
+    let d = data(&dir);
+    // The server runs with a soft limit of 128 open files.
+    let mut cmd = command(&[], &[]);
+    let sh = Command::new("sh");
+    drop(std::mem::replace(&mut cmd, sh));
+    cmd.args(["-c", "ulimit -n 128 && exec \"$0\" \"$@\"", BIN, "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&d)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for var in ENV {
+        cmd.env_remove(var);
+    }
+    let mut server = Daemon::wait_ready(Daemon::spawn_command(cmd));
+    let mut c = server.connect().await;
+    let sid = bounded("s", c.create_session("fd")).await.unwrap();
+    let max = ok(&mut c, "health", json!({})).await["max_connections"].as_u64().unwrap();
+    assert!(max < 128, "max_connections {max} is not capped by the open-files limit");
+
+    // More sockets than the server may hold (the rest wait in the listen
+    // backlog, kept short of its length); they never handshake.
+    let addr = server.url().trim_start_matches("ws://").to_string();
+    let hogs: Vec<std::net::TcpStream> = (0..100).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    let deadline = Instant::now() + STEP;
+    let mut full = false;
+    for _ in 0..10_000 {
+        assert!(Instant::now() < deadline, "the server never took its share of the sockets");
+        if ok(&mut c, "health", json!({})).await["connections"].as_u64() == Some(max) {
+            full = true;
+            break;
+        }
+    }
+    assert!(full);
+    // The store still has the descriptors it needs to make writes durable.
+    for i in 0..5 {
+        bounded("c", c.checkpoint(&sid, &format!("while full {i}"), json!(i), json!({}))).await.unwrap();
+    }
+    assert_eq!(ok(&mut c, "health", json!({})).await["healthy"], true);
+
+    // Once the sockets go, new clients are served again.
+    drop(hogs);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut admitted = None;
+    for _ in 0..1_000 {
+        assert!(Instant::now() < deadline, "no client admitted after the sockets were closed");
+        let Ok(Ok(mut fresh)) = tokio::time::timeout(STEP, Client::connect(server.url())).await else { continue };
+        if let Ok(m) = bounded("metrics", fresh.call("metrics", json!({}))).await {
+            admitted = Some(m);
+            break;
+        }
+    }
+    assert_eq!(admitted.expect("never admitted")["total_checkpoints"], 5);
+    bounded("c", c.checkpoint(&sid, "after", json!(5), json!({}))).await.unwrap();
+    assert_eq!(server.terminate().code(), Some(0));
+    let stderr = server.stderr();
+    assert!(stderr.contains("open-files limit"), "no warning about the capped connections:\n{stderr}");
+    assert!(!stderr.contains("refuses writes"), "{stderr}");
 }

@@ -596,7 +596,9 @@ async fn annotate_validate_unsubscribe_health() {
     assert_eq!(h["durability"], "sync");
     assert!(u(&h["format_version"]) >= 1);
     assert_eq!(h["connections"], 2);
-    assert_eq!(h["max_connections"], checkpointd::server::DEFAULT_MAX_CONNECTIONS);
+    // The default, unless the open-files limit caps it.
+    let max = u(&h["max_connections"]) as usize;
+    assert!(max > 2 && max <= checkpointd::server::DEFAULT_MAX_CONNECTIONS, "{h}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

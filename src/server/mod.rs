@@ -32,6 +32,11 @@ pub const OUTBOUND_QUEUE: usize = 256;
 pub const REJECT_SLOTS: usize = 64;
 /// How long shutdown waits for clients to receive their Close frame.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// File descriptors never used for client sockets: the store needs a few
+/// more than it holds (fsync of new blob files and directories), and running
+/// out there fails it closed. Client sockets (admitted plus being rejected)
+/// are capped at the open-files limit minus this.
+pub const RESERVED_FDS: usize = 64;
 
 /// Settings of the WebSocket front.
 #[derive(Debug, Clone)]
@@ -62,6 +67,24 @@ pub fn check_exposure(addr: SocketAddr, token: Option<&str>, allow_unauthenticat
     Ok(())
 }
 
+/// The soft limit on open files, where the platform tells (Linux).
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find_map(|l| l.strip_prefix("Max open files"))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// Caps client sockets so they never take the descriptors the store needs:
+/// returns the connections admitted and the extra sockets that may be in
+/// their handshake to be told "Server at capacity".
+fn socket_budget(max_connections: usize, open_files: Option<usize>) -> (usize, usize) {
+    let Some(budget) = open_files.map(|limit| limit.saturating_sub(RESERVED_FDS).max(2)) else {
+        return (max_connections, REJECT_SLOTS);
+    };
+    let reject = REJECT_SLOTS.min(budget / 2);
+    (max_connections.min(budget - reject), reject)
+}
+
 /// What every connection task shares.
 pub(crate) struct Shared {
     pub service: Service,
@@ -78,13 +101,28 @@ impl Shared {
 
 /// Serves `listener` until `shutdown` completes, then closes every client
 /// with a Close frame, waits for in-flight commands, and flushes the store.
-pub async fn run(listener: TcpListener, service: Service, config: ServerConfig, shutdown: impl Future) -> Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    service: Service,
+    mut config: ServerConfig,
+    shutdown: impl Future,
+) -> Result<()> {
+    let open_files = open_files_limit();
+    let (admitted, reject_slots) = socket_budget(config.max_connections, open_files);
+    if admitted < config.max_connections {
+        tracing::warn!(
+            open_files = open_files.unwrap_or_default(),
+            "the open-files limit allows {admitted} clients, not {}; raise it (ulimit -n) to serve more",
+            config.max_connections
+        );
+        config.max_connections = admitted;
+    }
     let shared =
         Arc::new(Shared { slots: Arc::new(Semaphore::new(config.max_connections)), service: service.clone(), config });
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     tokio::select! {
-        () = accept_loop(&listener, &shared, &notify_shutdown, &done_tx) => {}
+        () = accept_loop(&listener, &shared, reject_slots, &notify_shutdown, &done_tx) => {}
         _ = shutdown => tracing::info!("shutting down"),
     }
     // Closing the broadcast tells every handler; each holds a `done_tx`
@@ -101,11 +139,12 @@ pub async fn run(listener: TcpListener, service: Service, config: ServerConfig, 
 async fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
+    reject_slots: usize,
     notify: &broadcast::Sender<()>,
     done: &mpsc::Sender<()>,
 ) {
     // Bounds open sockets (admitted + being rejected) before `accept`.
-    let sockets = Arc::new(Semaphore::new(shared.config.max_connections + REJECT_SLOTS));
+    let sockets = Arc::new(Semaphore::new(shared.config.max_connections + reject_slots));
     let mut backoff = Duration::from_millis(5);
     loop {
         let Ok(socket_permit) = Arc::clone(&sockets).acquire_owned().await else { return };
@@ -132,5 +171,22 @@ async fn accept_loop(
             drop(socket_permit);
             drop(done);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_leave_descriptors_for_the_store() {
+        assert_eq!(socket_budget(1024, None), (1024, REJECT_SLOTS));
+        assert_eq!(socket_budget(1024, Some(1_000_000)), (1024, REJECT_SLOTS));
+        // ulimit -n 1024: 960 sockets at most, 64 of them for rejections.
+        assert_eq!(socket_budget(1024, Some(1024)), (896, 64));
+        assert_eq!(socket_budget(10, Some(1024)), (10, 64));
+        assert_eq!(socket_budget(1024, Some(128)), (32, 32));
+        assert_eq!(socket_budget(1024, Some(10)), (1, 1));
+        assert!(open_files_limit().is_none_or(|n| n > 0));
     }
 }
