@@ -24,6 +24,7 @@ use serde_json::value::RawValue;
 use sled::Tree;
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, TryLockError};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 /// Most problems `verify` describes one by one (it counts all of them).
@@ -260,9 +261,8 @@ impl Inspector {
 
     /// Journal events with seq > `since`.
     pub fn events(&self, since: u64) -> impl Iterator<Item = Result<JournalEvent>> + '_ {
-        let start = since.checked_add(1);
-        let range = self.tree(TreeId::Events).range(keys::u64_key(start.unwrap_or(u64::MAX))..);
-        range.skip(usize::from(start.is_none())).map(|entry| {
+        let after = (Bound::Excluded(keys::u64_key(since)), Bound::Unbounded);
+        self.tree(TreeId::Events).range(after).map(|entry| {
             let (k, v) = entry?;
             super::decode_event(&k, &v)
         })
