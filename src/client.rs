@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Events kept while waiting for replies.
@@ -53,9 +54,13 @@ fn conn(e: impl std::fmt::Display) -> ClientError {
 }
 
 impl Client {
-    /// Connects to `url`, e.g. `ws://127.0.0.1:7700`.
+    /// Connects to `url`, e.g. `ws://127.0.0.1:7700`. Replies of any size
+    /// are accepted: a record with its notes, or a page of summaries, can be
+    /// far larger than the server's `--max-message-bytes` (which bounds
+    /// requests) and than tungstenite's default 16 MiB frame limit.
     pub async fn connect(url: &str) -> ClientResult<Client> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.map_err(conn)?;
+        let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await.map_err(conn)?;
         Ok(Client { ws, next_id: 0, events: VecDeque::new() })
     }
 

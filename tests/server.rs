@@ -1416,3 +1416,29 @@ async fn invalid_utf8_text_fails_the_connection_with_1007() {
     let mut fresh = server.connect().await;
     assert_eq!(stored(&mut fresh).await, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_larger_than_the_message_limit_are_delivered() {
+    // Each request fits the limit, but a record with many notes, or a page
+    // of long messages, renders to a reply many times larger.
+    let limit = 80 * 1024;
+    let config = ServerConfig { max_message_bytes: limit, ..ServerConfig::default() };
+    let server = TestServer::with(config, |_| {}).await;
+    let mut c = server.connect().await;
+    let sid = session(&mut c, "s").await;
+    let text = "n".repeat(60 * 1024);
+    let cid = bounded("c", c.checkpoint(&sid, "first", json!(text), json!({}))).await.unwrap();
+    for _ in 0..40 {
+        ok(&mut c, "annotate", json!({"checkpoint_id": cid, "note": text})).await;
+    }
+    for _ in 0..39 {
+        bounded("c", c.checkpoint(&sid, &text, json!(null), json!({}))).await.unwrap();
+    }
+    let full = ok(&mut c, "get_checkpoint", json!({"checkpoint_id": cid})).await;
+    assert_eq!(full["annotations"].as_array().unwrap().len(), 40);
+    assert!(full.to_string().len() > 2 * 1024 * 1024);
+    let list = bounded("list", c.list_checkpoints(&sid, json!({}))).await.unwrap();
+    assert_eq!(list.len(), 40);
+    assert!(list[1..].iter().all(|x| x["message"] == text.as_str()));
+    ok(&mut c, "metrics", json!({})).await;
+}

@@ -28,11 +28,13 @@ pub(crate) async fn serve(
     mut shutdown: broadcast::Receiver<()>,
 ) {
     let limit = shared.config.max_message_bytes;
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit))
-        // Back-pressure instead of unbounded buffering of replies.
-        .max_write_buffer_size(limit.saturating_mul(2).max(1 << 20));
+    let ws_config = WebSocketConfig::default().max_message_size(Some(limit)).max_frame_size(Some(limit));
+    // No cap on tungstenite's write buffer: a frame larger than the cap is
+    // refused outright, and a reply may well be larger than any request (a
+    // record with many notes, a page of long messages). Memory stays bounded
+    // by the outbound queue: `write_loop` waits for each flush before it
+    // takes more.
+
     // A socket that never finishes its handshake must not hold up shutdown.
     let handshake =
         tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)));
