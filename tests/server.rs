@@ -1442,3 +1442,53 @@ async fn replies_larger_than_the_message_limit_are_delivered() {
     assert!(list[1..].iter().all(|x| x["message"] == text.as_str()));
     ok(&mut c, "metrics", json!({})).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closes_are_delivered_even_when_the_client_has_sent_more() {
+    // A seed client sends its first request right after connecting. Closing
+    // the socket with that request unread would reset the connection, and
+    // the client could lose the reply and Close frame sent before.
+    let config = ServerConfig { max_connections: 1, token: Some("t".into()), ..ServerConfig::default() };
+    let server = TestServer::with(config, |_| {}).await;
+    let _holder = server.connect().await;
+    for round in 0..20 {
+        let mut c = server.connect().await;
+        for i in 0..50 {
+            // The server may close first; what it sent must still arrive.
+            let _ = bounded("send", c.send_text(format!(r#"{{"id":"{i}","method":"metrics"}}"#))).await;
+        }
+        let msg = bounded("init", c.next_message()).await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(msg.to_text().unwrap().contains("Server at capacity"), "{msg:?}");
+        expect_close(&mut c).await;
+    }
+    drop(_holder);
+    // Five failed attempts with more requests behind them.
+    for round in 0..20 {
+        let deadline = Instant::now() + STEP;
+        let mut c = loop {
+            assert!(Instant::now() < deadline, "slot never freed");
+            let mut c = server.connect().await;
+            match call(&mut c, "authenticate", json!({"token": "wrong"})).await {
+                Err(ClientError::Remote { code, .. }) if code == "unauthorized" => break c,
+                _ => tokio::task::yield_now().await,
+            }
+        };
+        for i in 0..4 {
+            let req = format!(r#"{{"id":"{i}","method":"authenticate","params":{{"token":"x"}}}}"#);
+            bounded("send", c.send_text(req)).await.unwrap();
+        }
+        for i in 0..50 {
+            let _ = bounded("send", c.send_text(format!(r#"{{"id":"m{i}","method":"metrics"}}"#))).await;
+        }
+        let mut replies = 0;
+        let code = loop {
+            match bounded("frame", c.next_message()).await.unwrap_or_else(|e| panic!("round {round}: {e}")) {
+                Message::Close(frame) => break frame.map(|f| u16::from(f.code)),
+                Message::Text(_) => replies += 1,
+                _ => {}
+            }
+        };
+        assert_eq!(code, Some(1008), "round {round}");
+        assert_eq!(replies, 4, "round {round}");
+    }
+}

@@ -2,9 +2,10 @@
 //! while subscription tasks push events through the same bounded queue.
 
 use super::handler::{Outcome, Session};
-use super::{HANDSHAKE_TIMEOUT, OUTBOUND_QUEUE, SHUTDOWN_GRACE, Shared};
+use super::{HANDSHAKE_TIMEOUT, LINGER, OUTBOUND_QUEUE, SHUTDOWN_GRACE, Shared};
 use crate::error::Error;
 use crate::protocol::render_error;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 pub(crate) type Outbound = mpsc::Sender<Message>;
+type WebSocket = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 pub(crate) fn close(code: CloseCode, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame { code, reason: reason.into() }))
@@ -28,13 +30,12 @@ pub(crate) async fn serve(
     mut shutdown: broadcast::Receiver<()>,
 ) {
     let limit = shared.config.max_message_bytes;
+    // tungstenite's write buffer keeps its default (no cap): with a cap, a
+    // frame larger than it is refused outright, and a reply may well be
+    // larger than any request (a record with many notes, a page of long
+    // messages). Memory stays bounded by the outbound queue: `write_loop`
+    // waits for each flush before it takes more.
     let ws_config = WebSocketConfig::default().max_message_size(Some(limit)).max_frame_size(Some(limit));
-    // No cap on tungstenite's write buffer: a frame larger than the cap is
-    // refused outright, and a reply may well be larger than any request (a
-    // record with many notes, a page of long messages). Memory stays bounded
-    // by the outbound queue: `write_loop` waits for each flush before it
-    // takes more.
-
     // A socket that never finishes its handshake must not hold up shutdown.
     let handshake =
         tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)));
@@ -50,11 +51,14 @@ pub(crate) async fn serve(
     let Some(_slot) = slot else {
         tracing::warn!(%peer, "refused: server at capacity");
         let text = render_error("init", &Error::Capacity("Server at capacity".into()));
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let sent = tokio::time::timeout(SHUTDOWN_GRACE, async {
             sink.send(Message::text(text)).await?;
             sink.send(close(CloseCode::Again, "server at capacity")).await
         })
         .await;
+        if matches!(sent, Ok(Ok(()))) {
+            linger(&mut incoming, tokio::time::Instant::now() + LINGER).await;
+        }
         return;
     };
     tracing::debug!(%peer, "connected");
@@ -127,33 +131,53 @@ pub(crate) async fn serve(
         let _ = tokio::time::timeout_at(deadline, out.send(close(CloseCode::Away, "server shutting down"))).await;
     }
     drop(out);
-    if tokio::time::timeout_at(deadline, &mut writer).await.is_err() {
-        writer.abort();
-        tracing::debug!(%peer, "client did not take its last messages in time");
+    match tokio::time::timeout_at(deadline, &mut writer).await {
+        Ok(Ok(true)) => linger(&mut incoming, deadline.min(tokio::time::Instant::now() + LINGER)).await,
+        Ok(_) => {}
+        Err(_) => {
+            writer.abort();
+            tracing::debug!(%peer, "client did not take its last messages in time");
+        }
     }
     tracing::debug!(%peer, "disconnected");
 }
 
+/// After sending our Close frame, reads (and drops) whatever the client still
+/// sends until its Close or EOF, at most until `deadline`. Closing a socket
+/// with unread data resets the connection, and a reset can destroy the
+/// replies and the Close frame still on their way to the client.
+async fn linger(incoming: &mut SplitStream<WebSocket>, deadline: tokio::time::Instant) {
+    let _ = tokio::time::timeout_at(deadline, async {
+        while let Some(Ok(msg)) = incoming.next().await {
+            if msg.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Owns the socket's sending half; batches whatever is queued into one flush.
-async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<tokio_tungstenite::WebSocketStream<TcpStream>, Message>,
-    mut rx: mpsc::Receiver<Message>,
-) {
+/// Returns whether it sent a Close frame of ours.
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Message>) -> bool {
     while let Some(msg) = rx.recv().await {
         let mut closing = matches!(msg, Message::Close(_));
         if sink.feed(msg).await.is_err() {
-            return;
+            return false;
         }
         while !closing {
             let Ok(msg) = rx.try_recv() else { break };
             closing = matches!(msg, Message::Close(_));
             if sink.feed(msg).await.is_err() {
-                return;
+                return false;
             }
         }
-        if sink.flush().await.is_err() || closing {
-            return;
+        match sink.flush().await {
+            Err(_) => return false,
+            Ok(()) if closing => return true,
+            Ok(()) => {}
         }
     }
     let _ = sink.close().await;
+    false
 }

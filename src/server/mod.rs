@@ -32,6 +32,11 @@ pub const OUTBOUND_QUEUE: usize = 256;
 pub const REJECT_SLOTS: usize = 64;
 /// How long shutdown waits for clients to receive their Close frame.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// After the server sends a Close frame (capacity, failed authentication,
+/// shutdown, ...), how long it keeps reading for the client's Close before it
+/// drops the socket: dropping it with unread data would reset the connection
+/// and could destroy what was sent just before.
+pub const LINGER: Duration = Duration::from_secs(1);
 /// File descriptors never used for client sockets: the store needs a few
 /// more than it holds (fsync of new blob files and directories), and running
 /// out there fails it closed. Client sockets (admitted plus being rejected)
