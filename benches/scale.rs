@@ -394,14 +394,16 @@ fn idle_table(rt: &tokio::runtime::Runtime) {
     std::thread::sleep(Duration::from_secs(1));
     let busy = server.rss_kb();
     let subscriptions = rt.block_on(async {
-        let mut c = Client::connect(&server.url).await.ok()?;
-        let m = tokio::time::timeout(CALL_TIMEOUT, c.metrics()).await.ok()?.ok()?;
-        m["subscriptions"].as_u64()
+        let metrics = tokio::time::timeout(CALL_TIMEOUT, async {
+            let mut c = Client::connect(&server.url).await.ok()?;
+            c.metrics().await.ok()
+        });
+        metrics.await.ok()??["subscriptions"].as_u64()
     });
     rt.block_on(async {
         let closes: Vec<_> = clients.into_iter().map(|c| tokio::spawn(c.close())).collect();
         for c in closes {
-            let _ = c.await;
+            let _ = tokio::time::timeout(CALL_TIMEOUT, c).await;
         }
     });
     std::thread::sleep(Duration::from_secs(1));
@@ -460,6 +462,7 @@ impl StalledSubscriber {
         let addr = url.strip_prefix("ws://").expect("ws url");
         let stream = std::net::TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(CALL_TIMEOUT)).expect("timeout");
+        stream.set_write_timeout(Some(CALL_TIMEOUT)).expect("timeout");
         let (mut ws, _) = tungstenite::client(url, stream).expect("handshake");
         let req = json!({"id": "s", "method": "subscribe", "params": {"session_id": session}});
         ws.send(Message::text(req.to_string())).expect("send subscribe");
@@ -499,8 +502,8 @@ fn flow(rt: &tokio::runtime::Runtime, events: u64, stalled: bool) -> Flow {
     let server = Server::start(dir.path());
     let url = server.url.clone();
     let session = rt.block_on(async {
-        let mut c = Client::connect(&url).await.expect("connect");
-        c.create_session("flow").await.expect("session")
+        let mut c = connect(&url).await;
+        tokio::time::timeout(CALL_TIMEOUT, c.create_session("flow")).await.expect("session timed out").expect("session")
     });
     let subscriber = stalled.then(|| StalledSubscriber::subscribe(&url, &session));
     std::thread::sleep(Duration::from_millis(300));
@@ -527,7 +530,7 @@ fn flow(rt: &tokio::runtime::Runtime, events: u64, stalled: bool) -> Flow {
         for _ in 0..FLOW_WRITERS {
             let (url, session, next) = (url.clone(), session.clone(), Arc::clone(&next));
             writers.push(tokio::spawn(async move {
-                let mut c = Client::connect(&url).await.expect("connect");
+                let mut c = connect(&url).await;
                 let mut n = 0u64;
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -635,6 +638,15 @@ fn stalled_table(rt: &tokio::runtime::Runtime, events: u64) {
     println!();
     if !all_lagged {
         std::process::exit(1);
+    }
+}
+
+/// Connects within [`CALL_TIMEOUT`] or panics (the server child is killed on drop).
+async fn connect(url: &str) -> Client {
+    match tokio::time::timeout(CALL_TIMEOUT, Client::connect(url)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => panic!("connect to {url}: {e}"),
+        Err(_) => panic!("connect to {url}: no handshake within {CALL_TIMEOUT:?}"),
     }
 }
 
