@@ -187,7 +187,10 @@ impl Session {
                 render_ok(id, reply::annotation(&a, Some(checkpoint_id.to_string())))
             }
             Command::Validate { session_id } => {
-                let v = service.validate(session_id)?;
+                // Reads and checksums every record: off the async workers.
+                let v = tokio::task::spawn_blocking(move || service.validate(session_id))
+                    .await
+                    .map_err(|e| Error::Internal(format!("validate failed: {e}")))??;
                 let ids: Vec<String> = v.invalid_ids.iter().map(ToString::to_string).collect();
                 render_ok(id, json!({"valid": v.valid, "invalid": v.invalid, "invalid_ids": ids}))
             }
