@@ -761,9 +761,14 @@ async fn subscribe_since_replays_exclusively_and_reply_comes_first() {
         assert_eq!(next_event(sub).await["data"]["checkpoint_id"], live.as_str());
         no_event(sub).await;
     }
-    // since at or beyond the present: nothing to replay.
+    // since at the present: nothing to replay.
     let now = u(&ok(&mut c, "metrics", json!({})).await["event_sequence"]);
     let mut w3 = server.connect().await;
+    // Beyond the present it names events this server never delivered:
+    // skipping ahead would drop the events that take those numbers.
+    let (message, code) = err(&mut w3, "subscribe", json!({"session_id": sid, "since": now + 5})).await;
+    assert_eq!(code, "conflict", "{message}");
+    assert!(message.contains(&now.to_string()), "{message}");
     ok(&mut w3, "subscribe", json!({"session_id": sid, "since": now})).await;
     no_event(&mut w3).await;
     for bad in [json!("3"), json!(-1), json!(1.5), json!([])] {

@@ -101,6 +101,18 @@ impl Session {
         Ok(Outcome::Reply(match command {
             Command::Authenticate { token } => return Ok(self.authenticate(id, token)),
             Command::Subscribe { session_id, since } => {
+                if let Some(since) = since {
+                    // Skipping to a seq this journal has not reached would
+                    // silently drop the events that will take those numbers
+                    // (the client saw them on a data directory that was since
+                    // restored from a backup, or lost them in an async crash).
+                    let newest = service.store().durable_marks().borrow().event_seq;
+                    if since > newest {
+                        return Err(Error::Conflict(format!(
+                            "since {since} is after the newest event, {newest}: this server never delivered it; subscribe with since at most {newest}"
+                        )));
+                    }
+                }
                 let sub = service.subscribe(session_id, since)?;
                 // The earlier subscription stops now; the new one starts after its reply.
                 if let Some(old) = self.subscriptions.remove(&session_id) {
