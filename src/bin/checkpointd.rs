@@ -129,6 +129,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             "--max-connections and --event-retention must be positive, --max-message-bytes at least 1024".into()
         );
     }
+    if let Err(e) = server::raise_open_files_limit() {
+        tracing::warn!(error = %e, "could not raise the open-files limit");
+    }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async {
         // Checked before binding, so a refused address is never exposed.

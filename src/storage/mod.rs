@@ -42,8 +42,8 @@ use chrono::Utc;
 use commit::{Committer, Synced, Ticket};
 use keys::{TREE_COUNT, TREE_NAMES, TreeId};
 use records::{AnnotationRecord, CheckpointRecord, Counters, EventRecord, SessionRecord, micros, raw_json};
-use serde_json::value::RawValue;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sled::{Batch, Tree};
 use std::sync::Mutex;
 
