@@ -270,6 +270,9 @@ async fn seed_error_strings_are_exact() {
         ("Unknown method: frobnicate".into(), "unknown_method".into())
     );
     assert_eq!(err(&mut c, "", json!({})).await, ("Unknown method: ".into(), "unknown_method".into()));
+    // Whatever the params: the seed never looked at them for an unknown method.
+    let reply = raw(&mut c, r#"{"id":"u","method":"frobnicate","params":[1,2]}"#).await;
+    assert_eq!(reply, json!({"id":"u","success":false,"error":"Unknown method: frobnicate","code":"unknown_method"}));
 
     for text in ["{not json", "", "null", "[]", "42", r#"{"id":1,"method":"metrics"}"#, r#"{"method":"metrics"}"#] {
         let reply = raw(&mut c, text).await;

@@ -48,11 +48,38 @@ struct Envelope {
     params: Option<Box<RawValue>>,
 }
 
+/// Every method the server answers, as the wire spells it.
+pub const METHODS: [&str; 18] = [
+    "authenticate",
+    "create_session",
+    "list_checkpoints",
+    "checkpoint",
+    "subscribe",
+    "metrics",
+    "get_checkpoint",
+    "restore",
+    "delete_checkpoint",
+    "compact",
+    "set_retention",
+    "list_sessions",
+    "get_session",
+    "delete_session",
+    "annotate",
+    "validate",
+    "unsubscribe",
+    "health",
+];
+
 /// Parses one text frame. Text that is not a request envelope is an error
-/// answered with id `"unknown"`, as the seed did.
+/// answered with id `"unknown"`, as the seed did. An unknown method is
+/// reported as such whatever its params (the seed never looked at them).
 pub fn parse_request(text: &str) -> std::result::Result<Request, Error> {
     let env: Envelope = serde_json::from_str(text).map_err(|e| Error::InvalidJson(format!("Invalid JSON: {e}")))?;
-    let command = Params::parse(env.params.as_deref()).and_then(|p| p.command(&env.method));
+    let command = if METHODS.contains(&env.method.as_str()) {
+        Params::parse(env.params.as_deref()).and_then(|p| p.command(&env.method))
+    } else {
+        Err(Error::UnknownMethod(format!("Unknown method: {}", env.method)))
+    };
     Ok(Request { id: env.id, method: env.method, command })
 }
 
@@ -261,6 +288,18 @@ mod tests {
         assert_eq!(e.code(), "unknown_method");
         let e = parse_request("{not json").unwrap_err();
         assert!(e.to_string().starts_with("Invalid JSON: "));
+    }
+
+    #[test]
+    fn methods_lists_every_method() {
+        for method in METHODS {
+            let text = format!(r#"{{"id":"1","method":"{method}"}}"#);
+            if let Err(e) = parse(&text) {
+                assert_ne!(e.code(), "unknown_method", "{method}");
+            }
+        }
+        let e = parse(r#"{"id":"1","method":"nope","params":[1]}"#).unwrap_err();
+        assert_eq!(e.to_string(), "Unknown method: nope");
     }
 
     #[test]
