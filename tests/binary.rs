@@ -582,3 +582,56 @@ async fn running_out_of_descriptors_never_breaks_the_store() {
     assert!(stderr.contains("open-files limit"), "no warning about the capped connections:\n{stderr}");
     assert!(!stderr.contains("refuses writes"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_under_load_finishes_in_flight_writes_and_exits_zero() {
+    let dir = tempdir();
+    let mut server = Daemon::serve(&data(&dir), &[]);
+    let mut c = server.connect().await;
+    let sid = bounded("s", c.create_session("load")).await.unwrap();
+    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let (count_tx, mut count_rx) = tokio::sync::watch::channel(0usize);
+    let count_tx = Arc::new(count_tx);
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let (url, sid, acked, count_tx) =
+            (server.url().to_string(), sid.clone(), Arc::clone(&acked), Arc::clone(&count_tx));
+        writers.push(tokio::spawn(async move {
+            let mut c = Client::connect(&url).await.unwrap();
+            for i in 0..100_000u64 {
+                let n = w * 1_000_000 + i;
+                // Every request ends in a reply or in the server's Close frame.
+                match c.checkpoint(&sid, "load", json!(n), json!({})).await {
+                    Ok(id) => {
+                        let mut a = acked.lock().unwrap();
+                        a.push((id, n));
+                        count_tx.send_replace(a.len());
+                    }
+                    Err(ClientError::Connection(e)) => return e,
+                    Err(e) => panic!("writer {w}: {e}"),
+                }
+            }
+            String::new()
+        }));
+    }
+    bounded("writes", count_rx.wait_for(|&n| n >= 100)).await.unwrap();
+    server.signal("INT");
+    let status = server.wait_exit(STOP).expect("no exit within the deadline after SIGINT");
+    assert_eq!(status.code(), Some(0));
+    for w in writers {
+        let ended = bounded("writer", w).await.unwrap();
+        assert!(ended.contains("Away"), "writer ended without the Close frame: {ended:?}");
+    }
+    let acked = acked.lock().unwrap().clone();
+    let mut server = Daemon::serve(&data(&dir), &[]);
+    let mut c = server.connect().await;
+    for (id, n) in &acked {
+        assert_eq!(ok(&mut c, "get_checkpoint", json!({"checkpoint_id": id})).await["state"], json!(n));
+    }
+    // A command that was read ran to completion and was answered before the
+    // Close frame; one that was not read did not run. So what is stored is
+    // exactly what was acknowledged.
+    let stored = ok(&mut c, "get_session", json!({"session_id": sid})).await["checkpoint_count"].clone();
+    assert_eq!(stored, acked.len(), "stored checkpoints whose reply never came");
+    assert_eq!(server.terminate().code(), Some(0));
+}

@@ -79,6 +79,8 @@ pub(crate) async fn serve(
     let mut shutting_down = false;
     loop {
         let frame = tokio::select! {
+            // Once shutdown begins, no new command is read.
+            biased;
             _ = shutdown.recv() => {
                 shutting_down = true;
                 break;
@@ -118,6 +120,10 @@ pub(crate) async fn serve(
             Outcome::Close(frame) => (frame, None, true),
         };
         tokio::select! {
+            // The reply of a command that ran is sent whenever the queue has
+            // room; shutdown only cuts short a wait for a client that does
+            // not read.
+            biased;
             sent = out.send(message) => if sent.is_err() { break },
             _ = shutdown.recv() => {
                 shutting_down = true;
