@@ -1085,6 +1085,7 @@ async fn bad_input_leaves_connection_and_store_intact() {
         "\"just a string\"",
     ] {
         invalid(&raw(&mut c, text).await);
+        assert_eq!(stored(&mut c).await, before, "{text:?}");
     }
     // A lone surrogate is valid JSON grammar but no string: a bad param.
     let reply = raw(&mut c, r#"{"id":"sur","method":"checkpoint","params":{"session_id":"\ud800"}}"#).await;
@@ -1097,6 +1098,7 @@ async fn bad_input_leaves_connection_and_store_intact() {
         assert_eq!(reply["id"], "p");
         assert_eq!(reply["success"], false);
         assert_eq!(reply["code"], "invalid_params", "{reply}");
+        assert_eq!(stored(&mut c).await, before, "{params}");
     }
 
     // Wrong types.
@@ -1128,6 +1130,7 @@ async fn bad_input_leaves_connection_and_store_intact() {
     ] {
         let (message, code) = err(&mut c, method, params.clone()).await;
         assert_eq!(code, "invalid_params", "{method} {params}: {message}");
+        assert_eq!(stored(&mut c).await, before, "{method} {params}");
     }
 
     // Invalid UUIDs in every id param.
@@ -1144,6 +1147,7 @@ async fn bad_input_leaves_connection_and_store_intact() {
             let (message, code) = err(&mut c, method, params.clone()).await;
             assert_eq!(code, "invalid_params", "{method} {params}");
             assert!(message.starts_with("Invalid ") || message.starts_with("Missing "), "{message}");
+            assert_eq!(stored(&mut c).await, before, "{method} {params}");
         }
     }
 
@@ -1153,6 +1157,7 @@ async fn bad_input_leaves_connection_and_store_intact() {
         let (message, code) = err(&mut c, name, json!({})).await;
         assert_eq!(message, format!("Unknown method: {name}"));
         assert_eq!(code, "unknown_method");
+        assert_eq!(stored(&mut c).await, before);
     }
 
     // Over the field limits.
@@ -1166,6 +1171,7 @@ async fn bad_input_leaves_connection_and_store_intact() {
         ("checkpoint", json!({"session_id": sid, "metadata": {"k": big}})),
     ] {
         assert_eq!(err(&mut c, method, params).await.1, "too_large", "{method}");
+        assert_eq!(stored(&mut c).await, before, "{method}");
     }
     // The notes refused above left nothing behind.
     assert_eq!(ok(&mut c, "get_checkpoint", json!({"checkpoint_id": cid})).await["annotations"], json!([]));
@@ -1175,6 +1181,7 @@ async fn bad_input_leaves_connection_and_store_intact() {
         bounded("send", c.send_message(Message::binary(payload))).await.unwrap();
         let reply = bounded("reply", c.next_reply()).await.unwrap();
         invalid(&reply);
+        assert_eq!(stored(&mut c).await, before);
     }
 
     // Deeply nested JSON, as the whole frame and inside params.
@@ -1194,6 +1201,7 @@ async fn bad_input_leaves_connection_and_store_intact() {
         format!(r#"{{"id":"deep","method":"checkpoint","params":{{"session_id":"{sid}","state":{closed}}}}}"#);
     let reply = raw(&mut c, &deep_state).await;
     assert_eq!(reply["code"], "too_large", "{reply}");
+    assert_eq!(stored(&mut c).await, before);
     // Just within the nesting limit is fine (and readable back).
     let limit = checkpointd::protocol::request::MAX_JSON_DEPTH;
     let ok_state: Value = serde_json::from_str(&format!("{}{}", "[".repeat(limit), "]".repeat(limit))).unwrap();
