@@ -1508,3 +1508,44 @@ async fn closes_are_delivered_even_when_the_client_has_sent_more() {
         assert_eq!(replies, 4, "round {round}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_numbers_are_answered() {
+    let server = TestServer::start().await;
+    let mut c = server.connect().await;
+    let sid = session(&mut c, "s").await;
+    let cid = checkpoint(&mut c, &sid, "one").await;
+    let max = u64::MAX;
+    for (method, params) in [
+        ("list_checkpoints", json!({"session_id": sid, "after": max})),
+        ("list_checkpoints", json!({"session_id": sid, "before": 0})),
+        ("list_checkpoints", json!({"session_id": sid, "before": max, "order": "desc"})),
+        ("list_checkpoints", json!({"session_id": sid, "after": max, "before": 0})),
+        ("list_checkpoints", json!({"session_id": sid, "limit": 0})),
+        ("list_checkpoints", json!({"session_id": sid, "limit": max})),
+        ("list_sessions", json!({"limit": 0})),
+        ("list_sessions", json!({"limit": max})),
+        ("compact", json!({"session_id": sid, "keep_recent": max})),
+        ("set_retention", json!({"session_id": sid, "keep_recent": max})),
+        ("set_retention", json!({"session_id": sid, "keep_recent": 0})),
+        ("subscribe", json!({"session_id": sid, "since": max})),
+        ("subscribe", json!({"session_id": sid, "since": 0})),
+        ("list_checkpoints", json!({"session_id": sid, "limit": 1e300})),
+        ("list_checkpoints", json!({"session_id": sid, "after": -0})),
+        ("list_checkpoints", json!({"session_id": sid, "limit": 18446744073709551615u64})),
+    ] {
+        // An answer, success or error, and the connection goes on.
+        let reply = call(&mut c, method, params.clone()).await;
+        if let Err(e) = &reply {
+            assert!(e.code().is_some(), "{method} {params}: {e}");
+        }
+    }
+    let reply = raw(&mut c, &format!(r#"{{"id":"n","method":"list_checkpoints","params":{{"session_id":"{sid}","limit":123456789012345678901234567890}}}}"#)).await;
+    assert_eq!(reply["code"], "invalid_params", "{reply}");
+    // keep_recent 0 on the retention policy keeps nothing unpreserved, but
+    // always the checkpoint being added.
+    let newest = checkpoint(&mut c, &sid, "two").await;
+    let list = bounded("list", c.list_checkpoints(&sid, json!({}))).await.unwrap();
+    assert_eq!(list.iter().map(|x| s(&x["id"])).collect::<Vec<_>>(), vec![newest.as_str()]);
+    assert_eq!(err(&mut c, "get_checkpoint", json!({"checkpoint_id": cid})).await.1, "not_found");
+}
