@@ -287,6 +287,18 @@ async fn token_file_trailing_newline_is_ignored() {
     ok(&mut c, "metrics", json!({})).await;
     drop(server);
 
+    // The token is never logged, at any level.
+    let args = ["--listen", "127.0.0.1:0", "--data-dir", dir.path().to_str().unwrap()];
+    let mut server = Daemon::start(&args, &[("CHECKPOINTD_TOKEN", "TopSecretToken"), ("RUST_LOG", "trace")]);
+    let mut c = server.connect().await;
+    assert!(bounded("a", c.call("authenticate", json!({"token": "TopSecretTokeN"}))).await.is_err());
+    ok(&mut c, "authenticate", json!({"token": "TopSecretToken"})).await;
+    assert_eq!(server.terminate().code(), Some(0));
+    let log = server.stderr().to_lowercase();
+    assert!(log.contains("trace"), "not logging at trace level");
+    let hex: String = b"TopSecret".iter().map(|b| format!("{b:02x}")).collect();
+    assert!(!log.contains("topsecret") && !log.contains(&hex), "the token appears in the log");
+
     // The token in the environment works the same way.
     let dir2 = tempdir();
     let args = ["--listen", "127.0.0.1:0", "--data-dir", dir2.path().to_str().unwrap()];
