@@ -208,6 +208,11 @@ async fn seed_methods_keep_their_shapes() {
     assert_eq!(second["tags"], json!(["plan", "x"]));
     assert!(u(&second["sequence_number"]) > u(&first["sequence_number"]));
 
+    // An empty message is allowed and kept empty.
+    let empty = ok(&mut c, "checkpoint", json!({"session_id": sid, "message": ""})).await;
+    assert_eq!(ok(&mut c, "get_checkpoint", json!({"checkpoint_id": empty})).await["message"], "");
+    ok(&mut c, "delete_checkpoint", json!({"checkpoint_id": empty})).await;
+
     // subscribe.
     assert_eq!(
         ok(&mut c, "subscribe", json!({"session_id": sid})).await,
