@@ -525,7 +525,8 @@ async fn sessions_list_get_delete() {
     let seq1 = u(&ok(&mut c, "get_checkpoint", json!({"checkpoint_id": c1})).await["sequence_number"]);
     assert_eq!((got["checkpoint_count"].clone(), u(&got["last_sequence"])), (json!(1), seq1));
 
-    ok(&mut watcher, "subscribe", json!({"session_id": ids[2]})).await;
+    let now = ok(&mut c, "metrics", json!({})).await["event_sequence"].clone();
+    ok(&mut watcher, "subscribe", json!({"session_id": ids[2], "since": now})).await;
     assert_eq!(ok(&mut c, "delete_session", json!({"session_id": ids[2]})).await, json!({"deleted": true}));
     let ev = next_event(&mut watcher).await;
     assert_eq!(ev["event_type"], "session_deleted");
@@ -581,10 +582,13 @@ async fn annotate_validate_unsubscribe_health() {
     assert_eq!(v, json!({"valid": 1, "invalid": 0, "invalid_ids": []}));
     assert_eq!(err(&mut c, "validate", json!({"session_id": "nope"})).await.1, "invalid_params");
 
-    // unsubscribe stops the events of that session only.
+    // unsubscribe stops the events of that session only. (`since` = now: a
+    // subscription without it may still get the events of writes that were
+    // acknowledged but not yet dispatched.)
     let mut w = server.connect().await;
-    ok(&mut w, "subscribe", json!({"session_id": sid})).await;
-    ok(&mut w, "subscribe", json!({"session_id": other})).await;
+    let now = ok(&mut w, "metrics", json!({})).await["event_sequence"].clone();
+    ok(&mut w, "subscribe", json!({"session_id": sid, "since": now})).await;
+    ok(&mut w, "subscribe", json!({"session_id": other, "since": now})).await;
     assert_eq!(ok(&mut w, "metrics", json!({})).await["subscriptions"], 2);
     assert_eq!(
         ok(&mut w, "unsubscribe", json!({"session_id": sid})).await,

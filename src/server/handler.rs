@@ -106,7 +106,8 @@ impl Session {
                     // silently drop the events that will take those numbers
                     // (the client saw them on a data directory that was since
                     // restored from a backup, or lost them in an async crash).
-                    let newest = service.store().durable_marks().borrow().event_seq;
+                    // The journal's newest seq, durable or not yet.
+                    let newest = service.metrics()?.event_sequence;
                     if since > newest {
                         return Err(Error::Conflict(format!(
                             "since {since} is after the newest event, {newest}: this server never delivered it; subscribe with since at most {newest}"
