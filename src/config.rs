@@ -17,6 +17,10 @@ pub const MAX_ANNOTATIONS: u32 = 1024;
 /// Largest page `list_checkpoints` / `list_sessions` returns; also the
 /// default when no `limit` is given. Clients page on with `after`.
 pub const MAX_PAGE: usize = 10_000;
+/// A `list_checkpoints` page also ends once its messages and tags reach this
+/// many bytes (at least one row is always returned), so a page of long
+/// messages cannot make a reply of hundreds of megabytes.
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Most ids `validate` lists in `invalid_ids` (the counts are always exact).
 pub const MAX_REPORTED_INVALID: usize = 1_000;
 /// Default number of journal events retained for `subscribe { since }`.

@@ -1558,3 +1558,75 @@ async fn extreme_numbers_are_answered() {
     assert_eq!(list.iter().map(|x| s(&x["id"])).collect::<Vec<_>>(), vec![newest.as_str()]);
     assert_eq!(err(&mut c, "get_checkpoint", json!({"checkpoint_id": cid})).await.1, "not_found");
 }
+
+/// A client that never answers pings is closed after two keepalive periods;
+/// one that reads (and so answers them) stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_closes_silent_clients_only() {
+    let config = ServerConfig { keepalive: Duration::from_millis(200), ..ServerConfig::default() };
+    let server = TestServer::with(config, |_| {}).await;
+    let (silent, _) = bounded("connect", tokio_tungstenite::connect_async(&server.url)).await.unwrap();
+    let mut reader = server.connect().await;
+    let connections = |m: &Value| m["connections"].as_u64().unwrap();
+    assert_eq!(connections(&ok(&mut reader, "metrics", json!({})).await), 2);
+    // The reader reads (answering pings) for three keepalive periods.
+    assert_eq!(bounded("read", reader.next_event(Duration::from_millis(600))).await.unwrap(), None);
+    let deadline = Instant::now() + STEP;
+    loop {
+        let n = connections(&ok(&mut reader, "metrics", json!({})).await);
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the silent client was never closed ({n} connections)");
+        bounded("read", reader.next_event(Duration::from_millis(50))).await.unwrap();
+    }
+    ok(&mut reader, "health", json!({})).await;
+    drop(silent);
+}
+
+/// A page of long messages ends early (bounded reply); paging on with
+/// `after` yields the rest, none twice.
+#[tokio::test]
+async fn list_pages_are_bounded_in_bytes() {
+    let server = TestServer::with(ServerConfig::default(), |s| s.durability = Durability::Async).await;
+    let mut c = server.connect().await;
+    let sid = session(&mut c, "long").await;
+    let message = "m".repeat(60 * 1024);
+    for _ in 0..80 {
+        checkpoint(&mut c, &sid, &message).await;
+    }
+    let first = bounded("list", c.list_checkpoints(&sid, json!({}))).await.unwrap();
+    assert!(!first.is_empty() && first.len() < 80, "first page has {} rows", first.len());
+    let mut seen: Vec<u64> = first.iter().map(|r| r["sequence_number"].as_u64().unwrap()).collect();
+    for _ in 0..80 {
+        let after = *seen.last().unwrap();
+        let page = bounded("list", c.list_checkpoints(&sid, json!({"after": after}))).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        seen.extend(page.iter().map(|r| r["sequence_number"].as_u64().unwrap()));
+    }
+    assert_eq!(seen.len(), 80);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+}
+
+/// One connection holds at most MAX_SUBSCRIPTIONS_PER_CONNECTION subscriptions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_per_connection_are_capped() {
+    let server = TestServer::with(ServerConfig::default(), |s| s.durability = Durability::Async).await;
+    let mut c = server.connect().await;
+    let cap = server::MAX_SUBSCRIPTIONS_PER_CONNECTION;
+    let mut sessions = Vec::new();
+    for i in 0..=cap {
+        sessions.push(session(&mut c, &format!("s{i}")).await);
+    }
+    for sid in &sessions[..cap] {
+        ok(&mut c, "subscribe", json!({"session_id": sid})).await;
+    }
+    let (_, code) = err(&mut c, "subscribe", json!({"session_id": sessions[cap]})).await;
+    assert_eq!(code, "capacity");
+    // Resubscribing to a held session is still allowed; freeing one makes room.
+    ok(&mut c, "subscribe", json!({"session_id": sessions[0]})).await;
+    ok(&mut c, "unsubscribe", json!({"session_id": sessions[0]})).await;
+    ok(&mut c, "subscribe", json!({"session_id": sessions[cap]})).await;
+}

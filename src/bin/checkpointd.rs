@@ -153,8 +153,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             ..StoreConfig::new(&args.data_dir)
         };
         let service = Service::open(store).map_err(|e| e.to_string())?;
-        let config =
-            ServerConfig { token, max_connections: args.max_connections, max_message_bytes: args.max_message_bytes };
+        let config = ServerConfig {
+            token,
+            max_connections: args.max_connections,
+            max_message_bytes: args.max_message_bytes,
+            ..ServerConfig::default()
+        };
         tracing::info!(data_dir = %args.data_dir.display(), durability = args.durability.as_str(), "serving");
         println!("listening on ws://{addr}");
         let _ = std::io::stdout().flush();

@@ -77,6 +77,11 @@ pub(crate) async fn serve(
     // Every wait below also watches for shutdown: a client that stops
     // reading fills its queue, and must not keep the server from stopping.
     let mut shutting_down = false;
+    // Keepalive: after `keepalive` of silence the client is pinged; after
+    // another `keepalive` without any frame (a pong counts) it is closed, so a
+    // half-open connection does not keep its slot forever.
+    let mut quiet_until = tokio::time::Instant::now() + shared.config.keepalive;
+    let mut pinged = false;
     loop {
         let frame = tokio::select! {
             // Once shutdown begins, no new command is read.
@@ -85,7 +90,22 @@ pub(crate) async fn serve(
                 shutting_down = true;
                 break;
             }
-            frame = incoming.next() => frame,
+            frame = incoming.next() => {
+                quiet_until = tokio::time::Instant::now() + shared.config.keepalive;
+                pinged = false;
+                frame
+            }
+            () = tokio::time::sleep_until(quiet_until) => {
+                if pinged {
+                    tracing::debug!(%peer, "no answer to a keepalive ping; closing");
+                    let _ = out.try_send(close(CloseCode::Away, "keepalive timeout"));
+                    break;
+                }
+                pinged = true;
+                quiet_until = tokio::time::Instant::now() + shared.config.keepalive;
+                let _ = out.try_send(Message::Ping(Default::default()));
+                continue;
+            }
         };
         let outcome = match frame {
             None | Some(Ok(Message::Close(_))) => break,

@@ -2,7 +2,7 @@
 //! maps the wire onto the core.
 
 use super::connection::{Outbound, close};
-use super::{MAX_AUTH_FAILURES, Shared};
+use super::{MAX_AUTH_FAILURES, MAX_SUBSCRIPTIONS_PER_CONNECTION, Shared};
 use crate::error::{Error, Result};
 use crate::model::SessionId;
 use crate::protocol::{Command, render_error, render_event, render_lagged, render_ok, reply};
@@ -113,6 +113,14 @@ impl Session {
                             "since {since} is after the newest event, {newest}: this server never delivered it; subscribe with since at most {newest}"
                         )));
                     }
+                }
+                self.subscriptions.retain(|_, task| !task.is_finished());
+                if !self.subscriptions.contains_key(&session_id)
+                    && self.subscriptions.len() >= MAX_SUBSCRIPTIONS_PER_CONNECTION
+                {
+                    return Err(Error::Capacity(format!(
+                        "at most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions per connection"
+                    )));
                 }
                 let sub = service.subscribe(session_id, since)?;
                 // The earlier subscription stops now; the new one starts after its reply.

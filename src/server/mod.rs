@@ -37,6 +37,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// drops the socket: dropping it with unread data would reset the connection
 /// and could destroy what was sent just before.
 pub const LINGER: Duration = Duration::from_secs(1);
+/// Default [`ServerConfig::keepalive`]: a client silent this long is pinged;
+/// silent twice this long, closed (1001).
+pub const KEEPALIVE: Duration = Duration::from_secs(60);
+/// Sessions one connection may be subscribed to at once.
+pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 1024;
 /// File descriptors never used for client sockets: the store needs a few
 /// more than it holds (fsync of new blob files and directories), and running
 /// out there fails it closed. Client sockets (admitted plus being rejected)
@@ -50,6 +55,8 @@ pub struct ServerConfig {
     pub token: Option<String>,
     pub max_connections: usize,
     pub max_message_bytes: usize,
+    /// Silence before a client is pinged, and again before it is closed.
+    pub keepalive: Duration,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +65,7 @@ impl Default for ServerConfig {
             token: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            keepalive: KEEPALIVE,
         }
     }
 }

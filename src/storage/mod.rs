@@ -32,7 +32,7 @@ pub mod keys;
 pub mod migrate;
 pub mod records;
 
-use crate::config::{Durability, MAX_REPORTED_INVALID, StoreConfig};
+use crate::config::{Durability, MAX_PAGE_BYTES, MAX_REPORTED_INVALID, StoreConfig};
 use crate::error::{Error, Result};
 use crate::model::{
     Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, EventKind, JournalEvent, ListQuery, Metrics,
@@ -424,6 +424,8 @@ impl Store {
     }
 
     /// One page of a session's checkpoints. Costs O(page), not O(session).
+    /// A page ends early once it holds [`MAX_PAGE_BYTES`] of messages and
+    /// tags, so a reply stays bounded; the client pages on with `after`.
     pub fn list_checkpoints(&self, session: SessionId, q: &ListQuery, max: usize) -> Result<Vec<CheckpointSummary>> {
         self.session_record(session)?;
         let limit = q.limit.unwrap_or(max).min(max);
@@ -435,11 +437,14 @@ impl Store {
         }
         let checkpoints = self.tree(TreeId::Checkpoints);
         let mut out = Vec::with_capacity(limit.min(1024));
-        let mut push = |bytes: &[u8]| -> Result<()> {
+        let mut text_bytes = 0;
+        // Adds a row; false once the page holds MAX_PAGE_BYTES of text.
+        let mut push = |bytes: &[u8]| -> Result<bool> {
             let rec = decode_checkpoint(bytes)?;
             let notes = self.has_notes(rec.id)?;
+            text_bytes += rec.message.len() + rec.tags.iter().map(String::len).sum::<usize>();
             out.push(rec.summary(notes));
-            Ok(())
+            Ok(text_bytes < MAX_PAGE_BYTES)
         };
         match &q.tag {
             None => {
@@ -447,7 +452,9 @@ impl Store {
                 let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
                     if q.newest_first { Box::new(range.rev()) } else { Box::new(range) };
                 for entry in iter.take(limit) {
-                    push(&entry?.1)?;
+                    if !push(&entry?.1)? {
+                        break;
+                    }
                 }
             }
             Some(tag) => {
@@ -463,8 +470,11 @@ impl Store {
                         keys::tag_key_sequence(&k).ok_or_else(|| Error::Internal("bad tag index entry".into()))?;
                     // An index entry without its record would be corruption;
                     // `verify` reports it, listing skips it.
-                    if let Some(bytes) = checkpoints.get(keys::checkpoint_key(session, seq))? {
-                        push(&bytes)?;
+                    let record = checkpoints.get(keys::checkpoint_key(session, seq))?;
+                    if let Some(bytes) = record
+                        && !push(&bytes)?
+                    {
+                        break;
                     }
                 }
             }
