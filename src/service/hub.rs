@@ -1,6 +1,6 @@
 //! Fan-out of journal events to subscribers, only once they are durable.
 //!
-//! One task drains sled's watch subscription on the events tree continuously
+//! One thread drains sled's watch subscription on the events tree continuously
 //! (sled blocks writers once a subscriber holds 1024 undrained events, and
 //! dropping a subscriber while a writer is blocked deadlocks, sled #1515), so
 //! there is exactly one sled subscriber and it is never left undrained. Events
@@ -11,14 +11,16 @@
 use crate::config::{REPLAY_PAGE_EVENTS, SUBSCRIBER_QUEUE_EVENTS};
 use crate::error::Result;
 use crate::model::{JournalEvent, SessionId};
-use crate::storage::{EventWatch, Store};
+use crate::storage::Store;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::mpsc;
 
 pub struct Hub {
     store: Arc<Store>,
+    /// Every event after this sequence reaches the hub through the watch.
+    watched_after: u64,
     state: Mutex<HubState>,
 }
 
@@ -65,35 +67,69 @@ impl Hub {
     pub fn start(store: Arc<Store>) -> Arc<Hub> {
         let marks = store.durable_marks();
         let dispatched = marks.borrow().event_seq;
-        let watch = store.watch_events();
-        let hub = Arc::new(Hub { store, state: Mutex::new(HubState { dispatched, subs: HashMap::new(), next_id: 0 }) });
-        tokio::spawn(Arc::clone(&hub).run(watch, marks));
+        let mut watch = store.watch_events();
+        // Read after the watch began: later events all come through it.
+        let watched_after = store.metrics().map_or(u64::MAX, |m| m.event_sequence);
+        let state = Mutex::new(HubState { dispatched, subs: HashMap::new(), next_id: 0 });
+        let hub = Arc::new(Hub { store, watched_after, state });
+        // sled blocks every writer once its subscriber holds 1024 undrained
+        // events, so a thread of its own drains it: busy or blocked runtime
+        // workers (writers run sled synchronously) can never stall it. It
+        // ends when the store is gone; the hub task may end before it.
+        let (tx, events) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("checkpointd-events".into())
+            .spawn(move || {
+                while let Some(event) = watch.next_blocking() {
+                    let _ = tx.send(event);
+                }
+            })
+            .expect("spawn the journal watch thread");
+        // The task holds the hub weakly: once the service and its
+        // subscriptions are gone, the store (and its directory lock) is
+        // released.
+        tokio::spawn(Hub::run(Arc::downgrade(&hub), events, marks));
         hub
     }
 
     async fn run(
-        self: Arc<Self>,
-        mut watch: EventWatch,
+        hub: Weak<Hub>,
+        mut events: mpsc::UnboundedReceiver<JournalEvent>,
         mut marks: tokio::sync::watch::Receiver<crate::storage::DurableMark>,
     ) {
         let mut pending = BTreeMap::new();
         loop {
             tokio::select! {
-                event = watch.next() => match event {
+                event = events.recv() => match event {
                     Some(event) => { pending.insert(event.seq, event); }
                     None => return,
                 },
                 changed = marks.changed() => if changed.is_err() { return },
             }
-            let durable = marks.borrow_and_update().event_seq;
-            if let Err(e) = self.release(&mut pending, durable) {
+            // Take every event already forwarded, so that few have to be
+            // read back from the journal (where retention may have trimmed
+            // them).
+            while let Ok(event) = events.try_recv() {
+                pending.insert(event.seq, event);
+            }
+            let mark = *marks.borrow_and_update();
+            let Some(hub) = hub.upgrade() else { return };
+            let all_out = hub.release(&mut pending, mark.event_seq).unwrap_or_else(|e| {
                 tracing::error!(error = %e, "event dispatch failed to read the journal");
+                true
+            });
+            if mark.closed && all_out {
+                // The final flush's events are out; nothing follows them:
+                // every subscription ends after what it has queued.
+                hub.state.lock().expect("hub lock").subs.clear();
+                return;
             }
         }
     }
 
-    /// Offers every pending event up to `durable`, in order.
-    fn release(&self, pending: &mut BTreeMap<u64, JournalEvent>, durable: u64) -> Result<()> {
+    /// Offers every pending event up to `durable`, in order. Returns whether
+    /// it got that far (or is still waiting for the watch to forward one).
+    fn release(&self, pending: &mut BTreeMap<u64, JournalEvent>, durable: u64) -> Result<bool> {
         let mut state = self.state.lock().expect("hub lock");
         // Anything at or below the mark was offered already (or predates us).
         while pending.first_key_value().is_some_and(|(&seq, _)| seq <= state.dispatched) {
@@ -103,12 +139,19 @@ impl Hub {
             let next = state.dispatched + 1;
             let event = match pending.remove(&next) {
                 Some(event) => event,
-                // Not seen through the watch (yet): the journal has it.
+                // Still on its way from the watch thread (it is durable, so
+                // it was applied): wait for it rather than read the journal,
+                // where a small retention may have trimmed it already.
+                None if next > self.watched_after => return Ok(false),
+                // Appended before the watch began: the journal has it.
                 None => match self.store.events(state.dispatched, next, None, 1)?.pop() {
                     Some(event) => event,
                     None => {
-                        // Trimmed by retention before we got to it.
+                        // Trimmed by retention before we got to it. Whose
+                        // it was is unknown: rather than a silent gap, every
+                        // subscription ends with a lag notice.
                         state.dispatched = next;
+                        state.lag_all();
                         continue;
                     }
                 },
@@ -116,7 +159,7 @@ impl Hub {
             state.dispatched = next;
             state.offer(Arc::new(event));
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Subscribes to `session_id`. With `since`, first replays the journal
@@ -162,6 +205,13 @@ impl Hub {
 }
 
 impl HubState {
+    /// Ends every subscription after what it has queued, with a lag notice.
+    fn lag_all(&mut self) {
+        for sub in self.subs.drain().flat_map(|(_, subs)| subs) {
+            sub.lagged.store(true, Ordering::Release);
+        }
+    }
+
     fn offer(&mut self, event: Arc<JournalEvent>) {
         let Some(subs) = self.subs.get_mut(&event.session_id) else { return };
         subs.retain(|sub| match sub.tx.try_send(Arc::clone(&event)) {
@@ -195,7 +245,16 @@ impl Subscription {
                 self.last_seq = event.seq;
                 return Some(Delivery::Event(Arc::new(event)));
             }
-            match self.hub.store.events(self.last_seq, self.replay_through, Some(self.session_id), REPLAY_PAGE_EVENTS) {
+            let page =
+                self.hub.store.events(self.last_seq, self.replay_through, Some(self.session_id), REPLAY_PAGE_EVENTS);
+            // Retention may have trimmed events after `last_seq` before this
+            // read: then the page has a hole. End with a lag notice instead
+            // (resuming from `last_seq` then reports `compacted`).
+            if page.is_ok() && self.hub.store.check_replay(self.last_seq).is_err() {
+                self.ended = true;
+                return Some(Delivery::Lagged { last_seq: self.last_seq });
+            }
+            match page {
                 Ok(page) if page.len() == REPLAY_PAGE_EVENTS => self.replay.extend(page),
                 Ok(page) => {
                     self.replay.extend(page);

@@ -38,6 +38,8 @@ pub struct Synced {
     pub event_seq: u64,
     /// A flush or fsync failed: nothing more will be acknowledged.
     pub failed: bool,
+    /// The store was closed: nothing more will be acknowledged.
+    pub closed: bool,
 }
 
 struct Pending {
@@ -74,7 +76,7 @@ impl Committer {
         File::open(dir.join("conf"))?.sync_all()?;
         data_file.sync_all()?;
         File::open(dir)?.sync_all()?;
-        let (synced, _) = watch::channel(Synced { ticket: 0, event_seq, failed: false });
+        let (synced, _) = watch::channel(Synced { ticket: 0, event_seq, failed: false, closed: false });
         let shared = Arc::new(Shared {
             mode,
             pending: Mutex::new(Pending { issued: 0, taken: 0, event_seq, closing: false }),
@@ -117,16 +119,27 @@ impl Committer {
             return self.check();
         }
         let mut rx = self.shared.synced.subscribe();
-        let synced = rx
-            .wait_for(|s| s.ticket >= ticket.0 || s.failed)
-            .await
-            .map_err(|_| Error::Unavailable("store is closed".into()))?;
-        if synced.ticket >= ticket.0 { Ok(()) } else { Err(failed()) }
+        let synced = rx.wait_for(|s| s.ticket >= ticket.0 || s.failed || s.closed).await.map_err(|_| closed())?;
+        if synced.ticket >= ticket.0 {
+            Ok(())
+        } else if synced.failed {
+            Err(failed())
+        } else {
+            // Applied after the final flush of `close`: never acknowledged.
+            Err(closed())
+        }
     }
 
-    /// Fails when an earlier flush failed (fail-closed).
+    /// Fails when an earlier flush failed (fail-closed) or the store is closed.
     pub fn check(&self) -> Result<()> {
-        if self.shared.synced.borrow().failed { Err(failed()) } else { Ok(()) }
+        let synced = self.shared.synced.borrow();
+        if synced.failed {
+            Err(failed())
+        } else if synced.closed {
+            Err(closed())
+        } else {
+            Ok(())
+        }
     }
 
     /// Marks the store failed: a write reached sled but may not be on disk.
@@ -146,6 +159,8 @@ impl Committer {
         if let Some(t) = self.thread.lock().expect("thread lock").take() {
             let _ = t.join();
         }
+        // Also when the thread had already stopped on a failure.
+        self.shared.synced.send_modify(|s| s.closed = true);
     }
 }
 
@@ -153,6 +168,10 @@ impl Drop for Committer {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+fn closed() -> Error {
+    Error::Unavailable("the store is closed (shutting down)".into())
 }
 
 fn failed() -> Error {
@@ -184,6 +203,8 @@ impl Shared {
             self.synced.send_modify(|s| {
                 s.ticket = s.ticket.max(target);
                 s.event_seq = s.event_seq.max(event_seq);
+                // After the final flush, waiters for later tickets give up.
+                s.closed |= closing;
             });
             if closing {
                 return;

@@ -69,11 +69,15 @@ struct Op {
 
 impl Op {
     /// Application phase: index removals, then puts (records before
-    /// indexes, by tree order), then record removals.
+    /// indexes, by tree order), then record removals. A checkpoint's state
+    /// is put just before its record (and removed after it), so a reader
+    /// that finds the record also finds the state (`validate` checks both).
     fn phase(&self) -> (u8, u8) {
+        let put_order =
+            |tree: u8| if tree == TreeId::States as u8 { TreeId::Checkpoints as u8 * 2 - 1 } else { tree * 2 };
         match (&self.value, TreeId::is_record(self.tree)) {
             (None, false) => (0, self.tree),
-            (Some(_), _) => (1, self.tree),
+            (Some(_), _) => (1, put_order(self.tree)),
             (None, true) => (2, self.tree),
         }
     }
@@ -601,11 +605,14 @@ impl Store {
         let mut v = Validation::default();
         for entry in iter {
             let (k, bytes) = entry?;
-            let state_ok = |rec: &CheckpointRecord| -> Result<bool> {
-                Ok(self.tree(TreeId::States).get(&k)?.is_some_and(|s| crc32fast::hash(&s) == rec.state_crc))
-            };
             let ok = match decode_checkpoint(&bytes) {
-                Ok(rec) => state_ok(&rec)?,
+                Ok(rec) => match self.tree(TreeId::States).get(&k)? {
+                    Some(state) => crc32fast::hash(&state) == rec.state_crc,
+                    // Deleted since the scan read its record (a delete
+                    // removes the record, then the state): not damage.
+                    None if checkpoints.get(&k)?.is_none() => continue,
+                    None => false,
+                },
                 Err(_) => false,
             };
             if ok {
@@ -824,6 +831,20 @@ impl EventWatch {
                     Err(e) => tracing::error!(error = %e, "undecodable journal event"),
                 },
                 // Retention trims show up as removals.
+                sled::Event::Remove { .. } => {}
+            }
+        }
+    }
+
+    /// The next appended event, waiting on the calling thread; `None` when
+    /// the store is gone. For a thread that drains the watch continuously.
+    pub fn next_blocking(&mut self) -> Option<JournalEvent> {
+        loop {
+            match Iterator::next(&mut self.sub)? {
+                sled::Event::Insert { key, value } => match decode_event(&key, &value) {
+                    Ok(event) => return Some(event),
+                    Err(e) => tracing::error!(error = %e, "undecodable journal event"),
+                },
                 sled::Event::Remove { .. } => {}
             }
         }
