@@ -88,8 +88,9 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    // tungstenite traces every frame's payload, tokens included: never below debug.
-    let filter = filter.add_directive("tungstenite=debug".parse().expect("a valid directive"));
+    // tungstenite traces every frame's payload, tokens included, and logs
+    // each Close at debug: keep it at info whatever RUST_LOG says.
+    let filter = filter.add_directive("tungstenite=info".parse().expect("a valid directive"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     let result = match cli.command {
