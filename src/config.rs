@@ -93,5 +93,9 @@ impl StoreConfig {
 /// behind, its subscription ends with `subscription_lagged` (naming the last
 /// event it was given) instead of slowing writers or other subscribers.
 pub const SUBSCRIBER_QUEUE_EVENTS: usize = 1024;
+/// Journal events the watch-draining thread may hold for an event
+/// dispatcher the runtime has not scheduled yet (about 100 bytes each).
+/// Beyond it, writers wait instead of memory growing.
+pub const WATCH_FORWARD_EVENTS: usize = 65_536;
 /// Journal events read per step while replaying `subscribe { since }`.
 pub const REPLAY_PAGE_EVENTS: usize = 256;

@@ -8,7 +8,7 @@
 //! in sequence order, into each subscriber's bounded queue. A full queue ends
 //! that subscription with a lag notice; nobody else waits for it.
 
-use crate::config::{REPLAY_PAGE_EVENTS, SUBSCRIBER_QUEUE_EVENTS};
+use crate::config::{REPLAY_PAGE_EVENTS, SUBSCRIBER_QUEUE_EVENTS, WATCH_FORWARD_EVENTS};
 use crate::error::Result;
 use crate::model::{JournalEvent, SessionId};
 use crate::storage::Store;
@@ -76,12 +76,17 @@ impl Hub {
         // events, so a thread of its own drains it: busy or blocked runtime
         // workers (writers run sled synchronously) can never stall it. It
         // ends when the store is gone; the hub task may end before it.
-        let (tx, events) = mpsc::unbounded_channel();
+        // The hand-over is bounded too: a dispatcher the runtime never runs
+        // makes writers wait once WATCH_FORWARD_EVENTS are held, instead of
+        // memory growing.
+        let (tx, events) = mpsc::channel(WATCH_FORWARD_EVENTS);
         std::thread::Builder::new()
             .name("checkpointd-events".into())
             .spawn(move || {
                 while let Some(event) = watch.next_blocking() {
-                    let _ = tx.send(event);
+                    // Once the dispatcher is gone this fails at once: the
+                    // thread keeps draining so sled never blocks a writer.
+                    let _ = tx.blocking_send(event);
                 }
             })
             .expect("spawn the journal watch thread");
@@ -94,7 +99,7 @@ impl Hub {
 
     async fn run(
         hub: Weak<Hub>,
-        mut events: mpsc::UnboundedReceiver<JournalEvent>,
+        mut events: mpsc::Receiver<JournalEvent>,
         mut marks: tokio::sync::watch::Receiver<crate::storage::DurableMark>,
     ) {
         let mut pending = BTreeMap::new();
