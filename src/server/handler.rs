@@ -101,19 +101,6 @@ impl Session {
         Ok(Outcome::Reply(match command {
             Command::Authenticate { token } => return Ok(self.authenticate(id, token)),
             Command::Subscribe { session_id, since } => {
-                if let Some(since) = since {
-                    // Skipping to a seq this journal has not reached would
-                    // silently drop the events that will take those numbers
-                    // (the client saw them on a data directory that was since
-                    // restored from a backup, or lost them in an async crash).
-                    // The journal's newest seq, durable or not yet.
-                    let newest = service.metrics()?.event_sequence;
-                    if since > newest {
-                        return Err(Error::Conflict(format!(
-                            "since {since} is after the newest event, {newest}: this server never delivered it; subscribe with since at most {newest}"
-                        )));
-                    }
-                }
                 self.subscriptions.retain(|_, task| !task.is_finished());
                 if !self.subscriptions.contains_key(&session_id)
                     && self.subscriptions.len() >= MAX_SUBSCRIPTIONS_PER_CONNECTION

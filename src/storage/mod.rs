@@ -684,8 +684,17 @@ impl Store {
     }
 
     /// Refuses a replay from before the oldest retained event.
+    /// Also refuses one from beyond the newest event (durable or not):
+    /// skipping to a seq this journal has not reached would silently drop
+    /// the events that will take those numbers (the client saw them on a
+    /// directory since restored from a backup, or lost in an async crash).
     pub fn check_replay(&self, since: u64) -> Result<()> {
         let last = self.writer.lock().expect("write lock").event_seq;
+        if since > last {
+            return Err(Error::Conflict(format!(
+                "since {since} is after the newest event, {last}: this server never delivered it; subscribe with since at most {last}"
+            )));
+        }
         match self.oldest_event()? {
             Some(oldest) if since + 1 < oldest => Err(Error::Compacted { requested: since, oldest }),
             None if since < last => Err(Error::Compacted { requested: since, oldest: last + 1 }),
