@@ -170,6 +170,14 @@ impl Drop for Committer {
     }
 }
 
+/// How long the commit thread waits for a free descriptor before failing.
+const DESCRIPTOR_RETRIES: u32 = 100;
+const DESCRIPTOR_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 fn closed() -> Error {
     Error::Unavailable("the store is closed (shutting down)".into())
 }
@@ -215,7 +223,20 @@ impl Shared {
     fn flush(&self, synced_blobs: &mut HashSet<OsString>) -> std::io::Result<()> {
         self.db.flush().map_err(std::io::Error::other)?;
         self.data_file.sync_data()?;
-        self.sync_blobs(synced_blobs)
+        // Listing the blobs needs a descriptor. Running out of them (clients
+        // holding the rest) is not a disk failure: wait for one to be freed
+        // rather than fail the store closed.
+        let mut attempts = 0;
+        loop {
+            match self.sync_blobs(synced_blobs) {
+                Err(e) if is_out_of_descriptors(&e) && attempts < DESCRIPTOR_RETRIES => {
+                    attempts += 1;
+                    tracing::warn!(error = %e, "out of file descriptors while syncing blobs; retrying");
+                    std::thread::sleep(DESCRIPTOR_RETRY_PAUSE);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// fsyncs blob files sled created since the last flush, then their
