@@ -131,8 +131,15 @@ impl Daemon {
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill").args([&format!("-{name}"), &self.pid.to_string()]).status().unwrap();
-        assert!(status.success(), "kill -{name} {} failed", self.pid);
+        let signal = match name {
+            "TERM" => libc::SIGTERM,
+            "INT" => libc::SIGINT,
+            "KILL" => libc::SIGKILL,
+            other => panic!("no signal {other}"),
+        };
+        let pid = libc::pid_t::try_from(self.pid).expect("a pid");
+        // SAFETY: kill only sends a signal to the child we started.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill -{name} {} failed", self.pid);
     }
 
     /// Waits for the process to exit; `None` if it is still running.
@@ -161,7 +168,11 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if self.status.is_none() && self.wait_exit(Duration::ZERO).is_none() {
-            let _ = Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
+            // Not `signal`: no assertion may panic inside a drop.
+            if let Ok(pid) = libc::pid_t::try_from(self.pid) {
+                // SAFETY: kill only sends a signal to the child we started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
             let _ = self.wait_exit(STEP);
         }
     }
