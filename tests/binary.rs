@@ -463,42 +463,56 @@ async fn sigterm_sends_close_frames_and_exits_zero() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// Acknowledged (id, n) pairs, their count as it grows, and the writer tasks.
+type Writers =
+    (Arc<Mutex<Vec<(String, u64)>>>, tokio::sync::watch::Receiver<usize>, Vec<tokio::task::JoinHandle<ClientError>>);
+
+/// `n` clients writing checkpoints `{"n": ...}` into `sid` until a call
+/// fails; each task returns the error that stopped it.
+fn spawn_writers(url: &str, sid: &str, n: u64) -> Writers {
+    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let (count_tx, count_rx) = tokio::sync::watch::channel(0usize);
+    let count_tx = Arc::new(count_tx);
+    let writers = (0..n)
+        .map(|w| {
+            let (url, sid, acked, count_tx) =
+                (url.to_string(), sid.to_string(), Arc::clone(&acked), Arc::clone(&count_tx));
+            tokio::spawn(async move {
+                let mut c = match Client::connect(&url).await {
+                    Ok(c) => c,
+                    Err(e) => return e,
+                };
+                for i in 0..100_000u64 {
+                    let n = w * 1_000_000 + i;
+                    match c.checkpoint(&sid, &format!("w{w}-{i}"), json!({"n": n}), json!({})).await {
+                        Ok(id) => {
+                            let mut a = acked.lock().unwrap();
+                            a.push((id, n));
+                            count_tx.send_replace(a.len());
+                        }
+                        Err(e) => return e,
+                    }
+                }
+                panic!("writer {w} was never stopped")
+            })
+        })
+        .collect();
+    (acked, count_rx, writers)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_checkpoint() {
     let dir = tempdir();
     let mut server = Daemon::serve(&data(&dir), &[]);
     let mut c = server.connect().await;
     let sid = bounded("s", c.create_session("crash")).await.unwrap();
-    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
-    let (enough_tx, mut enough_rx) = tokio::sync::watch::channel(0usize);
-    let enough_tx = Arc::new(enough_tx);
-    let mut writers = Vec::new();
-    for w in 0..4u64 {
-        let url = server.url().to_string();
-        let sid = sid.clone();
-        let acked = Arc::clone(&acked);
-        let enough_tx = Arc::clone(&enough_tx);
-        writers.push(tokio::spawn(async move {
-            let mut c = Client::connect(&url).await.unwrap();
-            for i in 0..100_000u64 {
-                let n = w * 1_000_000 + i;
-                match c.checkpoint(&sid, &format!("w{w}-{i}"), json!({"n": n}), json!({})).await {
-                    Ok(id) => {
-                        let mut a = acked.lock().unwrap();
-                        a.push((id, n));
-                        enough_tx.send_replace(a.len());
-                    }
-                    Err(_) => return,
-                }
-            }
-        }));
-    }
+    let (acked, mut enough_rx, writers) = spawn_writers(server.url(), &sid, 4);
     bounded("writes", enough_rx.wait_for(|&n| n >= 200)).await.unwrap();
     server.signal("KILL");
     let status = server.wait_exit(STEP).expect("no exit after SIGKILL");
     assert!(!status.success());
     for w in writers {
-        bounded("writer", w).await.unwrap();
+        let _ended_by = bounded("writer", w).await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= 200);
@@ -612,44 +626,25 @@ async fn sigint_under_load_finishes_in_flight_writes_and_exits_zero() {
     let mut server = Daemon::serve(&data(&dir), &[]);
     let mut c = server.connect().await;
     let sid = bounded("s", c.create_session("load")).await.unwrap();
-    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
-    let (count_tx, mut count_rx) = tokio::sync::watch::channel(0usize);
-    let count_tx = Arc::new(count_tx);
-    let mut writers = Vec::new();
-    for w in 0..4u64 {
-        let (url, sid, acked, count_tx) =
-            (server.url().to_string(), sid.clone(), Arc::clone(&acked), Arc::clone(&count_tx));
-        writers.push(tokio::spawn(async move {
-            let mut c = Client::connect(&url).await.unwrap();
-            for i in 0..100_000u64 {
-                let n = w * 1_000_000 + i;
-                // Every request ends in a reply or in the server's Close frame.
-                match c.checkpoint(&sid, "load", json!(n), json!({})).await {
-                    Ok(id) => {
-                        let mut a = acked.lock().unwrap();
-                        a.push((id, n));
-                        count_tx.send_replace(a.len());
-                    }
-                    Err(ClientError::Connection(e)) => return e,
-                    Err(e) => panic!("writer {w}: {e}"),
-                }
-            }
-            String::new()
-        }));
-    }
+    let (acked, mut count_rx, writers) = spawn_writers(server.url(), &sid, 4);
     bounded("writes", count_rx.wait_for(|&n| n >= 100)).await.unwrap();
     server.signal("INT");
     let status = server.wait_exit(STOP).expect("no exit within the deadline after SIGINT");
     assert_eq!(status.code(), Some(0));
     for w in writers {
-        let ended = bounded("writer", w).await.unwrap();
-        assert!(ended.contains("Away"), "writer ended without the Close frame: {ended:?}");
+        // Every request ends in a reply or in the server's Close frame.
+        match bounded("writer", w).await.unwrap() {
+            ClientError::Connection(ended) => {
+                assert!(ended.contains("Away"), "writer ended without the Close frame: {ended:?}")
+            }
+            other => panic!("writer: {other}"),
+        }
     }
     let acked = acked.lock().unwrap().clone();
     let mut server = Daemon::serve(&data(&dir), &[]);
     let mut c = server.connect().await;
     for (id, n) in &acked {
-        assert_eq!(ok(&mut c, "get_checkpoint", json!({"checkpoint_id": id})).await["state"], json!(n));
+        assert_eq!(ok(&mut c, "get_checkpoint", json!({"checkpoint_id": id})).await["state"], json!({"n": n}));
     }
     // A command that was read ran to completion and was answered before the
     // Close frame; one that was not read did not run. So what is stored is
