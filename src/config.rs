@@ -21,6 +21,10 @@ pub const MAX_PAGE: usize = 10_000;
 /// many bytes (at least one row is always returned), so a page of long
 /// messages cannot make a reply of hundreds of megabytes.
 pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Checkpoints one atomic change removes when a whole session is deleted;
+/// a larger session is deleted in several changes, so that no intent record
+/// (the change written whole before its keys) grows with the session.
+pub const MAX_CHANGE_CHECKPOINTS: usize = 1024;
 /// Most ids `validate` lists in `invalid_ids` (the counts are always exact).
 pub const MAX_REPORTED_INVALID: usize = 1_000;
 /// Default number of journal events retained for `subscribe { since }`.

@@ -32,7 +32,7 @@ pub mod keys;
 pub mod migrate;
 pub mod records;
 
-use crate::config::{Durability, MAX_PAGE_BYTES, MAX_REPORTED_INVALID, StoreConfig};
+use crate::config::{Durability, MAX_CHANGE_CHECKPOINTS, MAX_PAGE_BYTES, MAX_REPORTED_INVALID, StoreConfig};
 use crate::error::{Error, Result};
 use crate::model::{
     Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, EventKind, JournalEvent, ListQuery, Metrics,
@@ -295,21 +295,38 @@ impl Store {
 
     /// Deletes a session with all its checkpoints; returns how many.
     pub async fn delete_session(&self, id: SessionId) -> Result<u64> {
-        self.write(|w| {
-            let rec = w.store.session_record(id)?;
-            let mut removed = 0;
-            for entry in w.store.tree(TreeId::Checkpoints).range(keys::session_checkpoints(id, 0..=u64::MAX)) {
-                let (_, bytes) = entry?;
-                w.remove_checkpoint(&decode_checkpoint(&bytes)?)?;
-                removed += 1;
+        // In changes of at most MAX_CHANGE_CHECKPOINTS checkpoints, so that
+        // no intent record grows with the session. Each change leaves the
+        // session consistent (fewer checkpoints, counts updated); the last
+        // one removes the session and journals the event. A crash between
+        // them leaves a smaller session, never a dangling index entry.
+        let mut removed = 0;
+        loop {
+            let (done, ticket) = self.write_now(|w| {
+                let mut rec = w.store.session_record(id)?;
+                let range = w.store.tree(TreeId::Checkpoints).range(keys::session_checkpoints(id, 0..=u64::MAX));
+                let mut chunk = 0;
+                for entry in range.take(MAX_CHANGE_CHECKPOINTS) {
+                    w.remove_checkpoint(&decode_checkpoint(&entry?.1)?)?;
+                    chunk += 1;
+                }
+                removed += chunk;
+                if chunk == MAX_CHANGE_CHECKPOINTS as u64 {
+                    rec.checkpoint_count = rec.checkpoint_count.saturating_sub(chunk);
+                    w.put_session(&rec);
+                    return Ok(false);
+                }
+                w.del(TreeId::Sessions, keys::session_key(id));
+                w.del(TreeId::SessionOrder, keys::u64_key(rec.ordinal));
+                w.counters.active_sessions -= 1;
+                w.event(id, EventKind::SessionDeleted { removed });
+                Ok(true)
+            })?;
+            if done {
+                self.committer.wait(ticket).await?;
+                return Ok(removed);
             }
-            w.del(TreeId::Sessions, keys::session_key(id));
-            w.del(TreeId::SessionOrder, keys::u64_key(rec.ordinal));
-            w.counters.active_sessions -= 1;
-            w.event(id, EventKind::SessionDeleted { removed });
-            Ok(removed)
-        })
-        .await
+        }
     }
 
     /// Sets (or with `None` clears) the policy applied as checkpoints are added.
@@ -865,6 +882,19 @@ mod tests {
     use super::*;
     use crate::model::{NewCheckpoint, Trigger, json_empty_object};
 
+    /// sled releases a directory's lock a moment after its last handle is
+    /// dropped (its threads let go of the file): open with a deadline.
+    fn open_when_released(config: StoreConfig) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(config.clone()) {
+                Ok(store) => return store,
+                Err(e) if e.code() == "unavailable" && std::time::Instant::now() < deadline => std::thread::yield_now(),
+                Err(e) => panic!("open {}: {e}", config.data_dir.display()),
+            }
+        }
+    }
+
     fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         std::fs::create_dir_all(to).unwrap();
         for entry in std::fs::read_dir(from).unwrap() {
@@ -889,7 +919,7 @@ mod tests {
         drop(store);
         copy_dir(&live, &pristine);
 
-        let store = Store::open(StoreConfig::new(&live)).unwrap();
+        let store = open_when_released(StoreConfig::new(&live));
         let state = RawValue::from_string("{\"k\":[1,2,3]}".into()).unwrap();
         let new = NewCheckpoint {
             session_id: session,
@@ -917,7 +947,7 @@ mod tests {
                 apply_ops(&trees, &ops[..applied]).unwrap();
                 db.flush().unwrap();
             }
-            let store = Store::open(StoreConfig::new(&torn)).unwrap();
+            let store = open_when_released(StoreConfig::new(&torn));
             let got = store.metrics().unwrap();
             assert_eq!(
                 (got.total_checkpoints, got.global_sequence, got.event_sequence),
@@ -933,5 +963,45 @@ mod tests {
             assert_eq!(store.events(0, u64::MAX, Some(session), 10).unwrap().len(), 1);
             assert!(store.tree(TreeId::Meta).get(keys::META_INTENT).unwrap().is_none());
         }
+    }
+
+    /// A session larger than one change is deleted in several; the result is
+    /// the same as one change: nothing of it left, one event, exact counts.
+    #[tokio::test]
+    async fn deleting_a_large_session_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig { durability: Durability::Async, ..StoreConfig::new(dir.path()) }).unwrap();
+        let big = store.create_session("big".into(), json_empty_object()).await.unwrap().id;
+        let other = store.create_session("other".into(), json_empty_object()).await.unwrap().id;
+        let n = 2 * MAX_CHANGE_CHECKPOINTS + 7;
+        let new = |session_id| NewCheckpoint {
+            session_id,
+            message: "m".into(),
+            tags: vec!["t".into()],
+            trigger: Trigger::Manual,
+            state: None,
+            metadata: None,
+            parent_id: None,
+        };
+        for _ in 0..n {
+            store.put_checkpoint(new(big)).await.unwrap();
+        }
+        let kept = store.put_checkpoint(new(other)).await.unwrap().0;
+        assert_eq!(store.delete_session(big).await.unwrap(), n as u64);
+        assert_eq!(store.session(big).unwrap_err().code(), "not_found");
+        let m = store.metrics().unwrap();
+        assert_eq!((m.total_checkpoints, m.active_sessions), (1, 1));
+        for tree in [TreeId::Checkpoints, TreeId::States, TreeId::CheckpointIds, TreeId::Sequences, TreeId::Tags] {
+            assert_eq!(store.tree(tree).len(), 1, "{tree:?} keeps keys of the deleted session");
+        }
+        let deleted: Vec<_> = store
+            .events(0, u64::MAX, Some(big), usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|e| matches!(e.kind, EventKind::SessionDeleted { .. }))
+            .collect();
+        assert_eq!(deleted.len(), 1);
+        assert_eq!(deleted[0].kind, EventKind::SessionDeleted { removed: n as u64 });
+        assert_eq!(store.checkpoint(kept.id).unwrap().summary.session_id, other);
     }
 }
