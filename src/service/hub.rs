@@ -35,6 +35,9 @@ struct Sub {
     id: u64,
     tx: mpsc::Sender<Arc<JournalEvent>>,
     lagged: Arc<AtomicBool>,
+    /// Events up to here were asked to be skipped (`since` ahead of the
+    /// dispatcher): they are not queued, so they cannot overflow the queue.
+    skip_through: u64,
 }
 
 /// What a subscription yields.
@@ -178,8 +181,9 @@ impl Hub {
         let mut state = self.state.lock().expect("hub lock");
         let id = state.next_id;
         state.next_id += 1;
-        state.subs.entry(session_id).or_default().push(Sub { id, tx, lagged: Arc::clone(&lagged) });
         let through = state.dispatched;
+        let skip_through = since.unwrap_or(through);
+        state.subs.entry(session_id).or_default().push(Sub { id, tx, lagged: Arc::clone(&lagged), skip_through });
         Ok(Subscription {
             hub: Arc::clone(self),
             id,
@@ -219,14 +223,19 @@ impl HubState {
 
     fn offer(&mut self, event: Arc<JournalEvent>) {
         let Some(subs) = self.subs.get_mut(&event.session_id) else { return };
-        subs.retain(|sub| match sub.tx.try_send(Arc::clone(&event)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // Dropping the sender ends the stream after what is queued.
-                sub.lagged.store(true, Ordering::Release);
-                false
+        subs.retain(|sub| {
+            if event.seq <= sub.skip_through {
+                return true;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            match sub.tx.try_send(Arc::clone(&event)) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Dropping the sender ends the stream after what is queued.
+                    sub.lagged.store(true, Ordering::Release);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
         });
         if subs.is_empty() {
             self.subs.remove(&event.session_id);
