@@ -25,7 +25,7 @@
 //!    sled and `fdatasync`s its file, shared by every writer waiting at that
 //!    moment, and only then wakes the writer: the reply is sent.
 //! 6. The same durable mark releases the journal event:
-//!    [`service::hub`] has been draining sled's `watch_prefix` on the events
+//!    [`service::hub`]'s thread has been draining sled's `watch_prefix` on the events
 //!    tree, and now offers the event to each subscriber's bounded queue; the
 //!    connection's subscription task renders it with [`protocol::reply`].
 //!
