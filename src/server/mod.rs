@@ -1,5 +1,5 @@
 //! The WebSocket server: an accept loop that bounds connections, one
-//! [`connection`] task per client, and a broadcast shutdown that waits for
+//! `connection` task per client, and a broadcast shutdown that waits for
 //! every handler before flushing the store.
 
 mod connection;

@@ -2,7 +2,7 @@
 //!
 //! **Durability rule.** Every mutating method gathers all of its changes —
 //! record, indexes, counters and journal event — under the store's write
-//! lock and applies them atomically (see [`Store::apply`]), then returns only
+//! lock and applies them atomically (see `Store::apply`), then returns only
 //! once the change is as durable as [`Durability`] promises (see [`commit`]).
 //! A refused write changes nothing and consumes no sequence number. After an
 //! I/O error the store fails closed: every later write is refused with
