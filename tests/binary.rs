@@ -322,33 +322,22 @@ async fn token_file_trailing_newline_is_ignored() {
 
     // An empty or missing token file is refused.
     std::fs::write(&token_file, "\n").unwrap();
-    let (status, _, stderr) = run(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir2.path().to_str().unwrap(),
-            "--token-file",
-            token_file.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("empty"), "{stderr}");
     let missing = dir.path().join("missing");
-    let (status, _, stderr) = run(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir2.path().to_str().unwrap(),
-            "--token-file",
-            missing.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("token file"), "{stderr}");
+    for (file, why) in [(&token_file, "empty"), (&missing, "token file")] {
+        let (status, _, stderr) = run(
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                dir2.path().to_str().unwrap(),
+                "--token-file",
+                file.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(why), "{stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

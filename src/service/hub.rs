@@ -72,7 +72,7 @@ impl Hub {
         let dispatched = marks.borrow().event_seq;
         let mut watch = store.watch_events();
         // Read after the watch began: later events all come through it.
-        let watched_after = store.metrics().map_or(u64::MAX, |m| m.event_sequence);
+        let watched_after = store.event_sequence();
         let state = Mutex::new(HubState { dispatched, subs: HashMap::new(), next_id: 0 });
         let hub = Arc::new(Hub { store, watched_after, state });
         // sled blocks every writer once its subscriber holds 1024 undrained

@@ -219,7 +219,7 @@ impl Store {
 
     /// Trims the journal to the configured retention (after it was lowered).
     fn trim_journal(&self) -> Result<()> {
-        let last = self.writer.lock().expect("write lock").event_seq;
+        let last = self.event_sequence();
         let Some(keep_from) = last.checked_sub(self.config.event_retention).map(|s| s + 1) else {
             return Ok(());
         };
@@ -663,6 +663,11 @@ impl Store {
         })
     }
 
+    /// The last journal event sequence handed out (durable or not yet).
+    pub fn event_sequence(&self) -> u64 {
+        self.writer.lock().expect("write lock").event_seq
+    }
+
     /// Whether the store still accepts writes.
     pub fn healthy(&self) -> bool {
         self.committer.check().is_ok()
@@ -706,7 +711,7 @@ impl Store {
     /// the events that will take those numbers (the client saw them on a
     /// directory since restored from a backup, or lost in an async crash).
     pub fn check_replay(&self, since: u64) -> Result<()> {
-        let last = self.writer.lock().expect("write lock").event_seq;
+        let last = self.event_sequence();
         if since > last {
             return Err(Error::Conflict(format!(
                 "since {since} is after the newest event, {last}: this server never delivered it; subscribe with since at most {last}"
