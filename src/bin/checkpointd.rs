@@ -87,6 +87,7 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    checkpointd::panics::one_line("checkpointd");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // tungstenite traces every frame's payload, tokens included, and logs
     // each Close at debug: keep it at info whatever RUST_LOG says.

@@ -15,7 +15,8 @@
 //!   [`super`]) as the server would at its next start. So it shows every
 //!   write that was durable when the copy was taken.
 
-use super::keys::{self, TREE_COUNT, TREE_NAMES, TreeId};
+use super::datadir::{self, Access};
+use super::keys::{self, TREE_COUNT, TreeId};
 use super::records::{AnnotationRecord, CheckpointRecord, Counters, SessionRecord, raw_json};
 use super::{codec, dircopy, migrate};
 use crate::error::{Error, Result};
@@ -100,15 +101,15 @@ impl Inspector {
     /// a server holds it). Refuses a path that is not a sled directory, so
     /// nothing is ever created.
     pub fn open(dir: &Path, snapshot: bool) -> Result<Inspector> {
-        let meta =
-            std::fs::metadata(dir).map_err(|e| Error::NotFound(format!("data directory {}: {e}", dir.display())))?;
-        let db_file = dir.join("db");
-        if !meta.is_dir() || !db_file.is_file() || !dir.join("conf").is_file() {
+        // What is wrong with the directory itself is said before copying it.
+        let survey = datadir::survey(dir, dir, Access::Inspect)?;
+        if !survey.had_db || !dir.join("conf").is_file() {
             return Err(Error::NotFound(format!(
                 "{} is not a checkpointd data directory (no sled database in it)",
                 dir.display()
             )));
         }
+        let db_file = dir.join("db");
         let copy = tempfile::Builder::new().prefix("checkpoint-dump-").tempdir()?;
         let source_bytes = {
             // The same advisory lock sled takes; a read-only descriptor
@@ -123,21 +124,14 @@ impl Inspector {
                     Err(TryLockError::Error(e)) => return Err(e.into()),
                 }
             };
-            dircopy::copy_dir(dir, copy.path(), false)?
+            dircopy::copy_dir(dir, copy.path(), false)
+                .map_err(|e| Error::Unavailable(format!("cannot copy data directory {}: {e}", dir.display())))?
         };
-        let db = sled::Config::new()
-            .path(copy.path())
-            .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| Error::Unavailable(format!("cannot open a copy of {}: {e}", dir.display())))?;
-        let trees = TREE_NAMES.iter().map(|name| db.open_tree(name)).collect::<sled::Result<Vec<_>>>()?;
-        debug_assert_eq!(trees.len(), TREE_COUNT);
         // Complete a change a crash (or the snapshot) cut short, as the
         // server would when it opens the directory: in the copy only.
-        if migrate::read_version(&trees[TreeId::Meta as usize])?.is_none_or(|v| v <= migrate::CURRENT_FORMAT) {
-            super::replay_intent(&db, &trees)?;
-        }
+        let (opened, ()) = datadir::open(copy.path(), dir, Access::Inspect, CACHE_BYTES, |_, _| Ok(()))?;
+        let datadir::Opened { db, trees } = opened;
+        debug_assert_eq!(trees.len(), TREE_COUNT);
         Ok(Inspector { trees, _db: db, copy, source: dir.to_path_buf(), source_bytes })
     }
 
@@ -377,12 +371,13 @@ impl Inspector {
             if !sessions.contains_key(&session) {
                 v.problem(format!("checkpoint {id} belongs to session {session}, which does not exist"));
             }
-            match self.tree(TreeId::States).get(&k)? {
-                None => v.problem(format!("checkpoint {id}: no stored state")),
-                Some(s) if crc32fast::hash(&s) != rec.state_crc => {
+            match self.tree(TreeId::States).get(&k).map_err(Error::from) {
+                Err(e) => v.problem(format!("checkpoint {id}: stored state unreadable: {e}")),
+                Ok(None) => v.problem(format!("checkpoint {id}: no stored state")),
+                Ok(Some(s)) if crc32fast::hash(&s) != rec.state_crc => {
                     v.problem(format!("checkpoint {id}: stored state failed its checksum"))
                 }
-                Some(s) => {
+                Ok(Some(s)) => {
                     if serde_json::from_slice::<serde::de::IgnoredAny>(&s).is_err() {
                         v.problem(format!("checkpoint {id}: stored state is not JSON"));
                     }

@@ -25,6 +25,7 @@
 
 pub mod codec;
 pub mod commit;
+pub mod datadir;
 pub mod dircopy;
 pub mod import;
 pub mod inspect;
@@ -40,7 +41,8 @@ use crate::model::{
 };
 use chrono::Utc;
 use commit::{Committer, Synced, Ticket};
-use keys::{TREE_COUNT, TREE_NAMES, TreeId};
+use datadir::Access;
+use keys::{TREE_COUNT, TreeId};
 use records::{AnnotationRecord, CheckpointRecord, Counters, EventRecord, SessionRecord, micros, raw_json};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -138,26 +140,16 @@ impl Store {
     /// Opens (creating if needed) a data directory. Reads a constant number of
     /// keys: counters live in the meta tree, nothing is scanned.
     pub fn open(config: StoreConfig) -> Result<Store> {
-        std::fs::create_dir_all(&config.data_dir)?;
-        let db = sled::Config::new()
-            .path(&config.data_dir)
-            .cache_capacity(config.cache_bytes)
-            // The committer flushes; sled's own timer thread would only add
-            // unsynchronised flushes.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| open_error(&config, e))?;
-        let trees = TREE_NAMES.iter().map(|name| db.open_tree(name)).collect::<sled::Result<Vec<_>>>()?;
-        let meta = trees[TreeId::Meta as usize].clone();
-        // A newer format is refused before anything of it is interpreted.
-        if migrate::read_version(&meta)?.is_none_or(|v| v <= migrate::CURRENT_FORMAT) {
-            replay_intent(&db, &trees)?;
-        }
-        migrate::prepare(&db, &meta, &config)?;
-        let counters = match meta.get(keys::META_COUNTERS)? {
-            Some(bytes) => codec::decode(&bytes, "counters")?,
-            None => Counters::default(),
-        };
+        // A damaged directory is refused, whatever sled makes of it (`datadir`).
+        let (opened, counters) =
+            datadir::open(&config.data_dir, &config.data_dir, Access::Serve, config.cache_bytes, |db, trees| {
+                migrate::prepare(db, &trees[TreeId::Meta as usize], &config)?;
+                match trees[TreeId::Meta as usize].get(keys::META_COUNTERS)? {
+                    Some(bytes) => codec::decode(&bytes, "counters"),
+                    None => Ok(Counters::default()),
+                }
+            })?;
+        let datadir::Opened { db, trees } = opened;
         let committer = Committer::start(db.clone(), &config.data_dir, config.durability, counters.event_seq)?;
         let store = Store { db, trees, writer: Mutex::new(counters), committer, config };
         store.trim_journal()?;
@@ -833,20 +825,6 @@ fn decode_event(k: &[u8], v: &[u8]) -> Result<JournalEvent> {
     Ok(codec::decode::<EventRecord>(v, "event")?.to_model(seq))
 }
 
-fn open_error(config: &StoreConfig, e: sled::Error) -> Error {
-    match e {
-        sled::Error::Io(io)
-            if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") =>
-        {
-            Error::Unavailable(format!(
-                "data directory {} is in use by another checkpointd (could not acquire its lock)",
-                config.data_dir.display()
-            ))
-        }
-        other => other.into(),
-    }
-}
-
 /// Journal appends as sled reports them: before they are durable.
 pub struct EventWatch {
     sub: sled::Subscriber,
@@ -947,7 +925,7 @@ mod tests {
             copy_dir(&pristine, &torn);
             {
                 let db = sled::open(&torn).unwrap();
-                let trees: Vec<Tree> = TREE_NAMES.iter().map(|n| db.open_tree(n).unwrap()).collect();
+                let trees: Vec<Tree> = keys::TREE_NAMES.iter().map(|n| db.open_tree(n).unwrap()).collect();
                 trees[TreeId::Meta as usize].insert(keys::META_INTENT, &intent).unwrap();
                 apply_ops(&trees, &ops[..applied]).unwrap();
                 db.flush().unwrap();
