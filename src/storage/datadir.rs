@@ -29,11 +29,18 @@
 //!    with the trees in what can be checked without a scan: a store that
 //!    counts checkpoints has some, and no stored sequence number, event or
 //!    session ordinal is above the counter that hands them out (else new
-//!    ones would overwrite old ones).
+//!    ones would overwrite old ones). And sled recovered at least what the
+//!    mark ([`MARK_FILE`]) says was durable when checkpointd last opened or
+//!    closed the directory: sled cannot tell a log cut short by damage from
+//!    a crash, and recovers the prefix; our own record of what was on disk
+//!    can.
 //!
 //! What this cannot see without reading everything: a missing or damaged
 //! blob that recovery does not read (older than sled's last snapshot); reads
 //! of it fail later with an error, and `checkpoint-dump verify` finds it.
+//! Nor damage to what was written since the mark, which looks like a crash
+//! that lost those writes. And sled deletes the blob files beyond the point
+//! where its recovery stopped before step 3 can refuse the directory.
 
 use super::keys::{self, TREE_NAMES, TreeId};
 use super::records::Counters;
@@ -156,7 +163,9 @@ pub fn open<T>(
         }
         let out = then(&db, &trees).map_err(|e| in_dir(shown, e))?;
         if migrate::read_version(meta).map_err(|e| in_dir(shown, e))? == Some(migrate::CURRENT_FORMAT) {
-            check_recovered(&trees).map_err(|what| DirError::Damaged { dir: shown.to_path_buf(), what })?;
+            let damaged = |what| DirError::Damaged { dir: shown.to_path_buf(), what };
+            let mark = read_mark(dir).map_err(damaged)?;
+            check_recovered(&trees, mark).map_err(damaged)?;
         }
         Ok((Opened { db, trees }, out))
     });
@@ -402,13 +411,13 @@ fn blob_intact(path: &Path) -> io::Result<bool> {
 
 /// Step 3: what sled recovered is consistent with the persisted counters,
 /// as far as a constant number of reads can tell. `Err` says what is wrong.
-pub fn check_recovered(trees: &[Tree]) -> Result<(), String> {
+pub fn check_recovered(trees: &[Tree], mark: Option<Counters>) -> Result<(), String> {
     let tree = |id: TreeId| &trees[id as usize];
     let has_data = trees[TreeId::Sessions as usize..].iter().any(|t| !t.is_empty());
     let counters = match tree(TreeId::Meta).get(keys::META_COUNTERS).map_err(|e| e.to_string())? {
         Some(bytes) => codec::decode::<Counters>(&bytes, "counters record").map_err(|e| e.to_string())?,
         None if has_data => return Err("it holds data but no counters record".into()),
-        None => return Ok(()),
+        None => Counters::default(),
     };
     let last = |id: TreeId| -> Result<Option<u64>, String> {
         Ok(tree(id).last().map_err(|e| e.to_string())?.and_then(|(k, _)| keys::decode_u64(&k)))
@@ -416,6 +425,12 @@ pub fn check_recovered(trees: &[Tree]) -> Result<(), String> {
     let lost = |n: u64, what: &str| {
         format!("its counters record {n} {what} but none is stored (sled recovered only part of the database)")
     };
+    if counters.checkpoints == 0 && !tree(TreeId::Checkpoints).is_empty() {
+        return Err("its counters record no checkpoints but checkpoints are stored".into());
+    }
+    if counters.active_sessions == 0 && !tree(TreeId::Sessions).is_empty() {
+        return Err("its counters record no sessions but sessions are stored".into());
+    }
     if counters.checkpoints > 0 && tree(TreeId::Checkpoints).is_empty() {
         return Err(lost(counters.checkpoints, "checkpoints"));
     }
@@ -433,5 +448,47 @@ pub fn check_recovered(trees: &[Tree]) -> Result<(), String> {
             ));
         }
     }
+    if let Some(mark) = mark {
+        for (what, recovered, marked) in [
+            ("checkpoint sequence", counters.global_seq, mark.global_seq),
+            ("event sequence", counters.event_seq, mark.event_seq),
+            ("sessions created", counters.sessions_created, mark.sessions_created),
+        ] {
+            if recovered < marked {
+                return Err(format!(
+                    "sled recovered {what} {recovered}, but {marked} was on disk when checkpointd last opened or closed it ({MARK_FILE}): part of its log is lost"
+                ));
+            }
+        }
+    }
     Ok(())
+}
+
+/// The counters as they were when checkpointd last opened or closed the
+/// directory, kept beside sled's files (`checkpointd.counters`, written
+/// whole and fsynced). Everything they count was durable when they were
+/// written, so sled must recover at least that much: a log cut short by
+/// damage (which sled cannot tell from a crash) recovers less.
+pub const MARK_FILE: &str = "checkpointd.counters";
+
+/// Reads the mark; `None` when there is none (a directory of an older
+/// checkpointd, or never closed).
+pub fn read_mark(dir: &Path) -> Result<Option<Counters>, String> {
+    match fs::read(dir.join(MARK_FILE)) {
+        Ok(bytes) => codec::decode(&bytes, MARK_FILE).map(Some).map_err(|e| e.to_string()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {MARK_FILE}: {e}")),
+    }
+}
+
+/// Replaces the mark with `counters`, durably. Call only once everything
+/// they count is on disk.
+pub fn write_mark(dir: &Path, counters: &Counters) -> io::Result<()> {
+    use std::io::Write;
+    let partial = dir.join(format!("{MARK_FILE}.partial"));
+    let mut file = File::create(&partial)?;
+    file.write_all(&codec::encode(counters))?;
+    file.sync_all()?;
+    fs::rename(&partial, dir.join(MARK_FILE))?;
+    File::open(dir)?.sync_all()
 }

@@ -153,7 +153,18 @@ impl Store {
         let committer = Committer::start(db.clone(), &config.data_dir, config.durability, counters.event_seq)?;
         let store = Store { db, trees, writer: Mutex::new(counters), committer, config };
         store.trim_journal()?;
+        store.write_mark()?;
         Ok(store)
+    }
+
+    /// Records the counters beside sled's files once all they count is
+    /// durable (see [`datadir::MARK_FILE`]): the next open checks that sled
+    /// recovered at least this much.
+    fn write_mark(&self) -> Result<()> {
+        let counters = *self.writer.lock().map_err(|_| Error::Internal("write lock poisoned".into()))?;
+        self.db.flush()?;
+        datadir::write_mark(&self.config.data_dir, &counters)?;
+        Ok(())
     }
 
     pub fn durability(&self) -> Durability {
@@ -730,12 +741,18 @@ impl Store {
     /// Flushes and syncs everything, and stops the commit thread.
     pub fn close(&self) {
         self.committer.close();
+        // Only when every write applied is on disk: no flush failed.
+        if !self.committer.subscribe().borrow().failed
+            && let Err(e) = self.write_mark()
+        {
+            tracing::warn!(error = %e, "could not record the counters beside the data");
+        }
     }
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
-        self.committer.close();
+        self.close();
     }
 }
 
