@@ -46,7 +46,17 @@ pub enum Command {
 }
 
 /// Runs one command. `Ok(false)` means it ran and found problems (`verify`).
+/// sled may panic reading a damaged page: that is an error, in one line.
 pub fn run(opts: &Options, cmd: &Command, out: &mut dyn Write) -> Result<bool> {
+    crate::panics::catch(|| run_command(opts, cmd, out)).unwrap_or_else(|panic| {
+        Err(Error::Internal(format!(
+            "data directory {} is damaged: reading it failed: {panic}",
+            opts.data_dir.display()
+        )))
+    })
+}
+
+fn run_command(opts: &Options, cmd: &Command, out: &mut dyn Write) -> Result<bool> {
     let ins = Inspector::open(&opts.data_dir, opts.snapshot)?;
     let json = opts.json;
     match cmd {
