@@ -138,8 +138,9 @@ impl Write<'_> {
 }
 
 impl Store {
-    /// Opens (creating if needed) a data directory. Reads a constant number of
-    /// keys: counters live in the meta tree, nothing is scanned.
+    /// Opens (creating if needed) a data directory, refusing a damaged one
+    /// ([`datadir`]). Reads a constant number of keys: counters live in the
+    /// meta tree, no tree is scanned.
     pub fn open(config: StoreConfig) -> Result<Store> {
         // A damaged directory is refused, whatever sled makes of it (`datadir`).
         let (opened, counters) =
