@@ -87,6 +87,9 @@ pub enum DirError {
     NoFormatVersion { dir: PathBuf },
     #[error("data directory {} is in use by another checkpointd (could not acquire its lock)", .dir.display())]
     Locked { dir: PathBuf },
+    /// Any other error while recovering or migrating, with the directory.
+    #[error("data directory {}: {detail}", .dir.display())]
+    Opening { dir: PathBuf, detail: String },
 }
 
 impl From<DirError> for Error {
@@ -185,7 +188,7 @@ fn in_dir(dir: &Path, e: Error) -> Error {
     if e.to_string().contains(&shown) {
         e
     } else {
-        DirError::Damaged { dir: dir.to_path_buf(), what: e.to_string() }.into()
+        DirError::Opening { dir: dir.to_path_buf(), detail: e.to_string() }.into()
     }
 }
 
