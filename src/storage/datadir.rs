@@ -137,6 +137,11 @@ pub fn open<T>(
     then: impl FnOnce(&sled::Db, &[Tree]) -> Result<T>,
 ) -> Result<(Opened, T)> {
     let survey = survey(dir, shown, access)?;
+    if survey.had_db && access == Access::Serve {
+        // A server running on the directory is said as such, not as what
+        // its writes in progress look like (a torn newest blob).
+        check_unlocked(dir, shown)?;
+    }
     if survey.had_db {
         check_log(dir, shown)?;
     }
@@ -318,6 +323,17 @@ pub fn survey(dir: &Path, shown: &Path, access: Access) -> Result<Survey, DirErr
     Ok(survey)
 }
 
+/// Fails when another process holds sled's lock (a `flock` on `db`).
+fn check_unlocked(dir: &Path, shown: &Path) -> Result<(), DirError> {
+    let file = File::open(dir.join("db")).map_err(|e| io_error(shown, "cannot open `db`", &e))?;
+    match file.try_lock() {
+        // Released when `file` closes; sled takes it again when it opens.
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DirError::Locked { dir: shown.to_path_buf() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_error(shown, "cannot lock `db`", &e)),
+    }
+}
+
 /// The segment size recorded in `conf` (sled's default when unreadable).
 fn segment_bytes(dir: &Path) -> u64 {
     let conf = fs::read_to_string(dir.join("conf")).unwrap_or_default();
@@ -379,7 +395,12 @@ pub fn check_blobs(dir: &Path, shown: &Path, survey: &Survey) -> Result<(), DirE
     };
     for &lsn in survey.blobs.iter().filter(|&&lsn| lsn >= from) {
         let path = dir.join("blobs").join(lsn.to_string());
-        let intact = blob_intact(&path).map_err(|e| io_error(shown, &format!("cannot read `blobs/{lsn}`"), &e))?;
+        let intact = match blob_intact(&path) {
+            Ok(intact) => intact,
+            // Removed since it was listed: nothing to recover from it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_error(shown, &format!("cannot read `blobs/{lsn}`"), &e)),
+        };
         if !intact && (lsn != newest || later_segment(lsn)?) {
             let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             return Err(DirError::Damaged {
