@@ -204,6 +204,71 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config(512))]
+
+    /// Each method's params, generated valid, come out in its command.
+    #[test]
+    fn valid_requests_of_every_shape_carry_their_values(
+        session in any::<u128>(),
+        checkpoint in any::<u128>(),
+        text in any::<String>(),
+        keep_recent in any::<u64>(),
+        tags in prop::collection::vec(any::<String>(), 0..4),
+        severity in severity(),
+    ) {
+        let (session, checkpoint) = (uuid::Uuid::from_u128(session), uuid::Uuid::from_u128(checkpoint));
+        let parse = |method: &str, params: Value| {
+            parse_request(&json!({"id": "7", "method": method, "params": params}).to_string()).unwrap().command
+        };
+        let sev = severity.as_str();
+        match parse("annotate", json!({"checkpoint_id": checkpoint.to_string(), "note": text, "severity": sev})) {
+            Ok(Command::Annotate { checkpoint_id, note, severity: got }) => {
+                prop_assert_eq!((checkpoint_id.0, note, got), (checkpoint, text.clone(), Some(severity)));
+            }
+            other => prop_assert!(false, "annotate: {other:?}"),
+        }
+        let policy = json!({"session_id": session.to_string(), "keep_recent": keep_recent, "preserve_tags": tags});
+        match parse("compact", policy) {
+            Ok(Command::Compact { session_id, policy }) => {
+                prop_assert_eq!(session_id.0, session);
+                prop_assert_eq!(policy, RetentionPolicy { keep_recent: Some(keep_recent), preserve_tags: tags.clone() });
+            }
+            other => prop_assert!(false, "compact: {other:?}"),
+        }
+        match parse("create_session", json!({"name": text, "metadata": {"k": text}})) {
+            Ok(Command::CreateSession { name, metadata }) => {
+                prop_assert_eq!(name, Some(text.clone()));
+                let metadata: Value = serde_json::from_str(metadata.unwrap().get()).unwrap();
+                prop_assert_eq!(metadata, json!({"k": text}));
+            }
+            other => prop_assert!(false, "create_session: {other:?}"),
+        }
+        let ids = json!({"session_id": session.to_string(), "checkpoint_id": checkpoint.to_string()});
+        match parse("restore", ids.clone()) {
+            Ok(Command::Restore { session_id, checkpoint_id }) => {
+                prop_assert_eq!((session_id.0, checkpoint_id.0), (session, checkpoint));
+            }
+            other => prop_assert!(false, "restore: {other:?}"),
+        }
+        match parse("delete_checkpoint", ids) {
+            Ok(Command::DeleteCheckpoint { checkpoint_id, session_id }) => {
+                prop_assert_eq!((checkpoint_id.0, session_id.map(|s| s.0)), (checkpoint, Some(session)));
+            }
+            other => prop_assert!(false, "delete_checkpoint: {other:?}"),
+        }
+        match parse("list_sessions", json!({"limit": keep_recent, "after": session.to_string()})) {
+            Ok(Command::ListSessions { limit, after }) => {
+                prop_assert_eq!(limit.map(|l| l as u64), Some(keep_recent));
+                prop_assert_eq!(after.map(|s| s.0), Some(session));
+            }
+            // A limit beyond usize is refused, not truncated.
+            Err(e) => prop_assert!(usize::try_from(keep_recent).is_err() && e.code() == "invalid_params"),
+            Ok(other) => prop_assert!(false, "list_sessions: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn nesting_far_beyond_the_limit_is_an_error() {
     for depth in [101, 127, 128, 129, 1_000, 100_000] {
