@@ -16,10 +16,11 @@
 
 use crate::config::{ASYNC_FLUSH_INTERVAL, Durability};
 use crate::error::{Error, Result};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use tokio::sync::watch;
@@ -54,12 +55,19 @@ struct Pending {
 
 struct Shared {
     mode: Durability,
+    /// Tickets whose change may already be visible in sled: taken under
+    /// the store's write lock *before* the change's first key is written,
+    /// so a reader that saw any part of a change finds its ticket here.
+    reserved: AtomicU64,
     pending: Mutex<Pending>,
     wake: Condvar,
     synced: watch::Sender<Synced>,
     db: sled::Db,
     dir: PathBuf,
     data_file: File,
+    /// Tests hold this to keep the commit thread from flushing.
+    #[cfg(test)]
+    hold: Mutex<()>,
 }
 
 pub struct Committer {
@@ -72,32 +80,49 @@ impl Committer {
     /// currently ends at `event_seq` (all of it on disk).
     pub fn start(db: sled::Db, dir: &Path, mode: Durability, event_seq: u64) -> Result<Committer> {
         let data_file = File::open(dir.join("db"))?;
-        // The directory entries sled created must survive a power loss too.
+        // Whatever sled recovered or wrote while opening (a crash may have
+        // left unsynced writes in the page cache, which recovery reads as
+        // if on disk) and the directory entries it created must survive a
+        // power loss too, before anything is acknowledged.
+        let mut blobs = BlobSync::default();
+        flush_and_sync(&db, &data_file, dir, &mut blobs)?;
         File::open(dir.join("conf"))?.sync_all()?;
         data_file.sync_all()?;
         File::open(dir)?.sync_all()?;
         let (synced, _) = watch::channel(Synced { ticket: 0, event_seq, failed: false, closed: false });
         let shared = Arc::new(Shared {
             mode,
+            reserved: AtomicU64::new(0),
             pending: Mutex::new(Pending { issued: 0, taken: 0, event_seq, closing: false }),
             wake: Condvar::new(),
             synced,
             db,
             dir: dir.to_path_buf(),
             data_file,
+            #[cfg(test)]
+            hold: Mutex::new(()),
         });
         let thread_shared = Arc::clone(&shared);
         let thread =
-            std::thread::Builder::new().name("checkpointd-commit".into()).spawn(move || thread_shared.run())?;
+            std::thread::Builder::new().name("checkpointd-commit".into()).spawn(move || thread_shared.run(blobs))?;
         Ok(Committer { shared, thread: Mutex::new(Some(thread)) })
     }
 
+    /// Announces that a change is about to be applied: readers from now on
+    /// wait for it (see [`Committer::settled`]). Called with the store's
+    /// write lock held, before the change touches sled; [`Committer::applied`]
+    /// follows once it is applied. If it never is, the store has failed.
+    pub fn reserve(&self) {
+        self.shared.reserved.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Records that a write ending the journal at `event_seq` was applied.
-    /// Called with the store's write lock held, so tickets and event
-    /// sequences rise together.
+    /// Called with the store's write lock held, after [`Committer::reserve`],
+    /// so tickets and event sequences rise together.
     pub fn applied(&self, event_seq: u64) -> Ticket {
         let mut p = self.shared.pending.lock().expect("commit lock");
         p.issued += 1;
+        debug_assert_eq!(p.issued, self.shared.reserved.load(Ordering::SeqCst));
         p.event_seq = event_seq;
         match self.shared.mode {
             Durability::Sync => self.shared.wake.notify_one(),
@@ -130,6 +155,21 @@ impl Committer {
         }
     }
 
+    /// Returns once every change a reader may have observed so far is as
+    /// durable as an acknowledgement: call it *after* reading and before
+    /// answering, so that no reply shows a change a crash could undo (in
+    /// `sync` mode). A reader that ran alongside no write does not wait.
+    pub async fn settled(&self) -> Result<()> {
+        if self.shared.mode == Durability::Async {
+            return Ok(());
+        }
+        let target = self.shared.reserved.load(Ordering::SeqCst);
+        if self.shared.synced.borrow().ticket >= target {
+            return Ok(());
+        }
+        self.wait(Ticket(target)).await
+    }
+
     /// Fails when an earlier flush failed (fail-closed) or the store is closed.
     pub fn check(&self) -> Result<()> {
         let synced = self.shared.synced.borrow();
@@ -145,6 +185,12 @@ impl Committer {
     /// Marks the store failed: a write reached sled but may not be on disk.
     pub fn fail(&self) {
         self.shared.synced.send_modify(|s| s.failed = true);
+    }
+
+    /// Keeps the commit thread from completing a flush while the guard lives.
+    #[cfg(test)]
+    pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.shared.hold.lock().expect("hold lock")
     }
 
     /// Watermarks for event delivery.
@@ -187,8 +233,7 @@ fn failed() -> Error {
 }
 
 impl Shared {
-    fn run(&self) {
-        let mut synced_blobs = HashSet::new();
+    fn run(&self, mut blobs: BlobSync) {
         loop {
             let (target, event_seq, closing) = {
                 let mut p = self.pending.lock().expect("commit lock");
@@ -203,7 +248,9 @@ impl Shared {
                 p.taken = p.issued;
                 (p.issued, p.event_seq, p.closing)
             };
-            if let Err(e) = self.flush(&mut synced_blobs) {
+            #[cfg(test)]
+            let _held = self.hold.lock().expect("hold lock");
+            if let Err(e) = self.flush(&mut blobs) {
                 tracing::error!(error = %e, "flush to disk failed; the store now refuses writes");
                 self.synced.send_modify(|s| s.failed = true);
                 return;
@@ -220,54 +267,96 @@ impl Shared {
         }
     }
 
-    fn flush(&self, synced_blobs: &mut HashSet<OsString>) -> std::io::Result<()> {
-        self.db.flush().map_err(std::io::Error::other)?;
-        self.data_file.sync_data()?;
-        // Listing the blobs needs a descriptor. Running out of them (clients
-        // holding the rest) is not a disk failure: wait for one to be freed
-        // rather than fail the store closed.
-        let mut attempts = 0;
-        loop {
-            match self.sync_blobs(synced_blobs) {
-                Err(e) if is_out_of_descriptors(&e) && attempts < DESCRIPTOR_RETRIES => {
-                    attempts += 1;
-                    tracing::warn!(error = %e, "out of file descriptors while syncing blobs; retrying");
-                    std::thread::sleep(DESCRIPTOR_RETRY_PAUSE);
-                }
-                other => return other,
+    fn flush(&self, blobs: &mut BlobSync) -> std::io::Result<()> {
+        flush_and_sync(&self.db, &self.data_file, &self.dir, blobs)
+    }
+}
+
+/// Makes everything sled has applied durable: `Db::flush` (which on Linux
+/// only calls `sync_file_range`), `fdatasync` of the `db` file, then every
+/// blob file not yet synced at its current length.
+///
+/// Invariant: a blob file is complete before the insert that wrote it
+/// returns (sled writes it in the inserting thread, in several `write`
+/// calls), so when this runs for a write, that write's blobs are whole.
+fn flush_and_sync(db: &sled::Db, data_file: &File, dir: &Path, blobs: &mut BlobSync) -> std::io::Result<()> {
+    db.flush().map_err(std::io::Error::other)?;
+    data_file.sync_data()?;
+    // Listing the blobs needs a descriptor. Running out of them (clients
+    // holding the rest) is not a disk failure: wait for one to be freed
+    // rather than fail the store closed.
+    let mut attempts = 0;
+    loop {
+        match blobs.sync(dir) {
+            Err(e) if is_out_of_descriptors(&e) && attempts < DESCRIPTOR_RETRIES => {
+                attempts += 1;
+                tracing::warn!(error = %e, "out of file descriptors while syncing blobs; retrying");
+                std::thread::sleep(DESCRIPTOR_RETRY_PAUSE);
             }
+            other => return other,
         }
     }
+}
 
-    /// fsyncs blob files sled created since the last flush, then their
-    /// directory. Usually the directory is empty and this is one readdir.
-    fn sync_blobs(&self, synced: &mut HashSet<OsString>) -> std::io::Result<()> {
-        let blobs = self.dir.join("blobs");
+/// Flushes and fsyncs a database opened outside the store (migrations):
+/// the same steps as a group commit, with every blob file synced.
+pub fn sync_database(db: &sled::Db, dir: &Path) -> Result<()> {
+    let data_file = File::open(dir.join("db"))?;
+    flush_and_sync(db, &data_file, dir, &mut BlobSync::default())?;
+    Ok(())
+}
+
+/// Which blob files are on disk, and up to what length.
+///
+/// A file's synced *length* is what counts, not its name: sled creates a
+/// blob file and then writes it in several calls, so a listing can find a
+/// file that holds only its first bytes. Syncing it then and remembering
+/// only its name would leave the rest of it unsynced forever (a power cut
+/// then truncates it, and sled stops its log there).
+#[derive(Default)]
+struct BlobSync {
+    synced: HashMap<OsString, u64>,
+}
+
+impl BlobSync {
+    /// fsyncs every blob file that is new or has grown since it was last
+    /// synced, then, if a file was new, their directory. Usually the
+    /// directory is empty and this is one readdir.
+    fn sync(&mut self, dir: &Path) -> std::io::Result<()> {
+        let blobs = dir.join("blobs");
         let entries = match std::fs::read_dir(&blobs) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        let mut present = HashSet::new();
-        let mut new = false;
+        let mut present = HashMap::with_capacity(self.synced.len());
+        let mut new_entry = false;
         for entry in entries {
             let entry = entry?;
             let name = entry.file_name();
-            if !synced.contains(&name) {
+            let previous = self.synced.get(&name).copied();
+            // The length is read before the sync, so the sync covers at
+            // least that much; a file still growing differs next time.
+            let len = match entry.metadata() {
+                Ok(m) => m.len(),
+                // sled may remove an obsolete blob while we list.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if previous != Some(len) {
                 match File::open(entry.path()) {
                     Ok(f) => f.sync_data()?,
-                    // sled may remove an obsolete blob while we list.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 }
-                new = true;
+                new_entry |= previous.is_none();
             }
-            present.insert(name);
+            present.insert(name, len);
         }
-        if new {
+        if new_entry {
             File::open(&blobs)?.sync_all()?;
         }
-        *synced = present;
+        self.synced = present;
         Ok(())
     }
 }

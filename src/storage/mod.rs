@@ -19,9 +19,12 @@
 //! record for concurrent readers too: new records before their indexes,
 //! removed indexes before their records.
 //!
-//! Reads go straight to sled and may observe a write a few microseconds
-//! before it is acknowledged; journal events, however, are released to
-//! subscribers only after they are durable.
+//! **Reads.** Reads go straight to sled, without the write lock, so they may
+//! observe a change before it is durable. A reader therefore calls
+//! [`Store::settled`] after reading and before answering: it returns once
+//! every change the read could have seen is durable, so no client is ever
+//! shown a checkpoint, sequence number or deletion that a crash could undo.
+//! Journal events are likewise released to subscribers only once durable.
 
 pub mod codec;
 pub mod commit;
@@ -196,6 +199,7 @@ impl Store {
         if w.counters != *committed {
             w.put(TreeId::Meta, keys::META_COUNTERS, codec::encode(&w.counters));
         }
+        self.committer.reserve();
         if let Err(e) = self.apply(w.ops) {
             // Part of the change may be applied; the intent completes it at
             // the next open. Until then, fail closed.
@@ -668,6 +672,13 @@ impl Store {
         self.writer.lock().expect("write lock").event_seq
     }
 
+    /// Returns once everything a read may have observed so far is durable
+    /// (in `sync` mode; in `async` mode at once). Readers call it after
+    /// reading, before they answer: see [`commit::Committer::settled`].
+    pub async fn settled(&self) -> Result<()> {
+        self.committer.settled().await
+    }
+
     /// Whether the store still accepts writes.
     pub fn healthy(&self) -> bool {
         self.committer.check().is_ok()
@@ -968,6 +979,56 @@ mod tests {
             assert_eq!(store.events(0, u64::MAX, Some(session), 10).unwrap().len(), 1);
             assert!(store.tree(TreeId::Meta).get(keys::META_INTENT).unwrap().is_none());
         }
+    }
+
+    /// A read that observed a change not yet durable answers only once it
+    /// is: `settled` waits for the flush that covers everything applied
+    /// before it was called, and a write applied after does not hold it up.
+    #[tokio::test]
+    // The guard is held across awaits on purpose: it stalls the commit
+    // thread, and nothing on this task's thread takes it.
+    #[allow(clippy::await_holding_lock)]
+    async fn reads_settle_only_once_what_they_saw_is_durable() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(StoreConfig::new(dir.path())).unwrap());
+        let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
+        // Nothing in flight: a read settles at once.
+        assert!(store.settled().now_or_never().expect("nothing to wait for").is_ok());
+
+        let held = store.committer.hold();
+        let writer = {
+            let store = std::sync::Arc::clone(&store);
+            tokio::spawn(async move {
+                let new = NewCheckpoint {
+                    session_id: session,
+                    message: "m".into(),
+                    tags: vec![],
+                    trigger: Trigger::Manual,
+                    state: None,
+                    metadata: None,
+                    parent_id: None,
+                };
+                store.put_checkpoint(new).await
+            })
+        };
+        // The change is applied (visible to a raw read) but not durable.
+        let mut seen = Vec::new();
+        for _ in 0..10_000 {
+            seen = store.list_checkpoints(session, &ListQuery::default(), 10).unwrap();
+            if !seen.is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(seen.len(), 1, "the write was applied");
+        let mut settle = Box::pin(store.settled());
+        assert!((&mut settle).now_or_never().is_none(), "a read must not answer before the flush");
+        assert!(!writer.is_finished(), "nor is the write acknowledged");
+        drop(held);
+        tokio::time::timeout(std::time::Duration::from_secs(10), settle).await.unwrap().unwrap();
+        let (created, _) = writer.await.unwrap().unwrap();
+        assert_eq!(created.id, seen[0].id);
     }
 
     /// A session larger than one change is deleted in several; the result is
