@@ -679,6 +679,18 @@ impl Store {
         self.committer.settled().await
     }
 
+    /// Journals `value` as the next event, whatever it holds: tests use it
+    /// to put an undecodable record where dispatch will meet it.
+    #[cfg(test)]
+    pub(crate) async fn append_raw_event(&self, value: &[u8]) -> Result<u64> {
+        self.write(|w| {
+            w.counters.event_seq += 1;
+            w.put(TreeId::Events, keys::u64_key(w.counters.event_seq), value);
+            Ok(w.counters.event_seq)
+        })
+        .await
+    }
+
     /// Whether the store still accepts writes.
     pub fn healthy(&self) -> bool {
         self.committer.check().is_ok()
@@ -858,35 +870,40 @@ fn open_error(config: &StoreConfig, e: sled::Error) -> Error {
     }
 }
 
-/// Journal appends as sled reports them: before they are durable.
+/// Journal appends as sled reports them: before they are durable, and in
+/// sequence order (writers are serialised by the write lock, and sled's
+/// watch delivers one subscriber's events in the order they were written).
 pub struct EventWatch {
     sub: sled::Subscriber,
 }
 
-impl EventWatch {
-    /// The next appended event; `None` when the store is gone.
-    pub async fn next(&mut self) -> Option<JournalEvent> {
-        loop {
-            match (&mut self.sub).await? {
-                sled::Event::Insert { key, value } => match decode_event(&key, &value) {
-                    Ok(event) => return Some(event),
-                    Err(e) => tracing::error!(error = %e, "undecodable journal event"),
-                },
-                // Retention trims show up as removals.
-                sled::Event::Remove { .. } => {}
-            }
-        }
-    }
+/// One journal append seen by [`EventWatch`].
+#[derive(Debug)]
+pub enum Appended {
+    Event(JournalEvent),
+    /// An event whose record cannot be decoded (`verify` reports it): its
+    /// sequence, so that dispatch passes over it instead of waiting.
+    Undecodable {
+        seq: u64,
+    },
+}
 
-    /// The next appended event, waiting on the calling thread; `None` when
-    /// the store is gone. For a thread that drains the watch continuously.
-    pub fn next_blocking(&mut self) -> Option<JournalEvent> {
+impl EventWatch {
+    /// The next append, waiting on the calling thread; `None` when the
+    /// store is gone. For a thread that drains the watch continuously.
+    pub fn next_blocking(&mut self) -> Option<Appended> {
         loop {
             match Iterator::next(&mut self.sub)? {
                 sled::Event::Insert { key, value } => match decode_event(&key, &value) {
-                    Ok(event) => return Some(event),
-                    Err(e) => tracing::error!(error = %e, "undecodable journal event"),
+                    Ok(event) => return Some(Appended::Event(event)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "undecodable journal event");
+                        if let Some(seq) = keys::decode_u64(&key) {
+                            return Some(Appended::Undecodable { seq });
+                        }
+                    }
                 },
+                // Retention trims show up as removals.
                 sled::Event::Remove { .. } => {}
             }
         }
