@@ -14,7 +14,7 @@
 //! The flush runs on its own OS thread: `Tree::flush_async` can deadlock in
 //! sled 0.34.7 (sled #1308).
 
-use crate::config::{ASYNC_FLUSH_INTERVAL, Durability};
+use crate::config::{ASYNC_FLUSH_DELAY, ASYNC_FLUSH_INTERVAL, Durability};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Proof that a write was applied; wait on it to know it is durable.
@@ -50,6 +51,8 @@ struct Pending {
     taken: u64,
     /// Event sequence of the newest applied write.
     event_seq: u64,
+    /// `async`: when the oldest write not yet taken on was acknowledged.
+    window_start: Option<Instant>,
     closing: bool,
 }
 
@@ -59,6 +62,8 @@ struct Shared {
     /// the store's write lock *before* the change's first key is written,
     /// so a reader that saw any part of a change finds its ticket here.
     reserved: AtomicU64,
+    /// `async`: the longest any acknowledged write waited to be durable, µs.
+    longest_window_us: AtomicU64,
     pending: Mutex<Pending>,
     wake: Condvar,
     synced: watch::Sender<Synced>,
@@ -93,7 +98,8 @@ impl Committer {
         let shared = Arc::new(Shared {
             mode,
             reserved: AtomicU64::new(0),
-            pending: Mutex::new(Pending { issued: 0, taken: 0, event_seq, closing: false }),
+            longest_window_us: AtomicU64::new(0),
+            pending: Mutex::new(Pending { issued: 0, taken: 0, event_seq, window_start: None, closing: false }),
             wake: Condvar::new(),
             synced,
             db,
@@ -128,8 +134,10 @@ impl Committer {
             Durability::Sync => self.shared.wake.notify_one(),
             Durability::Async => {
                 self.shared.synced.send_modify(|s| s.event_seq = s.event_seq.max(event_seq));
-                // Only the first write of a window wakes the thread.
+                // Only the first write of a window wakes the thread; the
+                // window's deadline runs from its acknowledgement.
                 if p.issued == p.taken + 1 {
+                    p.window_start = Some(Instant::now());
                     self.shared.wake.notify_one();
                 }
             }
@@ -187,6 +195,13 @@ impl Committer {
         self.shared.synced.send_modify(|s| s.failed = true);
     }
 
+    /// `async` mode: the longest time an acknowledged write has waited to
+    /// be durable since the store opened (the loss window a power cut
+    /// could have hit).
+    pub fn longest_async_window(&self) -> Duration {
+        Duration::from_micros(self.shared.longest_window_us.load(Ordering::Relaxed))
+    }
+
     /// Keeps the commit thread from completing a flush while the guard lives.
     #[cfg(test)]
     pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -235,18 +250,29 @@ fn failed() -> Error {
 impl Shared {
     fn run(&self, mut blobs: BlobSync) {
         loop {
-            let (target, event_seq, closing) = {
+            let (target, event_seq, window_start, closing) = {
                 let mut p = self.pending.lock().expect("commit lock");
                 // Sleeps until there is work: an idle server uses no CPU.
                 while p.issued == p.taken && !p.closing {
                     p = self.wake.wait(p).expect("commit lock");
                 }
-                // In async mode a whole window of writes shares one flush.
-                if self.mode == Durability::Async && !p.closing {
-                    p = self.wake.wait_timeout(p, ASYNC_FLUSH_INTERVAL).expect("commit lock").0;
+                // In async mode a whole window of writes shares one flush,
+                // started ASYNC_FLUSH_DELAY after the window's first write
+                // was acknowledged (at once if a flush already took that
+                // long), which leaves the rest of ASYNC_FLUSH_INTERVAL for
+                // the flush itself.
+                if self.mode == Durability::Async {
+                    let deadline = p.window_start.unwrap_or_else(Instant::now) + ASYNC_FLUSH_DELAY;
+                    while !p.closing {
+                        let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+                        else {
+                            break;
+                        };
+                        p = self.wake.wait_timeout(p, left).expect("commit lock").0;
+                    }
                 }
                 p.taken = p.issued;
-                (p.issued, p.event_seq, p.closing)
+                (p.issued, p.event_seq, p.window_start.take(), p.closing)
             };
             #[cfg(test)]
             let _held = self.hold.lock().expect("hold lock");
@@ -254,6 +280,9 @@ impl Shared {
                 tracing::error!(error = %e, "flush to disk failed; the store now refuses writes");
                 self.synced.send_modify(|s| s.failed = true);
                 return;
+            }
+            if let Some(start) = window_start {
+                self.window_closed(start.elapsed());
             }
             self.synced.send_modify(|s| {
                 s.ticket = s.ticket.max(target);
@@ -264,6 +293,19 @@ impl Shared {
             if closing {
                 return;
             }
+        }
+    }
+
+    /// Notes how long an `async` window's first write waited to be durable.
+    fn window_closed(&self, waited: Duration) {
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        let before = self.longest_window_us.fetch_max(us, Ordering::Relaxed);
+        if waited > ASYNC_FLUSH_INTERVAL && us > before {
+            tracing::warn!(
+                waited_ms = waited.as_millis() as u64,
+                bound_ms = ASYNC_FLUSH_INTERVAL.as_millis() as u64,
+                "an async write waited longer than the documented bound to be durable: the disk is slow"
+            );
         }
     }
 

@@ -691,6 +691,12 @@ impl Store {
         .await
     }
 
+    /// `async` mode: the longest an acknowledged write has waited to be
+    /// durable since the store opened.
+    pub fn longest_async_window(&self) -> std::time::Duration {
+        self.committer.longest_async_window()
+    }
+
     /// Whether the store still accepts writes.
     pub fn healthy(&self) -> bool {
         self.committer.check().is_ok()
