@@ -53,6 +53,8 @@ struct Pending {
     event_seq: u64,
     /// `async`: when the oldest write not yet taken on was acknowledged.
     window_start: Option<Instant>,
+    /// A flush was asked for now (`flush_now`): no `async` delay.
+    urgent: bool,
     closing: bool,
 }
 
@@ -99,7 +101,14 @@ impl Committer {
             mode,
             reserved: AtomicU64::new(0),
             longest_window_us: AtomicU64::new(0),
-            pending: Mutex::new(Pending { issued: 0, taken: 0, event_seq, window_start: None, closing: false }),
+            pending: Mutex::new(Pending {
+                issued: 0,
+                taken: 0,
+                event_seq,
+                window_start: None,
+                urgent: false,
+                closing: false,
+            }),
             wake: Condvar::new(),
             synced,
             db,
@@ -151,6 +160,23 @@ impl Committer {
         if self.shared.mode == Durability::Async {
             return self.check();
         }
+        self.wait_durable(ticket).await
+    }
+
+    /// Flushes everything applied so far, in either mode, and returns once
+    /// it is on disk.
+    pub async fn flush_now(&self) -> Result<()> {
+        let target = {
+            let mut p = self.shared.pending.lock().expect("commit lock");
+            p.urgent = true;
+            self.shared.wake.notify_one();
+            p.issued
+        };
+        self.wait_durable(Ticket(target)).await
+    }
+
+    /// Returns once the commit thread has synced `ticket`.
+    async fn wait_durable(&self, ticket: Ticket) -> Result<()> {
         let mut rx = self.shared.synced.subscribe();
         let synced = rx.wait_for(|s| s.ticket >= ticket.0 || s.failed || s.closed).await.map_err(|_| closed())?;
         if synced.ticket >= ticket.0 {
@@ -263,7 +289,7 @@ impl Shared {
                 // the flush itself.
                 if self.mode == Durability::Async {
                     let deadline = p.window_start.unwrap_or_else(Instant::now) + ASYNC_FLUSH_DELAY;
-                    while !p.closing {
+                    while !p.closing && !p.urgent {
                         let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
                         else {
                             break;
@@ -272,6 +298,7 @@ impl Shared {
                     }
                 }
                 p.taken = p.issued;
+                p.urgent = false;
                 (p.issued, p.event_seq, p.window_start.take(), p.closing)
             };
             #[cfg(test)]

@@ -48,7 +48,7 @@ use records::{AnnotationRecord, CheckpointRecord, Counters, EventRecord, Session
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sled::{Batch, Tree};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub use commit::Synced as DurableMark;
 
@@ -56,10 +56,20 @@ pub use commit::Synced as DurableMark;
 pub struct Store {
     db: sled::Db,
     trees: Vec<Tree>,
+    /// Every write passes it shared; [`Store::pause_writes`] takes it
+    /// whole, so that nothing changes the files while they are copied.
+    gate: Arc<tokio::sync::RwLock<()>>,
     /// Serialises writers; holds the counters as last committed.
     writer: Mutex<Counters>,
     committer: Committer,
     config: StoreConfig,
+}
+
+/// Writes are held while this lives (see [`Store::pause_writes`]).
+pub struct WritePause {
+    _guard: tokio::sync::OwnedRwLockWriteGuard<()>,
+    /// As of the pause: what a copy taken now holds.
+    pub metrics: Metrics,
 }
 
 /// One key of a change: a put, or a removal when `value` is `None`.
@@ -162,7 +172,8 @@ impl Store {
             None => Counters::default(),
         };
         let committer = Committer::start(db.clone(), &config.data_dir, config.durability, counters.event_seq)?;
-        let store = Store { db, trees, writer: Mutex::new(counters), committer, config };
+        let gate = Arc::new(tokio::sync::RwLock::new(()));
+        let store = Store { db, trees, gate, writer: Mutex::new(counters), committer, config };
         store.trim_journal()?;
         Ok(store)
     }
@@ -186,7 +197,10 @@ impl Store {
     /// Runs `f` to gather one atomic write, applies it, and waits until it is
     /// durable. The single path by which anything is written.
     async fn write<T>(&self, f: impl FnOnce(&mut Write<'_>) -> Result<T>) -> Result<T> {
-        let (out, ticket) = self.write_now(f)?;
+        let (out, ticket) = {
+            let _open = self.gate.read().await;
+            self.write_now(f)?
+        };
         self.committer.wait(ticket).await?;
         Ok(out)
     }
@@ -306,6 +320,7 @@ impl Store {
         // them leaves a smaller session, never a dangling index entry.
         let mut removed = 0;
         loop {
+            let _open = self.gate.read().await;
             let (done, ticket) = self.write_now(|w| {
                 let mut rec = w.store.session_record(id)?;
                 let range = w.store.tree(TreeId::Checkpoints).range(keys::session_checkpoints(id, 0..=u64::MAX));
@@ -695,6 +710,17 @@ impl Store {
     /// durable since the store opened.
     pub fn longest_async_window(&self) -> std::time::Duration {
         self.committer.longest_async_window()
+    }
+
+    /// Stops every write at the gate (waiting for those in progress), then
+    /// makes everything applied durable, in either mode. Until the returned
+    /// pause is dropped, nothing changes the data directory's files: a copy
+    /// taken meanwhile is a consistent image that holds every acknowledged
+    /// write. Reads go on; writers wait.
+    pub async fn pause_writes(&self) -> Result<WritePause> {
+        let guard = Arc::clone(&self.gate).write_owned().await;
+        self.committer.flush_now().await?;
+        Ok(WritePause { _guard: guard, metrics: self.metrics()? })
     }
 
     /// Whether the store still accepts writes.
