@@ -589,11 +589,12 @@ async fn check_writer(c: &mut Client, wr: &mut Writer, journal: &Journal, f: &mu
         if now_live.contains_key(&l.id) {
             continue;
         }
-        if let Some(at) = wr.gone.get(&l.id) {
-            // An undone delete (allowed in async mode): live again.
-            let _ = at;
+        if wr.gone.contains_key(&l.id) {
+            // An undone delete (allowed in async mode): live again, intact.
             if let Some((_, n, size)) = parse_message(&l.message).filter(|m| m.0 == w) {
-                now_live.insert(l.id.clone(), Cp { n, size, id: l.id.clone(), seq: Some(l.seq), acked_at: None });
+                let cp = Cp { n, size, id: l.id.clone(), seq: Some(l.seq), acked_at: None };
+                check_record(c, wr, &cp, l.seq, f).await;
+                now_live.insert(l.id.clone(), cp);
             }
             continue;
         }
