@@ -885,6 +885,35 @@ impl Outcome {
         self.cuts.iter().filter(|c| !c.violations.is_empty()).collect()
     }
 
+    /// One line for the whole run: how many cuts broke which promise.
+    fn summary(&self, plan: &Plan, took: Duration) -> String {
+        let mut cuts_with: BTreeMap<&str, usize> = BTreeMap::new();
+        for c in &self.cuts {
+            let kinds: HashSet<&str> = c.violations.iter().map(|v| v.kind).collect();
+            for k in kinds {
+                *cuts_with.entry(k).or_default() += 1;
+            }
+        }
+        let mut total = Tally::default();
+        for c in &self.cuts {
+            total.add(&c.tally);
+        }
+        let acked = total.small + total.medium + total.large;
+        let broken = if cuts_with.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = cuts_with.iter().map(|(k, n)| format!("{k} in {n}")).collect();
+            format!(": {}", list.join(", "))
+        };
+        format!(
+            "{}: {} of {} cuts broke the contract{broken}; {acked} checkpoints ({} large) acknowledged in all; {took:?}",
+            plan.name,
+            self.violating().len(),
+            self.cuts.len(),
+            total.large
+        )
+    }
+
     /// Panics listing the violations, if there is any.
     fn assert_clean(&self, plan: &Plan) {
         let bad = self.violating();
@@ -950,7 +979,7 @@ fn fresh(
     }
     let start = |preload| Server::start(data, plan.durability.arg(), preload).expect("a server on a new directory");
     let mut server = start(None);
-    let life = rt.block_on(Life::create(&server.url, rng));
+    let life = rt.block_on(tokio::time::timeout(powerkit::STEP, Life::create(&server.url, rng))).expect("set-up");
     if let Some(so) = preload {
         assert!(server.terminate().is_some_and(|s| s.success()), "stop the set-up server");
         server = start(Some(so));
@@ -965,6 +994,7 @@ const KEEP_ENV: &str = "CHECKPOINTD_POWERLOSS_KEEP";
 
 /// Runs `plan`: load, cut, check, `plan.cuts` times. `None` when skipped.
 fn run(plan: &Plan) -> Option<Outcome> {
+    let began = Instant::now();
     let bin = powerkit::lazyfs_binary()?;
     let seed = powerkit::seed(SEED_ENV);
     eprintln!("{}: seed {seed} (replay with {SEED_ENV}={seed}), {} cuts", plan.name, plan.cuts);
@@ -1079,7 +1109,9 @@ fn run(plan: &Plan) -> Option<Outcome> {
     }
     drop(server);
     fs.unmount();
-    Some(Outcome { seed, cuts: reports })
+    let outcome = Outcome { seed, cuts: reports };
+    eprintln!("{}", outcome.summary(plan, began.elapsed()));
+    Some(outcome)
 }
 
 // ------------------------------------------------------------------ tests

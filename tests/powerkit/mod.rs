@@ -475,7 +475,9 @@ impl Server {
                 cmd.env_remove(var);
             }
         }
-        cmd.env("RUST_LOG", "warn").env_remove("LD_PRELOAD");
+        // Short, plain stderr: a panic's message must not scroll out of the
+        // kept tail behind a backtrace.
+        cmd.env("RUST_LOG", "warn").env("RUST_BACKTRACE", "0").env("NO_COLOR", "1").env_remove("LD_PRELOAD");
         if let Some(so) = preload {
             cmd.env("LD_PRELOAD", so);
         }
@@ -518,7 +520,8 @@ impl Server {
             }
             Err(_) => {
                 server.kill();
-                Err(format!("checkpointd did not start ({:?}); stderr:\n{}", server.status, server.stderr()))
+                let status = server.status.map_or("no exit".to_string(), |s| s.to_string());
+                Err(format!("checkpointd did not start ({status}); stderr:\n{}", server.stderr()))
             }
         }
     }
