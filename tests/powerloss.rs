@@ -979,7 +979,8 @@ fn fresh(
     }
     let start = |preload| Server::start(data, plan.durability.arg(), preload).expect("a server on a new directory");
     let mut server = start(None);
-    let life = rt.block_on(tokio::time::timeout(powerkit::STEP, Life::create(&server.url, rng))).expect("set-up");
+    let set_up = async { tokio::time::timeout(powerkit::STEP, Life::create(&server.url, rng)).await };
+    let life = rt.block_on(set_up).expect("set-up");
     if let Some(so) = preload {
         assert!(server.terminate().is_some_and(|s| s.success()), "stop the set-up server");
         server = start(Some(so));
