@@ -1,7 +1,8 @@
 //! The pause writers see while `checkpoint-dump backup` copies a live data
 //! directory of about 1 GB (`CHECKPOINTD_BENCH_BACKUP_MB`, default 1024).
 //!
-//! The directory is filled with checkpoints of 256 KiB (through the store, in
+//! The directory is filled with checkpoints of 256 KiB (or
+//! `CHECKPOINTD_BENCH_BACKUP_STATE_KB`) (through the store, in
 //! `async` mode, to be quick), then the real `checkpointd` serves it and one
 //! client writes 1 KiB checkpoints back to back while `checkpoint-dump
 //! backup` runs. Reported: the pause the server measured (from its
@@ -23,11 +24,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const STATE_BYTES: usize = 256 * 1024;
+/// Size of each filler state, `CHECKPOINTD_BENCH_BACKUP_STATE_KB` (default
+/// 256: sled blob files; 4 puts everything in sled's `db` file).
+const STATE_KB_ENV: &str = "CHECKPOINTD_BENCH_BACKUP_STATE_KB";
 
 fn main() {
     let megabytes: usize =
         std::env::var("CHECKPOINTD_BENCH_BACKUP_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let state_bytes = 1024 * std::env::var(STATE_KB_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(256usize);
     let root = tempfile::tempdir().expect("temp dir");
     let data = root.path().join("data");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -36,8 +40,8 @@ fn main() {
         let config = StoreConfig { durability: Durability::Async, ..StoreConfig::new(&data) };
         let store = Store::open(config).expect("open");
         let session = store.create_session("bulk".into(), raw("{}")).await.expect("session").id;
-        let filler = "z".repeat(STATE_BYTES - 16);
-        for n in 0..megabytes * 1024 * 1024 / STATE_BYTES {
+        let filler = "z".repeat(state_bytes - 16);
+        for n in 0..megabytes * 1024 * 1024 / state_bytes {
             let new = NewCheckpoint {
                 session_id: session,
                 message: format!("{n}"),
@@ -104,7 +108,7 @@ fn main() {
     outside.sort();
     let median = outside.get(outside.len() / 2).copied().unwrap_or_default();
     let slowest = during.iter().max().copied().unwrap_or_default();
-    println!("## live backup of {:.2} GB\n", bytes as f64 / 1e9);
+    println!("## live backup of {:.2} GB of {} KiB states\n", bytes as f64 / 1e9, state_bytes / 1024);
     println!("| data | pause (server) | slowest write during the backup | median write otherwise | whole backup |");
     println!("|---|---|---|---|---|");
     println!(

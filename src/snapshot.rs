@@ -28,6 +28,7 @@
 //! or `{"error":"..."}` in place of either answer.
 
 use crate::error::{Error, Result};
+use crate::storage::datadir::{self, Access};
 use crate::storage::{Store, WritePause, dircopy};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, TryLockError};
@@ -249,10 +250,10 @@ pub struct Copied {
 }
 
 /// Refuses what is not a data directory, so nothing is ever created or
-/// copied from a wrong path.
+/// copied from a wrong path; what is wrong with it is said in one line.
 pub fn check_data_dir(dir: &Path) -> Result<()> {
-    let meta = std::fs::metadata(dir).map_err(|e| Error::NotFound(format!("data directory {}: {e}", dir.display())))?;
-    if !meta.is_dir() || !dir.join("db").is_file() || !dir.join("conf").is_file() {
+    let survey = datadir::survey(dir, dir, Access::Inspect)?;
+    if !survey.had_db || !dir.join("conf").is_file() {
         return Err(Error::NotFound(format!(
             "{} is not a checkpointd data directory (no sled database in it)",
             dir.display()
@@ -280,7 +281,11 @@ pub fn copy_locked(dir: &Path, dest: &Path) -> Result<u64> {
         Err(TryLockError::WouldBlock) => return Err(locked(dir)),
         Err(TryLockError::Error(e)) => return Err(e.into()),
     }
-    Ok(dircopy::copy_dir(dir, dest, false)?)
+    dircopy::copy_dir(dir, dest, false).map_err(|e| cannot_copy(dir, e))
+}
+
+fn cannot_copy(dir: &Path, e: std::io::Error) -> Error {
+    Error::Unavailable(format!("cannot copy data directory {}: {e}", dir.display()))
 }
 
 /// Copies `dir` into `dest` consistently: through a pause of the server that
@@ -308,9 +313,9 @@ pub fn copy_consistent(dir: &Path, dest: &Path) -> Result<Copied> {
     // Most of the copy is taken while the server writes (blob files, which
     // sled never changes once written, are most of a large directory); the
     // pause only brings it up to date.
-    dircopy::copy_dir(dir, dest, false)?;
+    dircopy::copy_dir(dir, dest, false).map_err(|e| cannot_copy(dir, e))?;
     control.call(&Request::Pause, PAUSE_REPLY_TIMEOUT)?;
-    let bytes = dircopy::refresh_copy(dir, dest)?;
+    let bytes = dircopy::refresh_copy(dir, dest).map_err(|e| cannot_copy(dir, e))?;
     let resumed = control.call(&Request::Resume, REQUEST_TIMEOUT)?;
     let paused = Duration::from_millis(resumed.paused_ms.unwrap_or_default());
     Ok(Copied { bytes, consistency: Consistency::Paused { paused } })

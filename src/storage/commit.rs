@@ -14,7 +14,9 @@
 //! The flush runs on its own OS thread: `Tree::flush_async` can deadlock in
 //! sled 0.34.7 (sled #1308).
 
-use crate::config::{ASYNC_FLUSH_DELAY, ASYNC_FLUSH_INTERVAL, Durability};
+use super::datadir;
+use super::records::{Counters, Mark};
+use crate::config::{ASYNC_FLUSH_DELAY, ASYNC_FLUSH_INTERVAL, Durability, MARK_INTERVAL};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -49,8 +51,8 @@ struct Pending {
     issued: u64,
     /// Last ticket the flushing thread has taken on.
     taken: u64,
-    /// Event sequence of the newest applied write.
-    event_seq: u64,
+    /// Counters as of the newest applied write.
+    counters: Counters,
     /// `async`: when the oldest write not yet taken on was acknowledged.
     window_start: Option<Instant>,
     /// A flush was asked for now (`flush_now`): no `async` delay.
@@ -66,6 +68,8 @@ struct Shared {
     reserved: AtomicU64,
     /// `async`: the longest any acknowledged write waited to be durable, µs.
     longest_window_us: AtomicU64,
+    /// The newest blob file (by lsn) synced whole; 0 when none.
+    synced_blob_lsn: AtomicU64,
     pending: Mutex<Pending>,
     wake: Condvar,
     synced: watch::Sender<Synced>,
@@ -83,9 +87,10 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the flushing thread for `db`, stored in `dir`, whose journal
-    /// currently ends at `event_seq` (all of it on disk).
-    pub fn start(db: sled::Db, dir: &Path, mode: Durability, event_seq: u64) -> Result<Committer> {
+    /// Starts the flushing thread for `db`, stored in `dir`, whose counters
+    /// (all of it on disk) are `counters`.
+    pub fn start(db: sled::Db, dir: &Path, mode: Durability, counters: Counters) -> Result<Committer> {
+        let event_seq = counters.event_seq;
         let data_file = File::open(dir.join("db"))?;
         // Whatever sled recovered or wrote while opening (a crash may have
         // left unsynced writes in the page cache, which recovery reads as
@@ -105,10 +110,11 @@ impl Committer {
             mode,
             reserved: AtomicU64::new(0),
             longest_window_us: AtomicU64::new(0),
+            synced_blob_lsn: AtomicU64::new(blobs.newest_settled().unwrap_or(0)),
             pending: Mutex::new(Pending {
                 issued: 0,
                 taken: 0,
-                event_seq,
+                counters,
                 window_start: None,
                 urgent: false,
                 closing: false,
@@ -122,8 +128,9 @@ impl Committer {
             hold: Mutex::new(()),
         });
         let thread_shared = Arc::clone(&shared);
-        let thread =
-            std::thread::Builder::new().name("checkpointd-commit".into()).spawn(move || thread_shared.run(blobs))?;
+        let thread = std::thread::Builder::new()
+            .name("checkpointd-commit".into())
+            .spawn(move || thread_shared.run(blobs, counters))?;
         Ok(Committer { shared, thread: Mutex::new(Some(thread)) })
     }
 
@@ -135,14 +142,15 @@ impl Committer {
         self.shared.reserved.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Records that a write ending the journal at `event_seq` was applied.
-    /// Called with the store's write lock held, after [`Committer::reserve`],
-    /// so tickets and event sequences rise together.
-    pub fn applied(&self, event_seq: u64) -> Ticket {
+    /// Records that a write leaving the store's counters at `counters` was
+    /// applied. Called with the store's write lock held, after
+    /// [`Committer::reserve`], so tickets and counters rise together.
+    pub fn applied(&self, counters: Counters) -> Ticket {
+        let event_seq = counters.event_seq;
         let mut p = self.shared.pending.lock().expect("commit lock");
         p.issued += 1;
+        p.counters = counters;
         debug_assert_eq!(p.issued, self.shared.reserved.load(Ordering::SeqCst));
-        p.event_seq = event_seq;
         match self.shared.mode {
             Durability::Sync => self.shared.wake.notify_one(),
             Durability::Async => {
@@ -243,6 +251,12 @@ impl Committer {
         self.shared.synced.subscribe()
     }
 
+    /// Records in the mark file that `counters` are on disk. Call only when
+    /// they are: at open, and after `close` (which flushed everything).
+    pub fn write_mark(&self, counters: Counters) -> std::io::Result<()> {
+        self.shared.write_mark(counters)
+    }
+
     /// Flushes what is pending and stops the thread. Idempotent.
     pub fn close(&self) {
         self.shared.pending.lock().expect("commit lock").closing = true;
@@ -278,9 +292,10 @@ fn failed() -> Error {
 }
 
 impl Shared {
-    fn run(&self, mut blobs: BlobSync) {
+    fn run(&self, mut blobs: BlobSync, mut marked: Counters) {
+        let mut last_mark = Instant::now();
         loop {
-            let (target, event_seq, window_start, closing) = {
+            let (target, counters, window_start, closing) = {
                 let mut p = self.pending.lock().expect("commit lock");
                 // Sleeps until there is work: an idle server uses no CPU.
                 while p.issued == p.taken && !p.closing {
@@ -303,7 +318,7 @@ impl Shared {
                 }
                 p.taken = p.issued;
                 p.urgent = false;
-                (p.issued, p.event_seq, p.window_start.take(), p.closing)
+                (p.issued, p.counters, p.window_start.take(), p.closing)
             };
             #[cfg(test)]
             let _held = self.hold.lock().expect("hold lock");
@@ -315,9 +330,21 @@ impl Shared {
             if let Some(start) = window_start {
                 self.window_closed(start.elapsed());
             }
+            if let Some(lsn) = blobs.newest_settled() {
+                self.synced_blob_lsn.fetch_max(lsn, Ordering::SeqCst);
+            }
+            if last_mark.elapsed() >= MARK_INTERVAL && counters != marked {
+                // A record of what is on disk now, for the next open to
+                // check sled's recovery against; not needed to acknowledge.
+                match self.write_mark(counters) {
+                    Ok(()) => marked = counters,
+                    Err(e) => tracing::warn!(error = %e, "could not record the counters beside the data"),
+                }
+                last_mark = Instant::now();
+            }
             self.synced.send_modify(|s| {
                 s.ticket = s.ticket.max(target);
-                s.event_seq = s.event_seq.max(event_seq);
+                s.event_seq = s.event_seq.max(counters.event_seq);
                 // After the final flush, waiters for later tickets give up.
                 s.closed |= closing;
             });
@@ -325,6 +352,13 @@ impl Shared {
                 return;
             }
         }
+    }
+
+    /// Writes the mark file: `counters` and every blob synced so far are
+    /// on disk.
+    fn write_mark(&self, counters: Counters) -> std::io::Result<()> {
+        let blob_lsn = Some(self.synced_blob_lsn.load(Ordering::SeqCst)).filter(|&lsn| lsn > 0);
+        datadir::write_mark(&self.dir, &Mark { counters, blob_lsn })
     }
 
     /// Notes how long an `async` window's first write waited to be durable.
@@ -444,6 +478,11 @@ struct BlobFile {
 }
 
 impl BlobSync {
+    /// The newest blob file synced whole.
+    fn newest_settled(&self) -> Option<u64> {
+        self.files.iter().filter(|(_, f)| f.settled).filter_map(|(name, _)| name.to_str()?.parse::<u64>().ok()).max()
+    }
+
     /// fsyncs every blob file that is new or has grown since it was last
     /// synced, then, if a file was new, their directory.
     fn sync(&mut self, dir: &Path, writes: Writes<'_>) -> std::io::Result<()> {
