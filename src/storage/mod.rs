@@ -1042,18 +1042,7 @@ mod tests {
         let held = store.committer.hold();
         let writer = {
             let store = std::sync::Arc::clone(&store);
-            tokio::spawn(async move {
-                let new = NewCheckpoint {
-                    session_id: session,
-                    message: "m".into(),
-                    tags: vec![],
-                    trigger: Trigger::Manual,
-                    state: None,
-                    metadata: None,
-                    parent_id: None,
-                };
-                store.put_checkpoint(new).await
-            })
+            tokio::spawn(async move { store.put_checkpoint(NewCheckpoint::new(session, "m")).await })
         };
         // The change is applied (visible to a raw read) but not durable.
         let mut seen = Vec::new();
