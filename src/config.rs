@@ -31,8 +31,19 @@ pub const MAX_REPORTED_INVALID: usize = 1_000;
 pub const DEFAULT_EVENT_RETENTION: u64 = 100_000;
 /// Default sled page-cache size. sled's own default is 1 GiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
-/// In `async` mode, the longest a write stays only in memory.
+/// In `async` mode, the longest an acknowledged write stays only in memory,
+/// as long as one flush + fsync takes at most `ASYNC_FLUSH_INTERVAL -
+/// ASYNC_FLUSH_DELAY` (a disk that stalls longer stretches it; the server
+/// logs a warning when that happens).
 pub const ASYNC_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// How often, at most, the commit thread records the counters it has made
+/// durable beside sled's files (`checkpointd.counters`; three fsyncs), so
+/// that an open can tell a log that damage cut short from a crash.
+pub const MARK_INTERVAL: Duration = Duration::from_secs(1);
+/// In `async` mode, how long the first acknowledged write of a window waits
+/// for others to share its flush. The rest of [`ASYNC_FLUSH_INTERVAL`] is
+/// left for the flush itself.
+pub const ASYNC_FLUSH_DELAY: Duration = Duration::from_millis(50);
 
 /// When an acknowledged write is safe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -43,6 +43,11 @@ pub enum Command {
     },
     Verify,
     Export,
+    /// A consistent, fsynced copy of the directory (served or not) in
+    /// `dest`, which must not exist or be empty.
+    Backup {
+        dest: PathBuf,
+    },
 }
 
 /// Runs one command. `Ok(false)` means it ran and found problems (`verify`).
@@ -57,6 +62,11 @@ pub fn run(opts: &Options, cmd: &Command, out: &mut dyn Write) -> Result<bool> {
 }
 
 fn run_command(opts: &Options, cmd: &Command, out: &mut dyn Write) -> Result<bool> {
+    if let Command::Backup { dest } = cmd {
+        backup(&crate::snapshot::backup(&opts.data_dir, dest)?, &opts.data_dir, opts.json, out)?;
+        out.flush()?;
+        return Ok(true);
+    }
     let ins = Inspector::open(&opts.data_dir, opts.snapshot)?;
     let json = opts.json;
     match cmd {
@@ -74,6 +84,7 @@ fn run_command(opts: &Options, cmd: &Command, out: &mut dyn Write) -> Result<boo
         Command::Export => {
             crate::transfer::export(&ins, out)?;
         }
+        Command::Backup { .. } => unreachable!("handled before opening"),
     }
     out.flush()?;
     Ok(true)
@@ -187,6 +198,49 @@ fn summary(s: &Summary, json: bool, out: &mut dyn Write) -> Result<()> {
         ("bytes_on_disk", s.bytes_on_disk.to_string()),
     ];
     record(out, &fields.map(|(k, v)| (k.to_string(), v)))
+}
+
+/// `backup`: one line.
+fn backup(b: &crate::snapshot::Backup, source: &std::path::Path, json: bool, out: &mut dyn Write) -> Result<()> {
+    use crate::snapshot::Consistency;
+    let c = b.summary.counters.unwrap_or_default();
+    let paused_ms = match b.copied.consistency {
+        Consistency::Paused { paused } => Some(paused.as_millis() as u64),
+        Consistency::Locked => None,
+    };
+    if json {
+        return json_line(
+            out,
+            &json!({
+                "source": source.display().to_string(),
+                "backup": b.dest.display().to_string(),
+                "format_version": b.summary.format_version,
+                "sessions": b.summary.sessions,
+                "checkpoints": b.summary.checkpoints,
+                "global_sequence": c.global_seq,
+                "event_sequence": c.event_seq,
+                "bytes": b.summary.bytes_on_disk,
+                "server_running": paused_ms.is_some(),
+                "writes_paused_ms": paused_ms,
+            }),
+        );
+    }
+    let how = match paused_ms {
+        Some(ms) => format!("the server paused writes for {ms} ms"),
+        None => "no server was running (copied under the directory's lock)".to_string(),
+    };
+    writeln!(
+        out,
+        "backed up {} to {}: {} sessions, {} checkpoints, global sequence {}, event sequence {}, {} bytes; {how}",
+        source.display(),
+        b.dest.display(),
+        b.summary.sessions,
+        b.summary.checkpoints,
+        c.global_seq,
+        c.event_seq,
+        b.summary.bytes_on_disk
+    )?;
+    Ok(())
 }
 
 fn sessions(ins: &Inspector, json: bool, out: &mut dyn Write) -> Result<()> {

@@ -44,6 +44,8 @@
 //! - [`dump`]: the `checkpoint-dump` commands, read from a private copy of a
 //!   data directory ([`storage::inspect`]).
 //! - [`transfer`]: export / import as JSON lines, and forge-reasoning import.
+//! - [`snapshot`]: consistent copies of a live data directory (a running
+//!   server pauses writes through its control socket) and backups.
 
 pub mod client;
 pub mod config;
@@ -54,6 +56,7 @@ pub mod panics;
 pub mod protocol;
 pub mod server;
 pub mod service;
+pub mod snapshot;
 pub mod storage;
 pub mod transfer;
 

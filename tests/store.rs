@@ -95,11 +95,11 @@ async fn cp(service: &Service, session: SessionId, message: &str, tags: &[&str])
 }
 
 /// Every checkpoint of a session, ascending, paged through with `after`.
-fn all_checkpoints(service: &Service, session: SessionId) -> Vec<CheckpointSummary> {
+async fn all_checkpoints(service: &Service, session: SessionId) -> Vec<CheckpointSummary> {
     let mut out: Vec<CheckpointSummary> = Vec::new();
     for _ in 0..10_000 {
         let q = ListQuery { limit: Some(97), after: out.last().map(|c| c.sequence_number), ..Default::default() };
-        let page = service.list_checkpoints(session, &q).expect("list");
+        let page = service.list_checkpoints(session, &q).await.expect("list");
         if page.is_empty() {
             return out;
         }
@@ -117,8 +117,8 @@ fn seqs(list: &[CheckpointSummary]) -> Vec<u64> {
 }
 
 /// Metrics without the one figure that changes by itself (file size).
-fn metrics(service: &Service) -> Metrics {
-    Metrics { bytes_on_disk: 0, ..service.metrics().expect("metrics") }
+async fn metrics(service: &Service) -> Metrics {
+    Metrics { bytes_on_disk: 0, ..service.metrics().await.expect("metrics") }
 }
 
 fn journal(store: &Store) -> Vec<JournalEvent> {
@@ -273,23 +273,26 @@ async fn restart_keeps_everything() {
     service.delete_session(gone).await.unwrap();
 
     let kept_a = vec![c1.id, doomed[3].id, c8.id];
-    assert_eq!(ids(&all_checkpoints(&service, a.id)), kept_a);
+    assert_eq!(ids(&all_checkpoints(&service, a.id).await), kept_a);
 
     // Everything observable, before the restart.
-    let view = |service: &Service| {
-        let sessions: Vec<_> = service.list_sessions(None, None).unwrap().iter().map(session_view).collect();
-        let checkpoints: Vec<_> = [a.id, b.id]
-            .iter()
-            .flat_map(|&s| all_checkpoints(service, s))
-            .map(|c| checkpoint_view(&service.get_checkpoint(c.id).unwrap()))
-            .collect();
-        let by_seq = service.list_by_sequence(0, None).unwrap();
-        let tagged =
-            service.list_checkpoints(a.id, &ListQuery { tag: Some("alpha".into()), ..Default::default() }).unwrap();
-        (sessions, checkpoints, by_seq, tagged, metrics(service), journal(service.store()))
+    let view = async |service: &Service| {
+        let sessions: Vec<_> = service.list_sessions(None, None).await.unwrap().iter().map(session_view).collect();
+        let mut checkpoints = Vec::new();
+        for s in [a.id, b.id] {
+            for c in all_checkpoints(service, s).await {
+                checkpoints.push(checkpoint_view(&service.get_checkpoint(c.id).await.unwrap()));
+            }
+        }
+        let by_seq = service.list_by_sequence(0, None).await.unwrap();
+        let tagged = service
+            .list_checkpoints(a.id, &ListQuery { tag: Some("alpha".into()), ..Default::default() })
+            .await
+            .unwrap();
+        (sessions, checkpoints, by_seq, tagged, metrics(service).await, journal(service.store()))
     };
-    let before = view(&service);
-    let metrics_before = metrics(&service);
+    let before = view(&service).await;
+    let metrics_before = metrics(&service).await;
     assert_eq!(metrics_before.active_sessions, 2);
     assert_eq!(metrics_before.total_sessions_created, 3);
     assert_eq!(metrics_before.total_checkpoints, 4);
@@ -297,7 +300,7 @@ async fn restart_keeps_everything() {
     close(service);
 
     let service = open(dir.path());
-    let after = view(&service);
+    let after = view(&service).await;
     assert_eq!(before.0, after.0, "sessions");
     assert_eq!(before.1, after.1, "checkpoints");
     assert_eq!(before.2, after.2, "list_by_sequence");
@@ -306,15 +309,15 @@ async fn restart_keeps_everything() {
     assert_eq!(before.5, after.5, "journal");
 
     // Field by field, the things the issue names.
-    let sa = service.get_session(a.id).unwrap();
+    let sa = service.get_session(a.id).await.unwrap();
     assert_eq!(sa.name, "alpha ✓ 日本語");
     let meta: serde_json::Value = serde_json::from_str(sa.metadata.get()).unwrap();
     assert_eq!(meta["nested"]["list"][2], serde_json::json!({"x": null}));
     assert_eq!(meta["big"], serde_json::json!(18446744073709551615u64));
     assert_eq!(sa.checkpoint_count, 3);
     assert_eq!(sa.last_sequence, Some(c8.sequence_number));
-    assert_eq!(service.get_session(b.id).unwrap().retention, Some(retention));
-    let g1 = service.get_checkpoint(c1.id).unwrap();
+    assert_eq!(service.get_session(b.id).await.unwrap().retention, Some(retention));
+    let g1 = service.get_checkpoint(c1.id).await.unwrap();
     assert_eq!(g1.state.get(), state1, "state is returned byte for byte");
     let v1: serde_json::Value = serde_json::from_str(g1.state.get()).unwrap();
     assert_eq!(v1, serde_json::from_str::<serde_json::Value>(state1).unwrap());
@@ -324,33 +327,36 @@ async fn restart_keeps_everything() {
     assert!(g1.summary.has_notes);
     let notes: Vec<_> = g1.annotations.iter().map(|n| (n.note.as_str(), n.severity)).collect();
     assert_eq!(notes, vec![("looks fine", Severity::Info), ("actually ⚠", Severity::Critical)]);
-    assert_eq!(code(service.get_checkpoint(c2.id)), "not_found", "compacted away");
-    let g3 = service.get_checkpoint(c3.id).unwrap();
+    assert_eq!(code(service.get_checkpoint(c2.id).await), "not_found", "compacted away");
+    let g3 = service.get_checkpoint(c3.id).await.unwrap();
     assert_eq!(g3.state.get(), "null");
     assert_eq!(g3.summary.trigger, Trigger::Auto(None));
     for id in doomed[..3].iter().map(|c| c.id).chain([newest.id, gone_cp.id, c2.id]) {
-        assert_eq!(code(service.get_checkpoint(id)), "not_found", "{id} must stay deleted");
+        assert_eq!(code(service.get_checkpoint(id).await), "not_found", "{id} must stay deleted");
     }
-    assert_eq!(code(service.get_session(gone)), "not_found");
-    assert_eq!(service.validate(None).unwrap(), checkpointd::model::Validation { valid: 4, ..Default::default() });
+    assert_eq!(code(service.get_session(gone).await), "not_found");
+    assert_eq!(
+        service.validate(None).await.unwrap(),
+        checkpointd::model::Validation { valid: 4, ..Default::default() }
+    );
 
     // Parent links survive too.
     let child =
         service.checkpoint(NewCheckpoint { parent_id: Some(c8.id), ..new_cp(a.id, "child", &[]) }).await.unwrap();
     assert_eq!(child.sequence_number, 11, "the sequence continues after the restart");
-    assert_eq!(service.get_checkpoint(child.id).unwrap().summary.parent_id, Some(c8.id));
+    assert_eq!(service.get_checkpoint(child.id).await.unwrap().summary.parent_id, Some(c8.id));
 
     // The retention policy still applies after the restart.
     for i in 0..4 {
         cp(&service, b.id, &format!("b{i}"), &[]).await;
     }
-    assert_eq!(service.get_session(b.id).unwrap().checkpoint_count, 3);
+    assert_eq!(service.get_session(b.id).await.unwrap().checkpoint_count, 3);
     close(service);
 
     // And a third time, after the post-restart writes.
     let service = open(dir.path());
-    assert_eq!(service.metrics().unwrap().global_sequence, 15);
-    assert_eq!(service.get_checkpoint(child.id).unwrap().summary.parent_id, Some(c8.id));
+    assert_eq!(service.metrics().await.unwrap().global_sequence, 15);
+    assert_eq!(service.get_checkpoint(child.id).await.unwrap().summary.parent_id, Some(c8.id));
     close(service);
 }
 
@@ -386,8 +392,8 @@ async fn writes_after_close_are_refused() {
     assert!(!service.health().healthy, "a closed store does not report healthy");
     drop(service);
     let service = open(dir.path());
-    assert_eq!(service.metrics().unwrap().global_sequence, 0, "the refused write was not kept");
-    assert_eq!(service.get_session(s).unwrap().checkpoint_count, 0);
+    assert_eq!(service.metrics().await.unwrap().global_sequence, 0, "the refused write was not kept");
+    assert_eq!(service.get_session(s).await.unwrap().checkpoint_count, 0);
     close(service);
 }
 
@@ -412,7 +418,7 @@ async fn sequence_is_never_reused_after_deleting_the_newest_and_restarting() {
     close(service);
 
     let service = open(dir.path());
-    assert_eq!(service.metrics().unwrap().global_sequence, highest);
+    assert_eq!(service.metrics().await.unwrap().global_sequence, highest);
     let n = cp(&service, a, "after restart", &[]).await;
     assert!(n.sequence_number > highest, "sequence {} reused (highest earlier {highest})", n.sequence_number);
     assert_eq!(n.sequence_number, highest + 1);
@@ -465,8 +471,8 @@ async fn global_sequence_is_one_based_consecutive_and_failed_writes_consume_none
     }
     numbers.sort_unstable();
     assert_eq!(numbers, (1..=153).collect::<Vec<u64>>());
-    assert_eq!(seqs(&service.list_by_sequence(0, None).unwrap()), numbers);
-    assert_eq!(service.metrics().unwrap().global_sequence, 153);
+    assert_eq!(seqs(&service.list_by_sequence(0, None).await.unwrap()), numbers);
+    assert_eq!(service.metrics().await.unwrap().global_sequence, 153);
     close(service);
 }
 
@@ -480,17 +486,17 @@ async fn bad_input_gets_typed_errors_and_changes_nothing() {
     let b = session(&service, "b").await;
     let a1 = cp(&service, a, "a1", &["t"]).await;
     let b1 = cp(&service, b, "b1", &[]).await;
-    let metrics_before = metrics(&service);
+    let metrics_before = metrics(&service).await;
     let journal_before = journal(service.store());
-    let sessions_before: Vec<_> = service.list_sessions(None, None).unwrap().iter().map(session_view).collect();
+    let sessions_before: Vec<_> = service.list_sessions(None, None).await.unwrap().iter().map(session_view).collect();
     let unknown_session = SessionId::new();
     let unknown_cp = CheckpointId::new();
     let big = "x".repeat(64 * 1024 + 1);
     let tags65: Vec<String> = (0..65).map(|i| format!("t{i}")).collect();
 
     // Unknown ids.
-    assert_eq!(code(service.get_session(unknown_session)), "not_found");
-    assert_eq!(code(service.get_checkpoint(unknown_cp)), "not_found");
+    assert_eq!(code(service.get_session(unknown_session).await), "not_found");
+    assert_eq!(code(service.get_checkpoint(unknown_cp).await), "not_found");
     assert_eq!(code(service.checkpoint(new_cp(unknown_session, "m", &[])).await), "not_found");
     let unknown_parent = NewCheckpoint { parent_id: Some(unknown_cp), ..new_cp(a, "m", &[]) };
     assert_eq!(code(service.checkpoint(unknown_parent).await), "not_found");
@@ -503,10 +509,10 @@ async fn bad_input_gets_typed_errors_and_changes_nothing() {
     let keep1 = RetentionPolicy { keep_recent: Some(1), preserve_tags: vec![] };
     assert_eq!(code(service.compact(unknown_session, keep1.clone()).await), "not_found");
     assert_eq!(code(service.set_retention(unknown_session, Some(keep1)).await), "not_found");
-    assert_eq!(code(service.list_checkpoints(unknown_session, &ListQuery::default())), "not_found");
-    assert_eq!(code(service.validate(Some(unknown_session))), "not_found");
-    assert_eq!(code(service.subscribe(unknown_session, None)), "not_found");
-    assert_eq!(code(service.list_sessions(Some(unknown_session), None)), "not_found");
+    assert_eq!(code(service.list_checkpoints(unknown_session, &ListQuery::default()).await), "not_found");
+    assert_eq!(code(service.validate(Some(unknown_session)).await), "not_found");
+    assert_eq!(code(service.subscribe(unknown_session, None).await), "not_found");
+    assert_eq!(code(service.list_sessions(Some(unknown_session), None).await), "not_found");
     // A parent from another session.
     let cross = NewCheckpoint { parent_id: Some(b1.id), ..new_cp(a, "m", &[]) };
     assert_eq!(code(service.checkpoint(cross).await), "conflict");
@@ -538,16 +544,16 @@ async fn bad_input_gets_typed_errors_and_changes_nothing() {
     assert_eq!(code(service.compact(a, bad_policy.clone()).await), "invalid_params");
     assert_eq!(code(service.set_retention(a, Some(bad_policy)).await), "invalid_params");
     let q = ListQuery { tag: Some(String::new()), ..Default::default() };
-    assert_eq!(code(service.list_checkpoints(a, &q)), "invalid_params");
+    assert_eq!(code(service.list_checkpoints(a, &q).await), "invalid_params");
 
     // Nothing stored changed.
-    assert_eq!(metrics(&service), metrics_before);
+    assert_eq!(metrics(&service).await, metrics_before);
     assert_eq!(journal(service.store()), journal_before);
-    let sessions_after: Vec<_> = service.list_sessions(None, None).unwrap().iter().map(session_view).collect();
+    let sessions_after: Vec<_> = service.list_sessions(None, None).await.unwrap().iter().map(session_view).collect();
     assert_eq!(sessions_after, sessions_before);
-    assert_eq!(ids(&all_checkpoints(&service, a)), vec![a1.id]);
-    assert!(!service.get_checkpoint(a1.id).unwrap().summary.has_notes);
-    assert_eq!(service.validate(None).unwrap().valid, 2);
+    assert_eq!(ids(&all_checkpoints(&service, a).await), vec![a1.id]);
+    assert!(!service.get_checkpoint(a1.id).await.unwrap().summary.has_notes);
+    assert_eq!(service.validate(None).await.unwrap().valid, 2);
     assert!(service.health().healthy);
     // The limits themselves are accepted, and the next sequence is the next one.
     let max_tags: Vec<String> = (0..64).map(|i| format!("t{i}")).collect();
@@ -583,20 +589,20 @@ async fn check_compaction(policy: RetentionPolicy, kept: &[usize]) {
         others.push(cp(&service, other, &format!("o{i}"), &tags).await);
     }
     service.annotate(all[1].id, "note on a doomed one".into(), None).await.unwrap();
-    let other_before: Vec<_> = all_checkpoints(&service, other)
-        .iter()
-        .map(|c| checkpoint_view(&service.get_checkpoint(c.id).unwrap()))
-        .collect();
-    let before = metrics(&service);
+    let mut other_before = Vec::new();
+    for c in all_checkpoints(&service, other).await {
+        other_before.push(checkpoint_view(&service.get_checkpoint(c.id).await.unwrap()));
+    }
+    let before = metrics(&service).await;
 
     let result = service.compact(s, policy.clone()).await.unwrap();
     let expect_kept: Vec<CheckpointId> = kept.iter().map(|&i| all[i].id).collect();
     let removed = (10 - kept.len()) as u64;
     assert_eq!(result, Compaction { removed, remaining: kept.len() as u64 }, "policy {policy:?}");
-    let check = |service: &Service| {
-        assert_eq!(ids(&all_checkpoints(service, s)), expect_kept, "policy {policy:?}");
+    let check = async |service: &Service| {
+        assert_eq!(ids(&all_checkpoints(service, s).await), expect_kept, "policy {policy:?}");
         for (i, c) in all.iter().enumerate() {
-            let got = service.get_checkpoint(c.id);
+            let got = service.get_checkpoint(c.id).await;
             if kept.contains(&i) {
                 assert!(got.is_ok(), "kept {i} is readable");
             } else {
@@ -606,31 +612,31 @@ async fn check_compaction(policy: RetentionPolicy, kept: &[usize]) {
         // Indexes agree: tag lists and the global sequence list.
         for tag in ["keep", "milestone", "every"] {
             let listed =
-                service.list_checkpoints(s, &ListQuery { tag: Some(tag.into()), ..Default::default() }).unwrap();
+                service.list_checkpoints(s, &ListQuery { tag: Some(tag.into()), ..Default::default() }).await.unwrap();
             let expect: Vec<_> =
-                all_checkpoints(service, s).into_iter().filter(|c| c.tags.iter().any(|t| t == tag)).collect();
+                all_checkpoints(service, s).await.into_iter().filter(|c| c.tags.iter().any(|t| t == tag)).collect();
             assert_eq!(ids(&listed), ids(&expect), "tag {tag}");
         }
         let by_seq: Vec<_> =
-            service.list_by_sequence(0, None).unwrap().into_iter().filter(|c| c.session_id == s).collect();
+            service.list_by_sequence(0, None).await.unwrap().into_iter().filter(|c| c.session_id == s).collect();
         assert_eq!(ids(&by_seq), expect_kept);
-        let sess = service.get_session(s).unwrap();
+        let sess = service.get_session(s).await.unwrap();
         assert_eq!(sess.checkpoint_count, kept.len() as u64);
         assert_eq!(sess.last_sequence, kept.last().map(|&i| all[i].sequence_number), "last_sequence");
-        let m = metrics(service);
+        let m = metrics(service).await;
         assert_eq!(m.total_checkpoints, before.total_checkpoints - removed);
         assert_eq!(m.global_sequence, before.global_sequence);
         // The other session is untouched.
-        let other_after: Vec<_> = all_checkpoints(service, other)
-            .iter()
-            .map(|c| checkpoint_view(&service.get_checkpoint(c.id).unwrap()))
-            .collect();
+        let mut other_after = Vec::new();
+        for c in all_checkpoints(service, other).await {
+            other_after.push(checkpoint_view(&service.get_checkpoint(c.id).await.unwrap()));
+        }
         assert_eq!(other_after, other_before);
-        assert_eq!(service.get_session(other).unwrap().checkpoint_count, 10);
-        let v = service.validate(None).unwrap();
+        assert_eq!(service.get_session(other).await.unwrap().checkpoint_count, 10);
+        let v = service.validate(None).await.unwrap();
         assert_eq!((v.valid, v.invalid), (10 + kept.len() as u64, 0));
     };
-    check(&service);
+    check(&service).await;
     let last = journal(service.store()).pop().unwrap();
     assert_eq!(last.session_id, s);
     assert_eq!(last.kind, EventKind::CheckpointsCompacted { removed, remaining: kept.len() as u64 });
@@ -639,7 +645,7 @@ async fn check_compaction(policy: RetentionPolicy, kept: &[usize]) {
     assert_eq!(again, Compaction { removed: 0, remaining: kept.len() as u64 });
     close(service);
     let service = open(dir.path());
-    check(&service);
+    check(&service).await;
     close(service);
     // Below the API: no index entry or annotation of a removed checkpoint
     // is left behind in sled.
@@ -734,7 +740,7 @@ async fn compaction_concurrent_with_creation_loses_nothing_created_after_it_star
         created.extend(within("writers", w).await.unwrap());
     }
     let results = within("compactor", compactor).await.unwrap();
-    let surviving: BTreeSet<u64> = all_checkpoints(&service, s).iter().map(|c| c.sequence_number).collect();
+    let surviving: BTreeSet<u64> = all_checkpoints(&service, s).await.iter().map(|c| c.sequence_number).collect();
     let removed: u64 = results.iter().map(|r| r.removed).sum();
     assert_eq!(surviving.len() as u64 + removed, 50 + 300, "every checkpoint is either kept or counted removed");
     assert_eq!(created.len(), 300);
@@ -758,11 +764,11 @@ async fn compaction_concurrent_with_creation_loses_nothing_created_after_it_star
     }
     assert_eq!(compactions, results, "the journal records each compaction");
     assert_eq!(surviving, alive, "survivors are exactly those the compactions kept, plus all created after");
-    let sess = service.get_session(s).unwrap();
+    let sess = service.get_session(s).await.unwrap();
     assert_eq!(sess.checkpoint_count, surviving.len() as u64);
     assert_eq!(sess.last_sequence, surviving.last().copied());
-    assert_eq!(service.metrics().unwrap().total_checkpoints, surviving.len() as u64);
-    assert_eq!(service.validate(Some(s)).unwrap().valid, surviving.len() as u64);
+    assert_eq!(service.metrics().await.unwrap().total_checkpoints, surviving.len() as u64);
+    assert_eq!(service.validate(Some(s)).await.unwrap().valid, surviving.len() as u64);
     Arc::try_unwrap(service).ok().expect("no other handle").close();
 }
 
@@ -780,12 +786,12 @@ async fn retention_policy_applies_as_checkpoints_are_added() {
     let policy = RetentionPolicy { keep_recent: Some(3), preserve_tags: vec![] };
     assert_eq!(service.set_retention(s, Some(policy.clone())).await.unwrap(), Some(policy.clone()));
     // Setting the policy alone removes nothing: it applies on the next add.
-    assert_eq!(all_checkpoints(&service, s).len(), 5);
+    assert_eq!(all_checkpoints(&service, s).await.len(), 5);
     for i in 5..9 {
         made.push(cp(&service, s, &format!("{i}"), &[]).await);
-        let list = all_checkpoints(&service, s);
+        let list = all_checkpoints(&service, s).await;
         assert_eq!(ids(&list), ids(&made[made.len() - 3..]), "after adding {i}");
-        let sess = service.get_session(s).unwrap();
+        let sess = service.get_session(s).await.unwrap();
         assert_eq!((sess.checkpoint_count, sess.last_sequence), (3, Some(made.last().unwrap().sequence_number)));
     }
     let events = service.store().events(0, u64::MAX, Some(s), usize::MAX).unwrap();
@@ -799,12 +805,12 @@ async fn retention_policy_applies_as_checkpoints_are_added() {
     let policy = RetentionPolicy { keep_recent: Some(0), preserve_tags: vec!["pin".into()] };
     service.set_retention(s, Some(policy)).await.unwrap();
     let pinned = cp(&service, s, "pinned", &["pin"]).await;
-    assert_eq!(ids(&all_checkpoints(&service, s)), vec![pinned.id]);
+    assert_eq!(ids(&all_checkpoints(&service, s).await), vec![pinned.id]);
     let plain = cp(&service, s, "plain", &[]).await;
-    assert_eq!(ids(&all_checkpoints(&service, s)), vec![pinned.id, plain.id], "the newest is always kept");
+    assert_eq!(ids(&all_checkpoints(&service, s).await), vec![pinned.id, plain.id], "the newest is always kept");
     let plain2 = cp(&service, s, "plain2", &[]).await;
-    assert_eq!(ids(&all_checkpoints(&service, s)), vec![pinned.id, plain2.id]);
-    let sess = service.get_session(s).unwrap();
+    assert_eq!(ids(&all_checkpoints(&service, s).await), vec![pinned.id, plain2.id]);
+    let sess = service.get_session(s).await.unwrap();
     assert_eq!((sess.checkpoint_count, sess.last_sequence), (2, Some(plain2.sequence_number)));
 
     // Tags only, no count.
@@ -813,20 +819,20 @@ async fn retention_policy_applies_as_checkpoints_are_added() {
         .await
         .unwrap();
     let plain3 = cp(&service, s, "plain3", &[]).await;
-    assert_eq!(ids(&all_checkpoints(&service, s)), vec![pinned.id, plain3.id]);
+    assert_eq!(ids(&all_checkpoints(&service, s).await), vec![pinned.id, plain3.id]);
 
     // Cleared: nothing more is removed.
     assert_eq!(service.set_retention(s, None).await.unwrap(), None);
     let more = [cp(&service, s, "x", &[]).await, cp(&service, s, "y", &[]).await];
-    assert_eq!(ids(&all_checkpoints(&service, s)), vec![pinned.id, plain3.id, more[0].id, more[1].id]);
+    assert_eq!(ids(&all_checkpoints(&service, s).await), vec![pinned.id, plain3.id, more[0].id, more[1].id]);
     // An empty policy is the same as none.
     assert_eq!(service.set_retention(s, Some(RetentionPolicy::default())).await.unwrap(), None);
 
     // Never another session.
-    assert_eq!(ids(&all_checkpoints(&service, other)), vec![o.id]);
-    let m = metrics(&service);
+    assert_eq!(ids(&all_checkpoints(&service, other).await), vec![o.id]);
+    let m = metrics(&service).await;
     assert_eq!(m.total_checkpoints, 5);
-    assert_eq!(service.validate(None).unwrap().valid, 5);
+    assert_eq!(service.validate(None).await.unwrap().valid, 5);
     close(service);
 }
 
@@ -847,46 +853,52 @@ async fn list_checkpoints_pages_by_sequence() {
     }
     let sq: Vec<u64> = seqs(&made);
     assert_eq!(sq[..3], [1, 3, 5]);
-    let list = |q: ListQuery| seqs(&service.list_checkpoints(s, &q).unwrap());
+    let list = async |q: ListQuery| seqs(&service.list_checkpoints(s, &q).await.unwrap());
 
-    assert_eq!(list(ListQuery::default()), sq);
-    assert_eq!(list(ListQuery { limit: Some(3), ..Default::default() }), sq[..3]);
-    assert_eq!(list(ListQuery { limit: Some(0), ..Default::default() }), Vec::<u64>::new());
+    assert_eq!(list(ListQuery::default()).await, sq);
+    assert_eq!(list(ListQuery { limit: Some(3), ..Default::default() }).await, sq[..3]);
+    assert_eq!(list(ListQuery { limit: Some(0), ..Default::default() }).await, Vec::<u64>::new());
     // after / before are exclusive.
-    assert_eq!(list(ListQuery { after: Some(sq[2]), limit: Some(3), ..Default::default() }), sq[3..6]);
-    assert_eq!(list(ListQuery { after: Some(sq[2] + 1), limit: Some(3), ..Default::default() }), sq[3..6]);
-    assert_eq!(list(ListQuery { before: Some(sq[5]), ..Default::default() }), sq[..5]);
-    assert_eq!(list(ListQuery { after: Some(sq[2]), before: Some(sq[5]), ..Default::default() }), sq[3..5]);
-    assert_eq!(list(ListQuery { after: Some(sq[5]), before: Some(sq[5]), ..Default::default() }), Vec::<u64>::new());
-    assert_eq!(list(ListQuery { after: Some(sq[11]), ..Default::default() }), Vec::<u64>::new());
-    assert_eq!(list(ListQuery { after: Some(u64::MAX), ..Default::default() }), Vec::<u64>::new());
-    assert_eq!(list(ListQuery { before: Some(0), ..Default::default() }), Vec::<u64>::new());
-    assert_eq!(list(ListQuery { before: Some(1), ..Default::default() }), Vec::<u64>::new());
+    assert_eq!(list(ListQuery { after: Some(sq[2]), limit: Some(3), ..Default::default() }).await, sq[3..6]);
+    assert_eq!(list(ListQuery { after: Some(sq[2] + 1), limit: Some(3), ..Default::default() }).await, sq[3..6]);
+    assert_eq!(list(ListQuery { before: Some(sq[5]), ..Default::default() }).await, sq[..5]);
+    assert_eq!(list(ListQuery { after: Some(sq[2]), before: Some(sq[5]), ..Default::default() }).await, sq[3..5]);
+    assert_eq!(
+        list(ListQuery { after: Some(sq[5]), before: Some(sq[5]), ..Default::default() }).await,
+        Vec::<u64>::new()
+    );
+    assert_eq!(list(ListQuery { after: Some(sq[11]), ..Default::default() }).await, Vec::<u64>::new());
+    assert_eq!(list(ListQuery { after: Some(u64::MAX), ..Default::default() }).await, Vec::<u64>::new());
+    assert_eq!(list(ListQuery { before: Some(0), ..Default::default() }).await, Vec::<u64>::new());
+    assert_eq!(list(ListQuery { before: Some(1), ..Default::default() }).await, Vec::<u64>::new());
     // Newest first.
     let rev: Vec<u64> = sq.iter().rev().copied().collect();
-    assert_eq!(list(ListQuery { newest_first: true, ..Default::default() }), rev);
-    assert_eq!(list(ListQuery { newest_first: true, limit: Some(2), ..Default::default() }), rev[..2]);
+    assert_eq!(list(ListQuery { newest_first: true, ..Default::default() }).await, rev);
+    assert_eq!(list(ListQuery { newest_first: true, limit: Some(2), ..Default::default() }).await, rev[..2]);
     assert_eq!(
-        list(ListQuery { newest_first: true, before: Some(sq[6]), limit: Some(2), ..Default::default() }),
+        list(ListQuery { newest_first: true, before: Some(sq[6]), limit: Some(2), ..Default::default() }).await,
         [sq[5], sq[4]]
     );
-    assert_eq!(list(ListQuery { newest_first: true, after: Some(sq[9]), ..Default::default() }), [sq[11], sq[10]]);
+    assert_eq!(
+        list(ListQuery { newest_first: true, after: Some(sq[9]), ..Default::default() }).await,
+        [sq[11], sq[10]]
+    );
     // Tag filter, alone and with the others.
     let even: Vec<u64> = sq.iter().step_by(2).copied().collect();
     let tag = |t: &str| Some(t.to_string());
-    assert_eq!(list(ListQuery { tag: tag("even"), ..Default::default() }), even);
-    assert_eq!(list(ListQuery { tag: tag("even"), limit: Some(2), ..Default::default() }), even[..2]);
-    assert_eq!(list(ListQuery { tag: tag("even"), after: Some(sq[4]), ..Default::default() }), even[3..]);
-    assert_eq!(list(ListQuery { tag: tag("even"), before: Some(sq[4]), ..Default::default() }), even[..2]);
+    assert_eq!(list(ListQuery { tag: tag("even"), ..Default::default() }).await, even);
+    assert_eq!(list(ListQuery { tag: tag("even"), limit: Some(2), ..Default::default() }).await, even[..2]);
+    assert_eq!(list(ListQuery { tag: tag("even"), after: Some(sq[4]), ..Default::default() }).await, even[3..]);
+    assert_eq!(list(ListQuery { tag: tag("even"), before: Some(sq[4]), ..Default::default() }).await, even[..2]);
     assert_eq!(
-        list(ListQuery { tag: tag("odd"), newest_first: true, limit: Some(2), ..Default::default() }),
+        list(ListQuery { tag: tag("odd"), newest_first: true, limit: Some(2), ..Default::default() }).await,
         [sq[11], sq[9]]
     );
-    assert_eq!(list(ListQuery { tag: tag("nope"), ..Default::default() }), Vec::<u64>::new());
+    assert_eq!(list(ListQuery { tag: tag("nope"), ..Default::default() }).await, Vec::<u64>::new());
     // Paging with `after` visits each exactly once.
     let mut paged = Vec::new();
     for _ in 0..20 {
-        let page = list(ListQuery { after: paged.last().copied(), limit: Some(5), ..Default::default() });
+        let page = list(ListQuery { after: paged.last().copied(), limit: Some(5), ..Default::default() }).await;
         if page.is_empty() {
             break;
         }
@@ -897,7 +909,8 @@ async fn list_checkpoints_pages_by_sequence() {
     let mut back: Vec<u64> = Vec::new();
     for _ in 0..20 {
         let page =
-            list(ListQuery { before: back.last().copied(), limit: Some(5), newest_first: true, ..Default::default() });
+            list(ListQuery { before: back.last().copied(), limit: Some(5), newest_first: true, ..Default::default() })
+                .await;
         if page.is_empty() {
             break;
         }
@@ -905,14 +918,14 @@ async fn list_checkpoints_pages_by_sequence() {
     }
     assert_eq!(back, rev);
     // The global list spans both sessions, consecutively.
-    assert_eq!(seqs(&service.list_by_sequence(0, None).unwrap()), (1..=24).collect::<Vec<_>>());
-    assert_eq!(seqs(&service.list_by_sequence(20, Some(2)).unwrap()), [21, 22]);
-    assert_eq!(seqs(&service.list_by_sequence(u64::MAX, None).unwrap()), Vec::<u64>::new());
+    assert_eq!(seqs(&service.list_by_sequence(0, None).await.unwrap()), (1..=24).collect::<Vec<_>>());
+    assert_eq!(seqs(&service.list_by_sequence(20, Some(2)).await.unwrap()), [21, 22]);
+    assert_eq!(seqs(&service.list_by_sequence(u64::MAX, None).await.unwrap()), Vec::<u64>::new());
     // Sessions page in creation order.
-    let all_sessions: Vec<_> = service.list_sessions(None, None).unwrap().iter().map(|x| x.id).collect();
+    let all_sessions: Vec<_> = service.list_sessions(None, None).await.unwrap().iter().map(|x| x.id).collect();
     assert_eq!(all_sessions, [s, other]);
-    assert_eq!(service.list_sessions(None, Some(1)).unwrap().iter().map(|x| x.id).collect::<Vec<_>>(), [s]);
-    assert_eq!(service.list_sessions(Some(s), None).unwrap().iter().map(|x| x.id).collect::<Vec<_>>(), [other]);
+    assert_eq!(service.list_sessions(None, Some(1)).await.unwrap().iter().map(|x| x.id).collect::<Vec<_>>(), [s]);
+    assert_eq!(service.list_sessions(Some(s), None).await.unwrap().iter().map(|x| x.id).collect::<Vec<_>>(), [other]);
     close(service);
 }
 
@@ -927,32 +940,32 @@ async fn session_counters_follow_deletes() {
         made.push(cp(&service, s, &format!("{i}"), &["t"]).await);
     }
     let o = cp(&service, other, "o", &[]).await;
-    let state = |service: &Service| {
-        let x = service.get_session(s).unwrap();
+    let state = async |service: &Service| {
+        let x = service.get_session(s).await.unwrap();
         (x.checkpoint_count, x.last_sequence)
     };
-    assert_eq!(state(&service), (5, Some(made[4].sequence_number)));
+    assert_eq!(state(&service).await, (5, Some(made[4].sequence_number)));
     // Newest: last_sequence moves back (not to the other session's).
     assert_eq!(service.delete_checkpoint(made[4].id, Some(s)).await.unwrap(), s);
-    assert_eq!(state(&service), (4, Some(made[3].sequence_number)));
+    assert_eq!(state(&service).await, (4, Some(made[3].sequence_number)));
     // Middle: last_sequence stays.
     service.delete_checkpoint(made[1].id, None).await.unwrap();
-    assert_eq!(state(&service), (3, Some(made[3].sequence_number)));
+    assert_eq!(state(&service).await, (3, Some(made[3].sequence_number)));
     // Oldest.
     service.delete_checkpoint(made[0].id, None).await.unwrap();
-    assert_eq!(state(&service), (2, Some(made[3].sequence_number)));
+    assert_eq!(state(&service).await, (2, Some(made[3].sequence_number)));
     service.delete_checkpoint(made[3].id, None).await.unwrap();
-    assert_eq!(state(&service), (1, Some(made[2].sequence_number)));
+    assert_eq!(state(&service).await, (1, Some(made[2].sequence_number)));
     service.delete_checkpoint(made[2].id, None).await.unwrap();
-    assert_eq!(state(&service), (0, None));
+    assert_eq!(state(&service).await, (0, None));
     assert_eq!(code(service.delete_checkpoint(made[2].id, None).await), "not_found", "already deleted");
     assert_eq!(
-        service.list_checkpoints(s, &ListQuery { tag: Some("t".into()), ..Default::default() }).unwrap().len(),
+        service.list_checkpoints(s, &ListQuery { tag: Some("t".into()), ..Default::default() }).await.unwrap().len(),
         0
     );
-    assert_eq!(metrics(&service).total_checkpoints, 1);
+    assert_eq!(metrics(&service).await.total_checkpoints, 1);
     let n = cp(&service, s, "again", &[]).await;
-    assert_eq!(state(&service), (1, Some(n.sequence_number)));
+    assert_eq!(state(&service).await, (1, Some(n.sequence_number)));
     // Deleting a session removes its checkpoints and updates the totals.
     let mut third = Vec::new();
     let t = session(&service, "third").await;
@@ -962,19 +975,19 @@ async fn session_counters_follow_deletes() {
     service.annotate(third[0].id, "n".into(), None).await.unwrap();
     assert_eq!(service.delete_session(t).await.unwrap(), 3);
     for c in &third {
-        assert_eq!(code(service.get_checkpoint(c.id)), "not_found");
+        assert_eq!(code(service.get_checkpoint(c.id).await), "not_found");
     }
-    let m = metrics(&service);
+    let m = metrics(&service).await;
     assert_eq!((m.active_sessions, m.total_sessions_created, m.total_checkpoints), (2, 3, 2));
-    assert!(service.list_by_sequence(0, None).unwrap().iter().all(|c| c.session_id != t));
-    assert_eq!(service.list_sessions(None, None).unwrap().len(), 2);
+    assert!(service.list_by_sequence(0, None).await.unwrap().iter().all(|c| c.session_id != t));
+    assert_eq!(service.list_sessions(None, None).await.unwrap().len(), 2);
     let last = journal(service.store()).pop().unwrap();
     assert_eq!((last.session_id, last.kind), (t, EventKind::SessionDeleted { removed: 3 }));
-    assert_eq!(service.get_session(other).unwrap().last_sequence, Some(o.sequence_number));
+    assert_eq!(service.get_session(other).await.unwrap().last_sequence, Some(o.sequence_number));
     close(service);
     let service = open(dir.path());
-    assert_eq!(state(&service), (1, Some(n.sequence_number)));
-    assert_eq!(metrics(&service).total_checkpoints, 2);
+    assert_eq!(state(&service).await, (1, Some(n.sequence_number)));
+    assert_eq!(metrics(&service).await.total_checkpoints, 2);
     close(service);
 }
 
@@ -987,7 +1000,7 @@ async fn events_are_delivered_only_once_durable() {
     let service = open(dir.path());
     assert_eq!(service.store().durability(), Durability::Sync);
     let s = session(&service, "s").await;
-    let mut sub = service.subscribe(s, None).unwrap();
+    let mut sub = service.subscribe(s, None).await.unwrap();
     let marks = service.store().durable_marks();
     let writer = {
         let service = service.clone();
@@ -1024,8 +1037,8 @@ async fn close_ends_subscriptions_after_the_acknowledged_events() {
     let dir = TempDir::new().unwrap();
     let service = open(dir.path());
     let s = session(&service, "s").await;
-    let mut live = service.subscribe(s, None).unwrap();
-    let mut idle = service.subscribe(s, None).unwrap();
+    let mut live = service.subscribe(s, None).await.unwrap();
+    let mut idle = service.subscribe(s, None).await.unwrap();
     let mut made = Vec::new();
     for i in 0..5 {
         made.push(cp(&service, s, &format!("{i}"), &[]).await);
@@ -1056,9 +1069,12 @@ async fn every_subscriber_gets_every_event_in_order_once() {
     let service = open(dir.path());
     let s = session(&service, "watched").await;
     let noise = session(&service, "noise").await;
-    let start = service.metrics().unwrap().event_sequence;
-    let subs: Vec<Subscription> = (0..3).map(|_| service.subscribe(s, None).unwrap()).collect();
-    let mut noise_sub = service.subscribe(noise, None).unwrap();
+    let start = service.metrics().await.unwrap().event_sequence;
+    let mut subs: Vec<Subscription> = Vec::new();
+    for _ in 0..3 {
+        subs.push(service.subscribe(s, None).await.unwrap());
+    }
+    let mut noise_sub = service.subscribe(noise, None).await.unwrap();
     let mut writers = Vec::new();
     for w in 0..4 {
         let service = service.clone();
@@ -1131,7 +1147,7 @@ async fn subscribe_since_replays_then_continues_live() {
         cp(&service, if i % 3 == 0 { other } else { s }, &format!("{i}"), &[]).await;
     }
     let since = 37;
-    let mut sub = service.subscribe(s, Some(since)).unwrap();
+    let mut sub = service.subscribe(s, Some(since)).await.unwrap();
     // Writers keep going while the replay is read.
     let writer = {
         let service = service.clone();
@@ -1139,7 +1155,7 @@ async fn subscribe_since_replays_then_continues_live() {
             for i in 0..300 {
                 cp(&service, if i % 3 == 0 { other } else { s }, &format!("live{i}"), &[]).await;
             }
-            service.metrics().unwrap().event_sequence
+            service.metrics().await.unwrap().event_sequence
         })
     };
     let expected_all =
@@ -1152,7 +1168,7 @@ async fn subscribe_since_replays_then_continues_live() {
     assert!(last >= last_of_s);
 
     // Reconnect: read a few, drop, write more, resume from the last seen.
-    let mut sub = service.subscribe(s, None).unwrap();
+    let mut sub = service.subscribe(s, None).await.unwrap();
     for i in 0..10 {
         cp(&service, s, &format!("r{i}"), &[]).await;
     }
@@ -1165,8 +1181,8 @@ async fn subscribe_since_replays_then_continues_live() {
     for i in 0..20 {
         cp(&service, s, &format!("r2-{i}"), &[]).await;
     }
-    let mut sub = service.subscribe(s, Some(resume_from)).unwrap();
-    let end = service.metrics().unwrap().event_sequence;
+    let mut sub = service.subscribe(s, Some(resume_from)).await.unwrap();
+    let end = service.metrics().await.unwrap().event_sequence;
     let rest = collect_until(&mut sub, end).await;
     assert_strictly_increasing(&rest);
     let rest: Vec<JournalEvent> = rest.iter().map(|e| (**e).clone()).collect();
@@ -1174,7 +1190,7 @@ async fn subscribe_since_replays_then_continues_live() {
     assert_eq!(rest.len(), 26);
     // Resuming from the very end replays nothing and continues live.
     drop(sub);
-    let mut sub = service.subscribe(s, Some(end)).unwrap();
+    let mut sub = service.subscribe(s, Some(end)).await.unwrap();
     let c = cp(&service, s, "live", &[]).await;
     let e = next_event(&mut sub).await;
     assert_eq!(e.seq, end + 1);
@@ -1196,7 +1212,7 @@ async fn subscribe_since_older_than_retention_is_compacted() {
     }
     assert_eq!(service.store().oldest_event().unwrap(), Some(21));
     for since in [0, 5, 19] {
-        match service.subscribe(s, Some(since)) {
+        match service.subscribe(s, Some(since)).await {
             Err(Error::Compacted { requested, oldest }) => {
                 assert_eq!((requested, oldest), (since, 21));
                 let e = Error::Compacted { requested, oldest };
@@ -1208,7 +1224,7 @@ async fn subscribe_since_older_than_retention_is_compacted() {
         }
     }
     // From just before the oldest retained: the whole retained journal.
-    let mut sub = service.subscribe(s, Some(20)).unwrap();
+    let mut sub = service.subscribe(s, Some(20)).await.unwrap();
     let got = collect_until(&mut sub, 30).await;
     assert_eq!(event_seqs(&got), (21..=30).collect::<Vec<_>>());
     drop(sub);
@@ -1229,7 +1245,7 @@ async fn replay_overtaken_by_retention_is_not_a_silent_gap() {
         cp(&service, s, &format!("{i}"), &[]).await;
     }
     assert_eq!(service.store().oldest_event().unwrap(), Some(6));
-    let mut sub = service.subscribe(s, Some(5)).unwrap();
+    let mut sub = service.subscribe(s, Some(5)).await.unwrap();
     // Before the subscriber reads anything, the journal moves on past it.
     for i in 0..20 {
         cp(&service, s, &format!("more{i}"), &[]).await;
@@ -1247,7 +1263,7 @@ async fn replay_overtaken_by_retention_is_not_a_silent_gap() {
             Some(Delivery::Lagged { last_seq }) => {
                 assert_eq!(last_seq, expect - 1);
                 // Resuming tells the client clearly what is gone.
-                assert_eq!(code(service.subscribe(s, Some(last_seq))), "compacted");
+                assert_eq!(code(service.subscribe(s, Some(last_seq)).await), "compacted");
                 break;
             }
             None => panic!("subscription ended without a lag notice"),
@@ -1264,9 +1280,9 @@ async fn stalled_subscriber_blocks_nobody_and_resumes_without_gap() {
     let dir = TempDir::new().unwrap();
     let service = open(dir.path());
     let s = session(&service, "s").await;
-    let start = service.metrics().unwrap().event_sequence;
-    let mut stalled = service.subscribe(s, None).unwrap();
-    let mut active = service.subscribe(s, None).unwrap();
+    let start = service.metrics().await.unwrap().event_sequence;
+    let mut stalled = service.subscribe(s, None).await.unwrap();
+    let mut active = service.subscribe(s, None).await.unwrap();
     let total = SUBSCRIBER_QUEUE_EVENTS + 300;
     let writers: Vec<_> = (0..16)
         .map(|w| {
@@ -1313,7 +1329,7 @@ async fn stalled_subscriber_blocks_nobody_and_resumes_without_gap() {
     assert_eq!(last_seq, queued.last().unwrap().seq);
     assert_eq!(next_delivery(&mut stalled).await, None, "a lagged subscription has ended");
     // Resubscribing from the lag point yields the rest, no gap.
-    let mut resumed = service.subscribe(s, Some(last_seq)).unwrap();
+    let mut resumed = service.subscribe(s, Some(last_seq)).await.unwrap();
     let rest = collect_until(&mut resumed, journal.last().unwrap().seq).await;
     let mut all = queued;
     all.extend(rest);
@@ -1351,9 +1367,9 @@ fn writers_never_wait_for_a_starved_event_dispatcher() {
     }
     // Dispatch catches up once the runtime is free.
     rt.block_on(async {
-        let last = service.metrics().unwrap().event_sequence;
+        let last = service.metrics().await.unwrap().event_sequence;
         assert_eq!(last, total as u64);
-        let mut sub = service.subscribe(s, Some(last - 10)).unwrap();
+        let mut sub = service.subscribe(s, Some(last - 10)).await.unwrap();
         assert_eq!(event_seqs(&collect_until(&mut sub, last).await), (last - 9..=last).collect::<Vec<_>>());
         let c = cp(&service, s, "one more", &[]).await;
         let e = next_event(&mut sub).await;
@@ -1380,13 +1396,13 @@ async fn journal_retention_is_bounded_and_lowering_it_trims() {
         if i % 5 == 0 {
             service.restore(s, c.id).await.unwrap();
         }
-        let m = service.metrics().unwrap();
+        let m = service.metrics().await.unwrap();
         let held = journal(service.store());
         assert!(held.len() <= 10, "journal holds {} events", held.len());
         assert_eq!(held.len() as u64, m.event_sequence.min(10));
         assert_eq!(m.oldest_event, held.first().map(|e| e.seq));
     }
-    let m = service.metrics().unwrap();
+    let m = service.metrics().await.unwrap();
     assert_eq!(m.event_sequence, 57 + 12);
     assert_eq!(m.oldest_event, Some(60));
     assert_eq!(journal(service.store()).iter().map(|e| e.seq).collect::<Vec<_>>(), (60..=69).collect::<Vec<_>>());
@@ -1394,8 +1410,8 @@ async fn journal_retention_is_bounded_and_lowering_it_trims() {
 
     let service = open_with(dir.path(), async_retention(4));
     assert_eq!(journal(service.store()).iter().map(|e| e.seq).collect::<Vec<_>>(), [66, 67, 68, 69]);
-    assert_eq!(service.metrics().unwrap().oldest_event, Some(66));
-    assert_eq!(code(service.subscribe(s, Some(64))), "compacted");
+    assert_eq!(service.metrics().await.unwrap().oldest_event, Some(66));
+    assert_eq!(code(service.subscribe(s, Some(64)).await), "compacted");
     cp(&service, s, "one more", &[]).await;
     assert_eq!(journal(service.store()).iter().map(|e| e.seq).collect::<Vec<_>>(), [67, 68, 69, 70]);
     close(service);
@@ -1437,16 +1453,16 @@ async fn validate_and_reads_concurrent_with_writes_see_no_damage() {
     let reader = {
         let service = service.clone();
         let done = Arc::clone(&done);
-        tokio::task::spawn_blocking(move || {
+        tokio::spawn(async move {
             let mut rounds = 0;
             while !done.load(std::sync::atomic::Ordering::Acquire) && rounds < 100_000 {
                 rounds += 1;
-                let v = service.validate(None).unwrap();
+                let v = service.validate(None).await.unwrap();
                 assert_eq!(v.invalid, 0, "validate during writes reported {:?} as damaged", v.invalid_ids);
                 // What an index lists can be read.
-                let newest = service.metrics().unwrap().global_sequence.saturating_sub(5);
-                for c in service.list_by_sequence(newest, Some(5)).unwrap() {
-                    match service.get_checkpoint(c.id) {
+                let newest = service.metrics().await.unwrap().global_sequence.saturating_sub(5);
+                for c in service.list_by_sequence(newest, Some(5)).await.unwrap() {
+                    match service.get_checkpoint(c.id).await {
                         Ok(full) => assert_eq!(full.summary.sequence_number, c.sequence_number),
                         // Deleted since it was listed.
                         Err(e) if e.code() == "not_found" => {
@@ -1466,7 +1482,7 @@ async fn validate_and_reads_concurrent_with_writes_see_no_damage() {
     done.store(true, std::sync::atomic::Ordering::Release);
     let rounds = within("reader", reader).await.unwrap();
     assert!(rounds > 0);
-    assert_eq!(service.validate(None).unwrap().invalid, 0);
+    assert_eq!(service.validate(None).await.unwrap().invalid, 0);
     close(service);
 }
 
@@ -1505,24 +1521,27 @@ async fn validate_reports_a_flipped_byte() {
             };
             made.push(service.checkpoint(new).await.unwrap());
         }
-        assert_eq!(service.validate(None).unwrap(), checkpointd::model::Validation { valid: 6, ..Default::default() });
+        assert_eq!(
+            service.validate(None).await.unwrap(),
+            checkpointd::model::Validation { valid: 6, ..Default::default() }
+        );
         close(service);
 
         let victim = &made[2];
         flip_byte(&config(dir.path()).data_dir, tree, &checkpoint_key(s, victim.sequence_number));
 
         let service = open(dir.path());
-        let v = service.validate(None).unwrap();
+        let v = service.validate(None).await.unwrap();
         assert_eq!((v.valid, v.invalid, v.invalid_ids.clone()), (5, 1, vec![victim.id]), "tree {tree}");
-        let v = service.validate(Some(s)).unwrap();
+        let v = service.validate(Some(s)).await.unwrap();
         assert_eq!((v.valid, v.invalid, v.invalid_ids.clone()), (2, 1, vec![victim.id]), "tree {tree}");
-        let v = service.validate(Some(other)).unwrap();
+        let v = service.validate(Some(other)).await.unwrap();
         assert_eq!((v.valid, v.invalid), (3, 0), "tree {tree}");
         // Reading it is an error, not a panic and not wrong data.
-        assert_eq!(code(service.get_checkpoint(victim.id)), "internal", "tree {tree}");
+        assert_eq!(code(service.get_checkpoint(victim.id).await), "internal", "tree {tree}");
         // Its neighbours are fine.
-        assert!(service.get_checkpoint(made[0].id).is_ok());
-        assert!(service.get_checkpoint(made[4].id).is_ok());
+        assert!(service.get_checkpoint(made[0].id).await.is_ok());
+        assert!(service.get_checkpoint(made[4].id).await.is_ok());
         close(service);
     }
 }
@@ -1560,7 +1579,7 @@ async fn counters_from_disk_never_overflow() {
     let service = open(dir.path());
     service.delete_checkpoint(a.id, None).await.unwrap();
     service.delete_checkpoint(b.id, None).await.unwrap();
-    assert_eq!(service.metrics().unwrap().total_checkpoints, 0);
+    assert_eq!(service.metrics().await.unwrap().total_checkpoints, 0);
     assert_eq!(service.store().session(s).unwrap().checkpoint_count, 0);
     service.delete_session(s).await.unwrap();
     close(service);
@@ -1568,7 +1587,7 @@ async fn counters_from_disk_never_overflow() {
     // Sequences at the end of u64: reads work, writes are refused.
     set_counters(dir.path(), |c| c.global_seq = u64::MAX);
     let service = open(dir.path());
-    assert!(service.list_sessions(None, None).unwrap().is_empty());
+    assert!(service.list_sessions(None, None).await.unwrap().is_empty());
     let err = service.create_session(Some("t".into()), None).await.unwrap_err();
     assert!(err.to_string().contains("exhausted"), "{err}");
     close(service);

@@ -20,8 +20,9 @@ struct Cli {
     /// Print JSON lines (one object per row), for jq.
     #[arg(long)]
     json: bool,
-    /// Read a copy taken without the directory's lock, while a server runs on
-    /// it (sled recovers the copy like a crash image).
+    /// Read a consistent copy of a directory a server is running on: the
+    /// server pauses its writes while the files are copied (without a server,
+    /// the directory's lock is taken as usual).
     #[arg(long)]
     snapshot: bool,
     #[command(subcommand)]
@@ -57,6 +58,10 @@ enum Cmd {
     Verify,
     /// Everything as JSON lines, for `checkpointd import`.
     Export,
+    /// Write a consistent, fsynced copy of the data directory (served or not)
+    /// to DEST, which must not exist or be empty; `checkpointd --data-dir
+    /// DEST` serves it. Prints one summary line.
+    Backup { dest: PathBuf },
 }
 
 /// Stdout that treats a closed pipe (`| head`) as the end of the output.
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
         Cmd::Events { since, limit } => Command::Events { since, limit },
         Cmd::Verify => Command::Verify,
         Cmd::Export => Command::Export,
+        Cmd::Backup { dest } => Command::Backup { dest },
     };
     let opts = Options { data_dir: cli.data_dir, json: cli.json, snapshot: cli.snapshot };
     let mut out = Out(io::BufWriter::new(io::stdout().lock()), false);

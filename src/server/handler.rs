@@ -109,7 +109,7 @@ impl Session {
                         "at most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions per connection"
                     )));
                 }
-                let sub = service.subscribe(session_id, since)?;
+                let sub = service.subscribe(session_id, since).await?;
                 // The earlier subscription stops now; the new one starts after its reply.
                 if let Some(old) = self.subscriptions.remove(&session_id) {
                     old.abort();
@@ -127,11 +127,11 @@ impl Session {
                 render_ok(id, service.create_session(name, metadata).await?.id.to_string())
             }
             Command::ListCheckpoints { session_id, query } => {
-                render_ok(id, reply::summaries(&service.list_checkpoints(session_id, &query)?))
+                render_ok(id, reply::summaries(&service.list_checkpoints(session_id, &query).await?))
             }
             Command::Checkpoint(new) => render_ok(id, service.checkpoint(new).await?.id.to_string()),
             Command::Metrics => {
-                let m = service.metrics()?;
+                let m = service.metrics().await?;
                 render_ok(
                     id,
                     json!({
@@ -163,7 +163,7 @@ impl Session {
                 )
             }
             Command::GetCheckpoint { checkpoint_id } => {
-                render_ok(id, reply::checkpoint(&service.get_checkpoint(checkpoint_id)?))
+                render_ok(id, reply::checkpoint(&service.get_checkpoint(checkpoint_id).await?))
             }
             Command::Restore { session_id, checkpoint_id } => {
                 render_ok(id, reply::restored(&service.restore(session_id, checkpoint_id).await?))
@@ -180,11 +180,11 @@ impl Session {
                 render_ok(id, service.set_retention(session_id, policy).await?.as_ref().map(reply::policy))
             }
             Command::ListSessions { limit, after } => {
-                let sessions = service.list_sessions(after, limit)?;
+                let sessions = service.list_sessions(after, limit).await?;
                 render_ok(id, sessions.iter().map(|s| reply::session(s, false)).collect::<Vec<_>>())
             }
             Command::GetSession { session_id } => {
-                render_ok(id, reply::session(&service.get_session(session_id)?, true))
+                render_ok(id, reply::session(&service.get_session(session_id).await?, true))
             }
             Command::DeleteSession { session_id } => {
                 service.delete_session(session_id).await?;
@@ -195,10 +195,7 @@ impl Session {
                 render_ok(id, reply::annotation(&a, Some(checkpoint_id.to_string())))
             }
             Command::Validate { session_id } => {
-                // Reads and checksums every record: off the async workers.
-                let v = tokio::task::spawn_blocking(move || service.validate(session_id))
-                    .await
-                    .map_err(|e| Error::Internal(format!("validate failed: {e}")))??;
+                let v = service.validate(session_id).await?;
                 let ids: Vec<String> = v.invalid_ids.iter().map(ToString::to_string).collect();
                 render_ok(id, json!({"valid": v.valid, "invalid": v.invalid, "invalid_ids": ids}))
             }

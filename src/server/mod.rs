@@ -7,6 +7,7 @@ mod handler;
 
 use crate::error::{Error, Result};
 use crate::service::Service;
+use crate::snapshot::ControlSocket;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -154,15 +155,28 @@ pub async fn run(
         Arc::new(Shared { slots: Arc::new(Semaphore::new(config.max_connections)), service: service.clone(), config });
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    // The local control socket, for consistent snapshots of the live data.
+    let control = match ControlSocket::bind(&service.store().config().data_dir) {
+        Ok(socket) => Some(tokio::spawn(socket.serve(Arc::clone(service.store()), notify_shutdown.subscribe()))),
+        Err(e) => {
+            tracing::warn!(error = %e, "no control socket: `checkpoint-dump --snapshot` and `backup` cannot pause this server");
+            None
+        }
+    };
     tokio::select! {
         () = accept_loop(&listener, &shared, reject_slots, &notify_shutdown, &done_tx) => {}
         _ = shutdown => tracing::info!("shutting down"),
     }
-    // Closing the broadcast tells every handler; each holds a `done_tx`
+    // Closing the broadcast tells every handler (and ends any snapshot
+    // pause, so writes in flight can finish); each holds a `done_tx`
     // clone, so `recv` returns once the last one has finished.
     drop(notify_shutdown);
     drop(done_tx);
     drop(listener);
+    if let Some(control) = control {
+        // Removes the socket file.
+        let _ = control.await;
+    }
     let _ = done_rx.recv().await;
     service.close();
     tracing::info!("stopped; data flushed");

@@ -11,7 +11,7 @@
 use crate::config::{REPLAY_PAGE_EVENTS, SUBSCRIBER_QUEUE_EVENTS, WATCH_FORWARD_EVENTS};
 use crate::error::Result;
 use crate::model::{JournalEvent, SessionId};
-use crate::storage::Store;
+use crate::storage::{Appended, Store};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -86,10 +86,10 @@ impl Hub {
         std::thread::Builder::new()
             .name("checkpointd-events".into())
             .spawn(move || {
-                while let Some(event) = watch.next_blocking() {
+                while let Some(appended) = watch.next_blocking() {
                     // Once the dispatcher is gone this fails at once: the
                     // thread keeps draining so sled never blocks a writer.
-                    let _ = tx.blocking_send(event);
+                    let _ = tx.blocking_send(appended);
                 }
             })
             .expect("spawn the journal watch thread");
@@ -102,14 +102,14 @@ impl Hub {
 
     async fn run(
         hub: Weak<Hub>,
-        mut events: mpsc::Receiver<JournalEvent>,
+        mut events: mpsc::Receiver<Appended>,
         mut marks: tokio::sync::watch::Receiver<crate::storage::DurableMark>,
     ) {
         let mut pending = BTreeMap::new();
         loop {
             tokio::select! {
-                event = events.recv() => match event {
-                    Some(event) => { pending.insert(event.seq, event); }
+                appended = events.recv() => match appended {
+                    Some(appended) => hold(&mut pending, appended),
                     None => return,
                 },
                 changed = marks.changed() => if changed.is_err() { return },
@@ -117,8 +117,8 @@ impl Hub {
             // Take every event already forwarded, so that few have to be
             // read back from the journal (where retention may have trimmed
             // them).
-            while let Ok(event) = events.try_recv() {
-                pending.insert(event.seq, event);
+            while let Ok(appended) = events.try_recv() {
+                hold(&mut pending, appended);
             }
             let mark = *marks.borrow_and_update();
             let Some(hub) = hub.upgrade() else { return };
@@ -137,7 +137,14 @@ impl Hub {
 
     /// Offers every pending event up to `durable`, in order. Returns whether
     /// it got that far (or is still waiting for the watch to forward one).
-    fn release(&self, pending: &mut BTreeMap<u64, JournalEvent>, durable: u64) -> Result<bool> {
+    ///
+    /// A sequence number up to `durable` belongs to a change already applied,
+    /// so its event is in `pending`, still on its way from the watch thread,
+    /// in the journal, trimmed from it, or was never written (an import
+    /// raises the event sequence without writing events). Only "on its way"
+    /// is worth waiting for, and the watch forwards appends in sequence
+    /// order: once a later one has arrived, an earlier one is not coming.
+    fn release(&self, pending: &mut BTreeMap<u64, Option<JournalEvent>>, durable: u64) -> Result<bool> {
         let mut state = self.state.lock().expect("hub lock");
         // Anything at or below the mark was offered already (or predates us).
         while pending.first_key_value().is_some_and(|(&seq, _)| seq <= state.dispatched) {
@@ -145,19 +152,22 @@ impl Hub {
         }
         while state.dispatched < durable {
             let next = state.dispatched + 1;
+            let watched = next > self.watched_after;
             let event = match pending.remove(&next) {
                 Some(event) => event,
-                // Still on its way from the watch thread (it is durable, so
-                // it was applied): wait for it rather than read the journal,
-                // where a small retention may have trimmed it already.
-                None if next > self.watched_after => return Ok(false),
-                // Appended before the watch began: the journal has it.
-                None => match self.store.events(state.dispatched, next, None, 1)?.pop() {
-                    Some(event) => event,
-                    None => {
-                        // Trimmed by retention before we got to it. Whose
-                        // it was is unknown: rather than a silent gap, every
-                        // subscription ends with a lag notice.
+                // Not coming through the watch: never written.
+                None if watched && pending.first_key_value().is_some_and(|(&seq, _)| seq > next) => None,
+                None => match self.journal_event(next)? {
+                    Lookup::Found(event) => Some(event),
+                    Lookup::Missing => None,
+                    // Still on its way from the watch thread (it was
+                    // applied, then trimmed by a small retention): wait.
+                    Lookup::Trimmed if watched => return Ok(false),
+                    Lookup::Trimmed => {
+                        // Appended before the watch began and trimmed before
+                        // we got to it. Whose it was is unknown: rather than
+                        // a silent gap, every subscription ends with a lag
+                        // notice.
                         state.dispatched = next;
                         state.lag_all();
                         continue;
@@ -165,9 +175,33 @@ impl Hub {
                 },
             };
             state.dispatched = next;
-            state.offer(Arc::new(event));
+            // An undecodable event was logged when it was read; nobody can
+            // be given it (`verify` reports the record).
+            if let Some(event) = event {
+                state.offer(Arc::new(event));
+            }
         }
         Ok(true)
+    }
+
+    /// Looks up one applied event in the journal.
+    fn journal_event(&self, seq: u64) -> Result<Lookup> {
+        match self.store.events(seq - 1, seq, None, 1) {
+            Ok(mut found) => {
+                if let Some(event) = found.pop() {
+                    return Ok(Lookup::Found(event));
+                }
+            }
+            Err(e) => {
+                tracing::error!(seq, error = %e, "undecodable journal event; not delivered");
+                return Ok(Lookup::Missing);
+            }
+        }
+        // The journal is a contiguous suffix, trimmed from its oldest end.
+        Ok(match self.store.oldest_event()? {
+            Some(oldest) if seq < oldest => Lookup::Trimmed,
+            _ => Lookup::Missing,
+        })
     }
 
     /// Subscribes to `session_id`. With `since`, first replays the journal
@@ -209,6 +243,28 @@ impl Hub {
             if subs.is_empty() {
                 state.subs.remove(&session_id);
             }
+        }
+    }
+}
+
+/// Where [`Hub::release`] found an applied event it had not been given.
+enum Lookup {
+    Found(JournalEvent),
+    /// Never written (or undecodable): there is nothing to deliver.
+    Missing,
+    /// Below the oldest event the journal retains.
+    Trimmed,
+}
+
+/// Keeps what the watch forwarded until its sequence is durable; an
+/// undecodable event is kept as `None`, so dispatch passes over it.
+fn hold(pending: &mut BTreeMap<u64, Option<JournalEvent>>, appended: Appended) {
+    match appended {
+        Appended::Event(event) => {
+            pending.insert(event.seq, Some(event));
+        }
+        Appended::Undecodable { seq } => {
+            pending.insert(seq, None);
         }
     }
 }
@@ -303,5 +359,65 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.hub.remove(self.session_id, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+    use crate::model::{EventKind, NewCheckpoint};
+    use crate::service::Service;
+    use crate::storage::import::ImportBatch;
+    use std::time::Duration;
+
+    /// The next delivery, or a failure naming what stalled.
+    async fn next(sub: &mut Subscription, what: &str) -> Delivery {
+        tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("dispatch stalled: {what}"))
+            .expect("subscription ended")
+    }
+
+    /// An event record the hub cannot decode is passed over: later events
+    /// still reach their subscribers.
+    #[tokio::test]
+    async fn an_undecodable_event_does_not_stop_dispatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = Service::open(StoreConfig::new(dir.path())).unwrap();
+        let s = service.create_session(None, None).await.unwrap().id;
+        let mut sub = service.subscribe(s, None).await.unwrap();
+        let bad = service.store().append_raw_event(b"not an event record").await.unwrap();
+        let cp = service.checkpoint(NewCheckpoint::new(s, "m")).await.unwrap();
+        let Delivery::Event(event) = next(&mut sub, "after an undecodable event").await else { panic!("lagged") };
+        assert_eq!(event.seq, bad + 1);
+        assert_eq!(event.kind, EventKind::CheckpointCreated { checkpoint_id: cp.id, sequence_number: 1 });
+    }
+
+    /// An event sequence raised without events (as import does) while the
+    /// hub runs: the numbers it skipped are not waited for.
+    #[tokio::test]
+    async fn a_sequence_raised_without_events_does_not_stall_dispatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = Service::open(StoreConfig::new(dir.path())).unwrap();
+        let floor = 40;
+        service.store().import(ImportBatch { event_seq_floor: floor, ..ImportBatch::default() }).await.unwrap();
+        let s = service.create_session(None, None).await.unwrap().id;
+        let mut sub = service.subscribe(s, None).await.unwrap();
+        let cp = service.checkpoint(NewCheckpoint::new(s, "m")).await.unwrap();
+        let Delivery::Event(event) = next(&mut sub, "after an import raised the sequence").await else {
+            panic!("lagged")
+        };
+        assert_eq!(event.seq, floor + 1);
+        assert_eq!(event.kind, EventKind::CheckpointCreated { checkpoint_id: cp.id, sequence_number: 1 });
+        // Also when the raised sequence is the last thing written: a
+        // subscriber from there on gets the next event.
+        service.store().import(ImportBatch { event_seq_floor: 100, ..ImportBatch::default() }).await.unwrap();
+        let mut late = service.subscribe(s, Some(100)).await.unwrap();
+        service.checkpoint(NewCheckpoint::new(s, "m")).await.unwrap();
+        let Delivery::Event(event) = next(&mut late, "after a raise at the end of the journal").await else {
+            panic!("lagged")
+        };
+        assert_eq!(event.seq, 101);
     }
 }

@@ -1,6 +1,7 @@
 //! The operations checkpointd offers, with their input rules. The server maps
 //! wire requests onto these methods; tests and tools may call them directly.
-//! Every write goes to [`Store`], which returns only once it is durable.
+//! Every write goes to [`Store`], which returns only once it is durable;
+//! every read answers only once what it read is durable (`Service::settled`).
 
 pub mod hub;
 
@@ -61,12 +62,12 @@ impl Service {
         self.store.create_session(name, metadata).await
     }
 
-    pub fn get_session(&self, id: SessionId) -> Result<Session> {
-        self.store.session(id)
+    pub async fn get_session(&self, id: SessionId) -> Result<Session> {
+        self.settled(self.store.session(id)).await
     }
 
-    pub fn list_sessions(&self, after: Option<SessionId>, limit: Option<usize>) -> Result<Vec<Session>> {
-        self.store.list_sessions(after, limit.unwrap_or(MAX_PAGE).min(MAX_PAGE))
+    pub async fn list_sessions(&self, after: Option<SessionId>, limit: Option<usize>) -> Result<Vec<Session>> {
+        self.settled(self.store.list_sessions(after, limit.unwrap_or(MAX_PAGE).min(MAX_PAGE))).await
     }
 
     pub async fn delete_session(&self, id: SessionId) -> Result<u64> {
@@ -80,20 +81,20 @@ impl Service {
         Ok(self.store.put_checkpoint(new).await?.0)
     }
 
-    pub fn get_checkpoint(&self, id: CheckpointId) -> Result<Checkpoint> {
-        self.store.checkpoint(id)
+    pub async fn get_checkpoint(&self, id: CheckpointId) -> Result<Checkpoint> {
+        self.settled(self.store.checkpoint(id)).await
     }
 
-    pub fn list_checkpoints(&self, session: SessionId, query: &ListQuery) -> Result<Vec<CheckpointSummary>> {
+    pub async fn list_checkpoints(&self, session: SessionId, query: &ListQuery) -> Result<Vec<CheckpointSummary>> {
         if let Some(tag) = &query.tag {
             check_tag("tag", tag)?;
         }
-        self.store.list_checkpoints(session, query, MAX_PAGE)
+        self.settled(self.store.list_checkpoints(session, query, MAX_PAGE)).await
     }
 
     /// Checkpoints of all sessions in global sequence order, after `after`.
-    pub fn list_by_sequence(&self, after: u64, limit: Option<usize>) -> Result<Vec<CheckpointSummary>> {
-        self.store.list_by_sequence(after, limit.unwrap_or(MAX_PAGE).min(MAX_PAGE))
+    pub async fn list_by_sequence(&self, after: u64, limit: Option<usize>) -> Result<Vec<CheckpointSummary>> {
+        self.settled(self.store.list_by_sequence(after, limit.unwrap_or(MAX_PAGE).min(MAX_PAGE))).await
     }
 
     pub async fn restore(&self, session: SessionId, id: CheckpointId) -> Result<Checkpoint> {
@@ -126,12 +127,18 @@ impl Service {
         self.store.set_retention(session, policy).await
     }
 
-    pub fn validate(&self, session: Option<SessionId>) -> Result<Validation> {
-        self.store.validate(session)
+    /// Checks every checksum; reads the whole store, so it runs on a
+    /// blocking thread.
+    pub async fn validate(&self, session: Option<SessionId>) -> Result<Validation> {
+        let store = Arc::clone(&self.store);
+        let result = tokio::task::spawn_blocking(move || store.validate(session))
+            .await
+            .map_err(|e| Error::Internal(format!("validation task failed: {e}")))?;
+        self.settled(result).await
     }
 
-    pub fn metrics(&self) -> Result<Metrics> {
-        self.store.metrics()
+    pub async fn metrics(&self) -> Result<Metrics> {
+        self.settled(self.store.metrics()).await
     }
 
     pub fn health(&self) -> Health {
@@ -144,9 +151,17 @@ impl Service {
     }
 
     /// Subscribes to a session's events; with `since`, replays those after it.
-    pub fn subscribe(&self, session: SessionId, since: Option<u64>) -> Result<Subscription> {
-        self.store.session(session)?;
+    pub async fn subscribe(&self, session: SessionId, since: Option<u64>) -> Result<Subscription> {
+        self.settled(self.store.session(session)).await?;
         self.hub.subscribe(session, since)
+    }
+
+    /// Answers a read (value or error) only once everything it may have
+    /// observed is durable: in `sync` mode no reply shows a change, or the
+    /// absence of a deleted one, that a crash could still undo.
+    async fn settled<T>(&self, read: Result<T>) -> Result<T> {
+        self.store.settled().await?;
+        read
     }
 }
 

@@ -14,14 +14,18 @@
 //! The flush runs on its own OS thread: `Tree::flush_async` can deadlock in
 //! sled 0.34.7 (sled #1308).
 
-use crate::config::{ASYNC_FLUSH_INTERVAL, Durability};
+use super::datadir;
+use super::records::{Counters, Mark};
+use crate::config::{ASYNC_FLUSH_DELAY, ASYNC_FLUSH_INTERVAL, Durability, MARK_INTERVAL};
 use crate::error::{Error, Result};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Proof that a write was applied; wait on it to know it is durable.
@@ -47,19 +51,34 @@ struct Pending {
     issued: u64,
     /// Last ticket the flushing thread has taken on.
     taken: u64,
-    /// Event sequence of the newest applied write.
-    event_seq: u64,
+    /// Counters as of the newest applied write.
+    counters: Counters,
+    /// `async`: when the oldest write not yet taken on was acknowledged.
+    window_start: Option<Instant>,
+    /// A flush was asked for now (`flush_now`): no `async` delay.
+    urgent: bool,
     closing: bool,
 }
 
 struct Shared {
     mode: Durability,
+    /// Tickets whose change may already be visible in sled: taken under
+    /// the store's write lock *before* the change's first key is written,
+    /// so a reader that saw any part of a change finds its ticket here.
+    reserved: AtomicU64,
+    /// `async`: the longest any acknowledged write waited to be durable, µs.
+    longest_window_us: AtomicU64,
+    /// The newest blob file (by lsn) synced whole; 0 when none.
+    synced_blob_lsn: AtomicU64,
     pending: Mutex<Pending>,
     wake: Condvar,
     synced: watch::Sender<Synced>,
     db: sled::Db,
     dir: PathBuf,
     data_file: File,
+    /// Tests hold this to keep the commit thread from flushing.
+    #[cfg(test)]
+    hold: Mutex<()>,
 }
 
 pub struct Committer {
@@ -68,43 +87,78 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the flushing thread for `db`, stored in `dir`, whose journal
-    /// currently ends at `event_seq` (all of it on disk).
-    pub fn start(db: sled::Db, dir: &Path, mode: Durability, event_seq: u64) -> Result<Committer> {
+    /// Starts the flushing thread for `db`, stored in `dir`, whose counters
+    /// (all of it on disk) are `counters`.
+    pub fn start(db: sled::Db, dir: &Path, mode: Durability, counters: Counters) -> Result<Committer> {
+        let event_seq = counters.event_seq;
         let data_file = File::open(dir.join("db"))?;
-        // The directory entries sled created must survive a power loss too.
+        // Whatever sled recovered or wrote while opening (a crash may have
+        // left unsynced writes in the page cache, which recovery reads as
+        // if on disk) and the directory entries it created must survive a
+        // power loss too, before anything is acknowledged.
+        let mut blobs = BlobSync::default();
+        flush_and_sync(&db, &data_file, dir, &mut blobs, Writes::Quiet)?;
         File::open(dir.join("conf"))?.sync_all()?;
         data_file.sync_all()?;
         File::open(dir)?.sync_all()?;
+        // And the data directory's own entry, in case it was just created.
+        if let Some(parent) = std::path::absolute(dir)?.parent() {
+            File::open(parent)?.sync_all()?;
+        }
         let (synced, _) = watch::channel(Synced { ticket: 0, event_seq, failed: false, closed: false });
         let shared = Arc::new(Shared {
             mode,
-            pending: Mutex::new(Pending { issued: 0, taken: 0, event_seq, closing: false }),
+            reserved: AtomicU64::new(0),
+            longest_window_us: AtomicU64::new(0),
+            synced_blob_lsn: AtomicU64::new(blobs.newest_settled().unwrap_or(0)),
+            pending: Mutex::new(Pending {
+                issued: 0,
+                taken: 0,
+                counters,
+                window_start: None,
+                urgent: false,
+                closing: false,
+            }),
             wake: Condvar::new(),
             synced,
             db,
             dir: dir.to_path_buf(),
             data_file,
+            #[cfg(test)]
+            hold: Mutex::new(()),
         });
         let thread_shared = Arc::clone(&shared);
-        let thread =
-            std::thread::Builder::new().name("checkpointd-commit".into()).spawn(move || thread_shared.run())?;
+        let thread = std::thread::Builder::new()
+            .name("checkpointd-commit".into())
+            .spawn(move || thread_shared.run(blobs, counters))?;
         Ok(Committer { shared, thread: Mutex::new(Some(thread)) })
     }
 
-    /// Records that a write ending the journal at `event_seq` was applied.
-    /// Called with the store's write lock held, so tickets and event
-    /// sequences rise together.
-    pub fn applied(&self, event_seq: u64) -> Ticket {
+    /// Announces that a change is about to be applied: readers from now on
+    /// wait for it (see [`Committer::settled`]). Called with the store's
+    /// write lock held, before the change touches sled; [`Committer::applied`]
+    /// follows once it is applied. If it never is, the store has failed.
+    pub fn reserve(&self) {
+        self.shared.reserved.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Records that a write leaving the store's counters at `counters` was
+    /// applied. Called with the store's write lock held, after
+    /// [`Committer::reserve`], so tickets and counters rise together.
+    pub fn applied(&self, counters: Counters) -> Ticket {
+        let event_seq = counters.event_seq;
         let mut p = self.shared.pending.lock().expect("commit lock");
         p.issued += 1;
-        p.event_seq = event_seq;
+        p.counters = counters;
+        debug_assert_eq!(p.issued, self.shared.reserved.load(Ordering::SeqCst));
         match self.shared.mode {
             Durability::Sync => self.shared.wake.notify_one(),
             Durability::Async => {
                 self.shared.synced.send_modify(|s| s.event_seq = s.event_seq.max(event_seq));
-                // Only the first write of a window wakes the thread.
+                // Only the first write of a window wakes the thread; the
+                // window's deadline runs from its acknowledgement.
                 if p.issued == p.taken + 1 {
+                    p.window_start = Some(Instant::now());
                     self.shared.wake.notify_one();
                 }
             }
@@ -118,6 +172,23 @@ impl Committer {
         if self.shared.mode == Durability::Async {
             return self.check();
         }
+        self.wait_durable(ticket).await
+    }
+
+    /// Flushes everything applied so far, in either mode, and returns once
+    /// it is on disk.
+    pub async fn flush_now(&self) -> Result<()> {
+        let target = {
+            let mut p = self.shared.pending.lock().expect("commit lock");
+            p.urgent = true;
+            self.shared.wake.notify_one();
+            p.issued
+        };
+        self.wait_durable(Ticket(target)).await
+    }
+
+    /// Returns once the commit thread has synced `ticket`.
+    async fn wait_durable(&self, ticket: Ticket) -> Result<()> {
         let mut rx = self.shared.synced.subscribe();
         let synced = rx.wait_for(|s| s.ticket >= ticket.0 || s.failed || s.closed).await.map_err(|_| closed())?;
         if synced.ticket >= ticket.0 {
@@ -128,6 +199,21 @@ impl Committer {
             // Applied after the final flush of `close`: never acknowledged.
             Err(closed())
         }
+    }
+
+    /// Returns once every change a reader may have observed so far is as
+    /// durable as an acknowledgement: call it *after* reading and before
+    /// answering, so that no reply shows a change a crash could undo (in
+    /// `sync` mode). A reader that ran alongside no write does not wait.
+    pub async fn settled(&self) -> Result<()> {
+        if self.shared.mode == Durability::Async {
+            return Ok(());
+        }
+        let target = self.shared.reserved.load(Ordering::SeqCst);
+        if self.shared.synced.borrow().ticket >= target {
+            return Ok(());
+        }
+        self.wait(Ticket(target)).await
     }
 
     /// Fails when an earlier flush failed (fail-closed) or the store is closed.
@@ -147,9 +233,28 @@ impl Committer {
         self.shared.synced.send_modify(|s| s.failed = true);
     }
 
+    /// `async` mode: the longest time an acknowledged write has waited to
+    /// be durable since the store opened (the loss window a power cut
+    /// could have hit).
+    pub fn longest_async_window(&self) -> Duration {
+        Duration::from_micros(self.shared.longest_window_us.load(Ordering::Relaxed))
+    }
+
+    /// Keeps the commit thread from completing a flush while the guard lives.
+    #[cfg(test)]
+    pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.shared.hold.lock().expect("hold lock")
+    }
+
     /// Watermarks for event delivery.
     pub fn subscribe(&self) -> watch::Receiver<Synced> {
         self.shared.synced.subscribe()
+    }
+
+    /// Records in the mark file that `counters` are on disk. Call only when
+    /// they are: at open, and after `close` (which flushed everything).
+    pub fn write_mark(&self, counters: Counters) -> std::io::Result<()> {
+        self.shared.write_mark(counters)
     }
 
     /// Flushes what is pending and stops the thread. Idempotent.
@@ -187,30 +292,59 @@ fn failed() -> Error {
 }
 
 impl Shared {
-    fn run(&self) {
-        let mut synced_blobs = HashSet::new();
+    fn run(&self, mut blobs: BlobSync, mut marked: Counters) {
+        let mut last_mark = Instant::now();
         loop {
-            let (target, event_seq, closing) = {
+            let (target, counters, window_start, closing) = {
                 let mut p = self.pending.lock().expect("commit lock");
                 // Sleeps until there is work: an idle server uses no CPU.
                 while p.issued == p.taken && !p.closing {
                     p = self.wake.wait(p).expect("commit lock");
                 }
-                // In async mode a whole window of writes shares one flush.
-                if self.mode == Durability::Async && !p.closing {
-                    p = self.wake.wait_timeout(p, ASYNC_FLUSH_INTERVAL).expect("commit lock").0;
+                // In async mode a whole window of writes shares one flush,
+                // started ASYNC_FLUSH_DELAY after the window's first write
+                // was acknowledged (at once if a flush already took that
+                // long), which leaves the rest of ASYNC_FLUSH_INTERVAL for
+                // the flush itself.
+                if self.mode == Durability::Async {
+                    let deadline = p.window_start.unwrap_or_else(Instant::now) + ASYNC_FLUSH_DELAY;
+                    while !p.closing && !p.urgent {
+                        let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+                        else {
+                            break;
+                        };
+                        p = self.wake.wait_timeout(p, left).expect("commit lock").0;
+                    }
                 }
                 p.taken = p.issued;
-                (p.issued, p.event_seq, p.closing)
+                p.urgent = false;
+                (p.issued, p.counters, p.window_start.take(), p.closing)
             };
-            if let Err(e) = self.flush(&mut synced_blobs) {
+            #[cfg(test)]
+            let _held = self.hold.lock().expect("hold lock");
+            if let Err(e) = self.flush(&mut blobs, target) {
                 tracing::error!(error = %e, "flush to disk failed; the store now refuses writes");
                 self.synced.send_modify(|s| s.failed = true);
                 return;
             }
+            if let Some(start) = window_start {
+                self.window_closed(start.elapsed());
+            }
+            if let Some(lsn) = blobs.newest_settled() {
+                self.synced_blob_lsn.fetch_max(lsn, Ordering::SeqCst);
+            }
+            if last_mark.elapsed() >= MARK_INTERVAL && counters != marked {
+                // A record of what is on disk now, for the next open to
+                // check sled's recovery against; not needed to acknowledge.
+                match self.write_mark(counters) {
+                    Ok(()) => marked = counters,
+                    Err(e) => tracing::warn!(error = %e, "could not record the counters beside the data"),
+                }
+                last_mark = Instant::now();
+            }
             self.synced.send_modify(|s| {
                 s.ticket = s.ticket.max(target);
-                s.event_seq = s.event_seq.max(event_seq);
+                s.event_seq = s.event_seq.max(counters.event_seq);
                 // After the final flush, waiters for later tickets give up.
                 s.closed |= closing;
             });
@@ -220,54 +354,193 @@ impl Shared {
         }
     }
 
-    fn flush(&self, synced_blobs: &mut HashSet<OsString>) -> std::io::Result<()> {
-        self.db.flush().map_err(std::io::Error::other)?;
-        self.data_file.sync_data()?;
-        // Listing the blobs needs a descriptor. Running out of them (clients
-        // holding the rest) is not a disk failure: wait for one to be freed
-        // rather than fail the store closed.
-        let mut attempts = 0;
-        loop {
-            match self.sync_blobs(synced_blobs) {
-                Err(e) if is_out_of_descriptors(&e) && attempts < DESCRIPTOR_RETRIES => {
-                    attempts += 1;
-                    tracing::warn!(error = %e, "out of file descriptors while syncing blobs; retrying");
-                    std::thread::sleep(DESCRIPTOR_RETRY_PAUSE);
-                }
-                other => return other,
-            }
+    /// Writes the mark file: `counters` and every blob synced so far are
+    /// on disk.
+    fn write_mark(&self, counters: Counters) -> std::io::Result<()> {
+        let blob_lsn = Some(self.synced_blob_lsn.load(Ordering::SeqCst)).filter(|&lsn| lsn > 0);
+        datadir::write_mark(&self.dir, &Mark { counters, blob_lsn })
+    }
+
+    /// Notes how long an `async` window's first write waited to be durable.
+    fn window_closed(&self, waited: Duration) {
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        let before = self.longest_window_us.fetch_max(us, Ordering::Relaxed);
+        if waited > ASYNC_FLUSH_INTERVAL && us > before {
+            tracing::warn!(
+                waited_ms = waited.as_millis() as u64,
+                bound_ms = ASYNC_FLUSH_INTERVAL.as_millis() as u64,
+                "an async write waited longer than the documented bound to be durable: the disk is slow"
+            );
         }
     }
 
-    /// fsyncs blob files sled created since the last flush, then their
-    /// directory. Usually the directory is empty and this is one readdir.
-    fn sync_blobs(&self, synced: &mut HashSet<OsString>) -> std::io::Result<()> {
-        let blobs = self.dir.join("blobs");
-        let entries = match std::fs::read_dir(&blobs) {
-            Ok(entries) => entries,
+    /// Makes every write up to ticket `applied` durable.
+    fn flush(&self, blobs: &mut BlobSync, applied: u64) -> std::io::Result<()> {
+        let writes = Writes::Running { applied, reserved: &self.reserved };
+        flush_and_sync(&self.db, &self.data_file, &self.dir, blobs, writes)
+    }
+}
+
+/// Makes everything sled has applied durable: `Db::flush` (which on Linux
+/// only calls `sync_file_range`), `fdatasync` of the `db` file, then every
+/// blob file not yet synced at its current length.
+///
+/// Invariant: a blob file is complete before the insert that wrote it
+/// returns (sled writes it in the inserting thread, in several `write`
+/// calls), so when this runs for a write, that write's blobs are whole.
+fn flush_and_sync(
+    db: &sled::Db,
+    data_file: &File,
+    dir: &Path,
+    blobs: &mut BlobSync,
+    writes: Writes<'_>,
+) -> std::io::Result<()> {
+    db.flush().map_err(std::io::Error::other)?;
+    data_file.sync_data()?;
+    // Listing the blobs needs a descriptor. Running out of them (clients
+    // holding the rest) is not a disk failure: wait for one to be freed
+    // rather than fail the store closed.
+    let mut attempts = 0;
+    loop {
+        match blobs.sync(dir, writes) {
+            Err(e) if is_out_of_descriptors(&e) && attempts < DESCRIPTOR_RETRIES => {
+                attempts += 1;
+                tracing::warn!(error = %e, "out of file descriptors while syncing blobs; retrying");
+                std::thread::sleep(DESCRIPTOR_RETRY_PAUSE);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Flushes and fsyncs a database opened outside the store (migrations):
+/// the same steps as a group commit, with every blob file synced.
+pub fn sync_database(db: &sled::Db, dir: &Path) -> Result<()> {
+    let data_file = File::open(dir.join("db"))?;
+    flush_and_sync(db, &data_file, dir, &mut BlobSync::default(), Writes::Quiet)?;
+    Ok(())
+}
+
+/// What writers may be doing while blob files are listed.
+#[derive(Clone, Copy)]
+enum Writes<'a> {
+    /// None is (opening, migrating): every blob file is whole.
+    Quiet,
+    /// Every write up to ticket `applied` has returned from sled; later
+    /// ones may be writing blob files now, and `reserved` counts them.
+    Running { applied: u64, reserved: &'a AtomicU64 },
+}
+
+/// Most blob files whose writeback runs at once (each holds a descriptor).
+const SYNC_BATCH: usize = 64;
+
+/// Asks the kernel to start writing `file`'s dirty pages without waiting
+/// (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`); the `fdatasync` that
+/// follows is what makes them durable. Best effort: a failure here only
+/// loses the head start.
+fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor owned by `file`; no memory is passed.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+/// Which blob files are on disk, and up to what length.
+///
+/// A file's synced *length* is what counts, not its name: sled creates a
+/// blob file and then writes it in several calls, so a listing can find a
+/// file that holds only its first bytes. Syncing it then and remembering
+/// only its name would leave the rest of it unsynced forever (a power cut
+/// then truncates it, and sled stops its log there).
+///
+/// A file stops being looked at once it is *settled*: whole and synced.
+/// sled writes a blob file inside the insert that needs it, so a file is
+/// whole once that write has returned. Which write made a file is unknown,
+/// but not its bound: a file found by a listing was created by a write that
+/// had reserved its ticket before the listing ended (see
+/// [`Committer::reserve`]). Once every ticket up to that bound has been
+/// applied, the file's length is final; synced at it, it is settled. So a
+/// flush stats only new and recent files, not every blob in the directory
+/// (sled leaves many behind, its issue #786).
+#[derive(Default)]
+struct BlobSync {
+    files: HashMap<OsString, BlobFile>,
+}
+
+#[derive(Clone, Copy)]
+struct BlobFile {
+    /// Synced up to here.
+    len: u64,
+    /// Tickets reserved when a listing first found it: its writer is one of them.
+    made_by: u64,
+    settled: bool,
+}
+
+impl BlobSync {
+    /// The newest blob file synced whole.
+    fn newest_settled(&self) -> Option<u64> {
+        self.files.iter().filter(|(_, f)| f.settled).filter_map(|(name, _)| name.to_str()?.parse::<u64>().ok()).max()
+    }
+
+    /// fsyncs every blob file that is new or has grown since it was last
+    /// synced, then, if a file was new, their directory.
+    fn sync(&mut self, dir: &Path, writes: Writes<'_>) -> std::io::Result<()> {
+        let blobs = dir.join("blobs");
+        let names = match std::fs::read_dir(&blobs) {
+            Ok(entries) => entries.map(|e| e.map(|e| e.file_name())).collect::<std::io::Result<Vec<_>>>()?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        let mut present = HashSet::new();
-        let mut new = false;
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name();
-            if !synced.contains(&name) {
-                match File::open(entry.path()) {
-                    Ok(f) => f.sync_data()?,
-                    // sled may remove an obsolete blob while we list.
+        // Read after the listing: every file it found was begun by one of
+        // these tickets.
+        let (applied, reserved) = match writes {
+            Writes::Quiet => (u64::MAX, 0),
+            Writes::Running { applied, reserved } => (applied, reserved.load(Ordering::SeqCst)),
+        };
+        let mut present = HashMap::with_capacity(self.files.len());
+        let mut new_entry = false;
+        // Writeback is started on every file before any is waited for, so
+        // the device works on them together. At most SYNC_BATCH are open.
+        let mut started: Vec<File> = Vec::with_capacity(SYNC_BATCH);
+        for name in names {
+            let previous = self.files.get(&name).copied();
+            if let Some(settled) = previous.filter(|f| f.settled) {
+                present.insert(name, settled);
+                continue;
+            }
+            let path = blobs.join(&name);
+            // The length is read before the sync, so the sync covers at
+            // least that much; a file still growing differs next time.
+            let len = match std::fs::metadata(&path) {
+                Ok(m) => m.len(),
+                // sled removes obsolete blobs while we list.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if previous.map(|f| f.len) != Some(len) {
+                match File::open(&path) {
+                    Ok(f) => {
+                        start_writeback(&f);
+                        started.push(f);
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 }
-                new = true;
+                new_entry |= previous.is_none();
+                if started.len() == SYNC_BATCH {
+                    started.drain(..).try_for_each(|f| f.sync_data())?;
+                }
             }
-            present.insert(name);
+            let made_by = previous.map_or(reserved, |f| f.made_by);
+            // Its writer had returned before `len` was read: it is whole.
+            present.insert(name, BlobFile { len, made_by, settled: made_by <= applied });
         }
-        if new {
+        started.drain(..).try_for_each(|f| f.sync_data())?;
+        if new_entry {
             File::open(&blobs)?.sync_all()?;
         }
-        *synced = present;
+        self.files = present;
         Ok(())
     }
 }

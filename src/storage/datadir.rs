@@ -17,9 +17,9 @@
 //!    [`check_blobs`]): the path is a directory we may read (and write);
 //!    `db`, `conf` and `blobs` are what sled expects; sled files without a
 //!    `db` are not a new directory; `db` holds at least one valid sled
-//!    segment header; every blob file that recovery will read passes its
-//!    checksum, except the newest one when no later log segment was started
-//!    after it (a write a crash cut short looks like that).
+//!    segment header; every blob file that recovery will read and that the
+//!    mark says was synced whole passes its checksum (newer ones may be
+//!    writes a crash cut short: sled recovers up to the first of them).
 //! 2. **sled's open and recovery** run under [`crate::panics::catch`]: a
 //!    panic prints nothing and becomes [`DirError::Unrecoverable`], as do
 //!    sled's corruption errors.
@@ -30,10 +30,10 @@
 //!    counts checkpoints has some, and no stored sequence number, event or
 //!    session ordinal is above the counter that hands them out (else new
 //!    ones would overwrite old ones). And sled recovered at least what the
-//!    mark ([`MARK_FILE`]) says was durable when checkpointd last opened or
-//!    closed the directory: sled cannot tell a log cut short by damage from
-//!    a crash, and recovers the prefix; our own record of what was on disk
-//!    can.
+//!    mark ([`MARK_FILE`]) says was durable when checkpointd last wrote it
+//!    (at open, at close, and at most once a second while writes go on):
+//!    sled cannot tell a log cut short by damage from a crash, and recovers
+//!    the prefix; our own record of what was on disk can.
 //!
 //! What this cannot see without reading everything: a missing or damaged
 //! blob that recovery does not read (older than sled's last snapshot); reads
@@ -43,7 +43,7 @@
 //! where its recovery stopped before step 3 can refuse the directory.
 
 use super::keys::{self, TREE_NAMES, TreeId};
-use super::records::Counters;
+use super::records::{Counters, Mark};
 use super::{codec, migrate};
 use crate::error::{Error, Result};
 use sled::Tree;
@@ -145,7 +145,11 @@ pub fn open<T>(
     if survey.had_db {
         check_log(dir, shown)?;
     }
-    check_blobs(dir, shown, &survey)?;
+    let mark = match survey.had_db {
+        true => read_mark(dir).map_err(|what| DirError::Damaged { dir: shown.to_path_buf(), what })?,
+        false => None,
+    };
+    check_blobs(dir, shown, &survey, mark.and_then(|m| m.blob_lsn))?;
     let recovered = crate::panics::catch(|| -> Result<(Opened, T)> {
         let db = sled::Config::new()
             .path(dir)
@@ -172,8 +176,7 @@ pub fn open<T>(
         let out = then(&db, &trees).map_err(|e| in_dir(shown, e))?;
         if migrate::read_version(meta).map_err(|e| in_dir(shown, e))? == Some(migrate::CURRENT_FORMAT) {
             let damaged = |what| DirError::Damaged { dir: shown.to_path_buf(), what };
-            let mark = read_mark(dir).map_err(damaged)?;
-            check_recovered(&trees, mark).map_err(damaged)?;
+            check_recovered(&trees, mark.map(|m| m.counters)).map_err(damaged)?;
         }
         Ok((Opened { db, trees }, out))
     });
@@ -382,18 +385,18 @@ pub fn check_log(dir: &Path, shown: &Path) -> Result<(), DirError> {
 }
 
 /// Step 1c: every blob file that sled's recovery reads (those written since
-/// the segment of its last snapshot) passes its checksum. sled would stop
-/// recovery at a damaged one, silently, and delete every later blob. The
-/// newest blob is exempt when no log segment was started after it: a crash
-/// in the middle of writing it leaves it torn, and losing it loses only that
-/// unacknowledged write.
-pub fn check_blobs(dir: &Path, shown: &Path, survey: &Survey) -> Result<(), DirError> {
-    let Some(&newest) = survey.blobs.last() else { return Ok(()) };
+/// the segment of its last snapshot) and that the mark says was synced whole
+/// (`synced_through`) passes its checksum. sled would stop recovery at a
+/// damaged one, silently, and delete every later blob. A blob above the
+/// mark may be a write a crash cut short, and is left to sled's recovery.
+pub fn check_blobs(dir: &Path, shown: &Path, survey: &Survey, synced_through: Option<u64>) -> Result<(), DirError> {
+    // Blob files above the mark may be writes a crash cut short (sled
+    // recovers the log up to the first of them, and only unacknowledged
+    // writes follow it: acknowledgements come in log order); at or below
+    // it, checkpointd had synced them whole.
+    let Some(synced_through) = synced_through else { return Ok(()) };
     let from = survey.snapshot_lsn.map_or(0, |lsn| lsn - lsn % segment_bytes(dir));
-    let later_segment = |blob: u64| -> Result<bool, DirError> {
-        Ok(survey.had_db && segment_lsns(dir, shown)?.iter().any(|&s| s > blob))
-    };
-    for &lsn in survey.blobs.iter().filter(|&&lsn| lsn >= from) {
+    for &lsn in survey.blobs.iter().filter(|&&lsn| lsn >= from && lsn <= synced_through) {
         let path = dir.join("blobs").join(lsn.to_string());
         let intact = match blob_intact(&path) {
             Ok(intact) => intact,
@@ -401,7 +404,7 @@ pub fn check_blobs(dir: &Path, shown: &Path, survey: &Survey) -> Result<(), DirE
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io_error(shown, &format!("cannot read `blobs/{lsn}`"), &e)),
         };
-        if !intact && (lsn != newest || later_segment(lsn)?) {
+        if !intact {
             let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             return Err(DirError::Damaged {
                 dir: shown.to_path_buf(),
@@ -480,7 +483,7 @@ pub fn check_recovered(trees: &[Tree], mark: Option<Counters>) -> Result<(), Str
         ] {
             if recovered < marked {
                 return Err(format!(
-                    "sled recovered {what} {recovered}, but {marked} was on disk when checkpointd last opened or closed it ({MARK_FILE}): part of its log is lost"
+                    "sled recovered {what} {recovered}, but {marked} was on disk when checkpointd last recorded it ({MARK_FILE}): part of its log is lost"
                 ));
             }
         }
@@ -488,16 +491,17 @@ pub fn check_recovered(trees: &[Tree], mark: Option<Counters>) -> Result<(), Str
     Ok(())
 }
 
-/// The counters as they were when checkpointd last opened or closed the
-/// directory, kept beside sled's files (`checkpointd.counters`, written
-/// whole and fsynced). Everything they count was durable when they were
+/// The counters (and newest blob synced whole) as they were when
+/// checkpointd last wrote its mark: at open, at close, and at most once a
+/// `MARK_INTERVAL` while serving. Kept beside sled's files
+/// (`checkpointd.counters`, written whole and fsynced). Everything they count was durable when they were
 /// written, so sled must recover at least that much: a log cut short by
 /// damage (which sled cannot tell from a crash) recovers less.
 pub const MARK_FILE: &str = "checkpointd.counters";
 
 /// Reads the mark; `None` when there is none (a directory of an older
 /// checkpointd, or never closed).
-pub fn read_mark(dir: &Path) -> Result<Option<Counters>, String> {
+pub fn read_mark(dir: &Path) -> Result<Option<Mark>, String> {
     match fs::read(dir.join(MARK_FILE)) {
         Ok(bytes) => codec::decode(&bytes, MARK_FILE).map(Some).map_err(|e| e.to_string()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -505,13 +509,13 @@ pub fn read_mark(dir: &Path) -> Result<Option<Counters>, String> {
     }
 }
 
-/// Replaces the mark with `counters`, durably. Call only once everything
-/// they count is on disk.
-pub fn write_mark(dir: &Path, counters: &Counters) -> io::Result<()> {
+/// Replaces the mark, durably. Call only once everything it counts is on
+/// disk.
+pub fn write_mark(dir: &Path, mark: &Mark) -> io::Result<()> {
     use std::io::Write;
     let partial = dir.join(format!("{MARK_FILE}.partial"));
     let mut file = File::create(&partial)?;
-    file.write_all(&codec::encode(counters))?;
+    file.write_all(&codec::encode(mark))?;
     file.sync_all()?;
     fs::rename(&partial, dir.join(MARK_FILE))?;
     File::open(dir)?.sync_all()

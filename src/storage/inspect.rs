@@ -9,11 +9,11 @@
 //! - By default it first takes the directory's lock (the `flock` on `db` that
 //!   sled takes), so no server writes while it copies; when a server holds
 //!   it, opening fails with one line that suggests `--snapshot`.
-//! - With `snapshot` it copies without the lock, while a server may be
-//!   writing: sled recovers the copy as it would a crash image, and the
-//!   inspector completes the last change from its intent record (see
-//!   [`super`]) as the server would at its next start. So it shows every
-//!   write that was durable when the copy was taken.
+//! - With `snapshot` the copy is taken while a server may run on the
+//!   directory: the server pauses its writes and syncs them while the files
+//!   are copied (see [`crate::snapshot`]), so the copy holds every write
+//!   acknowledged before the snapshot began and is a consistent image. With
+//!   no server running it is taken under the lock, as above.
 
 use super::datadir::{self, Access};
 use super::keys::{self, TREE_COUNT, TreeId};
@@ -24,7 +24,6 @@ use crate::model::{Checkpoint, CheckpointId, JournalEvent, SessionId};
 use serde_json::value::RawValue;
 use sled::Tree;
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, TryLockError};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
@@ -39,7 +38,8 @@ pub struct Inspector {
     // Field order is drop order: sled closes before its files are removed.
     trees: Vec<Tree>,
     _db: sled::Db,
-    copy: tempfile::TempDir,
+    /// The private copy, when the inspector made one.
+    copy: Option<tempfile::TempDir>,
     source: PathBuf,
     source_bytes: u64,
 }
@@ -88,51 +88,41 @@ impl Verification {
     }
 }
 
-fn locked(dir: &Path) -> Error {
-    Error::Unavailable(format!(
-        "data directory {} is locked by a running checkpointd server; use --snapshot to read a copy of it",
-        dir.display()
-    ))
+/// Opens a copy of a data directory (`source` names the original in
+/// errors) and completes a change a crash or the copy cut short, as the
+/// server would when it opens the directory; a damaged copy is refused
+/// (`datadir`).
+fn open_sled(path: &Path, source: &Path) -> Result<(sled::Db, Vec<Tree>)> {
+    let (opened, ()) = datadir::open(path, source, Access::Inspect, CACHE_BYTES, |_, _| Ok(()))?;
+    let datadir::Opened { db, trees } = opened;
+    debug_assert_eq!(trees.len(), TREE_COUNT);
+    Ok((db, trees))
 }
 
 impl Inspector {
     /// Copies `dir` to a temporary directory and opens the copy. Without
     /// `snapshot`, holds the directory's lock while copying (and fails when
-    /// a server holds it). Refuses a path that is not a sled directory, so
-    /// nothing is ever created.
+    /// a server holds it); with it, a running server pauses its writes while
+    /// the copy is taken ([`crate::snapshot`]). Refuses a path that is not a
+    /// sled directory, so nothing is ever created.
     pub fn open(dir: &Path, snapshot: bool) -> Result<Inspector> {
-        // What is wrong with the directory itself is said before copying it.
-        let survey = datadir::survey(dir, dir, Access::Inspect)?;
-        if !survey.had_db || !dir.join("conf").is_file() {
-            return Err(Error::NotFound(format!(
-                "{} is not a checkpointd data directory (no sled database in it)",
-                dir.display()
-            )));
-        }
-        let db_file = dir.join("db");
         let copy = tempfile::Builder::new().prefix("checkpoint-dump-").tempdir()?;
-        let source_bytes = {
-            // The same advisory lock sled takes; a read-only descriptor
-            // suffices and changes nothing in the file.
-            let _lock = if snapshot {
-                None
-            } else {
-                let file = File::open(&db_file)?;
-                match file.try_lock() {
-                    Ok(()) => Some(file),
-                    Err(TryLockError::WouldBlock) => return Err(locked(dir)),
-                    Err(TryLockError::Error(e)) => return Err(e.into()),
-                }
-            };
-            dircopy::copy_dir(dir, copy.path(), false)
-                .map_err(|e| Error::Unavailable(format!("cannot copy data directory {}: {e}", dir.display())))?
+        let source_bytes = if snapshot {
+            crate::snapshot::copy_consistent(dir, copy.path())?.bytes
+        } else {
+            crate::snapshot::copy_locked(dir, copy.path())?
         };
-        // Complete a change a crash (or the snapshot) cut short, as the
-        // server would when it opens the directory: in the copy only.
-        let (opened, ()) = datadir::open(copy.path(), dir, Access::Inspect, CACHE_BYTES, |_, _| Ok(()))?;
-        let datadir::Opened { db, trees } = opened;
-        debug_assert_eq!(trees.len(), TREE_COUNT);
-        Ok(Inspector { trees, _db: db, copy, source: dir.to_path_buf(), source_bytes })
+        let (db, trees) = open_sled(copy.path(), dir)?;
+        Ok(Inspector { trees, _db: db, copy: Some(copy), source: dir.to_path_buf(), source_bytes })
+    }
+
+    /// Opens a directory that is this process's own copy (a backup being
+    /// made) in place: sled recovers it and the last change is completed,
+    /// exactly as when a server opens it.
+    pub fn open_own_copy(dir: &Path) -> Result<Inspector> {
+        let source_bytes = dircopy::dir_size(dir)?;
+        let (db, trees) = open_sled(dir, dir)?;
+        Ok(Inspector { trees, _db: db, copy: None, source: dir.to_path_buf(), source_bytes })
     }
 
     fn tree(&self, id: TreeId) -> &Tree {
@@ -141,7 +131,7 @@ impl Inspector {
 
     /// Where the private copy lives (removed when the inspector is dropped).
     pub fn copy_path(&self) -> &Path {
-        self.copy.path()
+        self.copy.as_ref().map_or(&self.source, |c| c.path())
     }
 
     pub fn format_version(&self) -> Result<Option<u32>> {

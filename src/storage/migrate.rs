@@ -190,9 +190,9 @@ fn run_step(db: &sled::Db, meta: &Tree, data_dir: &Path, step: &Step) -> Result<
         Err(TransactionError::Storage(e)) => return Err(e.into()),
         Err(TransactionError::Abort(())) => return Err(Error::Internal("migration transaction aborted".into())),
     }
-    db.flush()?;
-    // sled's flush does not fsync on Linux (see `commit`).
-    std::fs::File::open(data_dir.join("db"))?.sync_data()?;
+    // sled's flush does not fsync on Linux: sync as a group commit does,
+    // blob files included.
+    super::commit::sync_database(db, data_dir)?;
     debug_assert_eq!(read_version(meta)?, Some(to));
     Ok(())
 }

@@ -19,9 +19,12 @@
 //! record for concurrent readers too: new records before their indexes,
 //! removed indexes before their records.
 //!
-//! Reads go straight to sled and may observe a write a few microseconds
-//! before it is acknowledged; journal events, however, are released to
-//! subscribers only after they are durable.
+//! **Reads.** Reads go straight to sled, without the write lock, so they may
+//! observe a change before it is durable. A reader therefore calls
+//! [`Store::settled`] after reading and before answering: it returns once
+//! every change the read could have seen is durable, so no client is ever
+//! shown a checkpoint, sequence number or deletion that a crash could undo.
+//! Journal events are likewise released to subscribers only once durable.
 
 pub mod codec;
 pub mod commit;
@@ -47,7 +50,7 @@ use records::{AnnotationRecord, CheckpointRecord, Counters, EventRecord, Session
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sled::{Batch, Tree};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub use commit::Synced as DurableMark;
 
@@ -55,10 +58,20 @@ pub use commit::Synced as DurableMark;
 pub struct Store {
     db: sled::Db,
     trees: Vec<Tree>,
+    /// Every write passes it shared; [`Store::pause_writes`] takes it
+    /// whole, so that nothing changes the files while they are copied.
+    gate: Arc<tokio::sync::RwLock<()>>,
     /// Serialises writers; holds the counters as last committed.
     writer: Mutex<Counters>,
     committer: Committer,
     config: StoreConfig,
+}
+
+/// Writes are held while this lives (see [`Store::pause_writes`]).
+pub struct WritePause {
+    _guard: tokio::sync::OwnedRwLockWriteGuard<()>,
+    /// As of the pause: what a copy taken now holds.
+    pub metrics: Metrics,
 }
 
 /// One key of a change: a put, or a removal when `value` is `None`.
@@ -152,8 +165,9 @@ impl Store {
                 }
             })?;
         let datadir::Opened { db, trees } = opened;
-        let committer = Committer::start(db.clone(), &config.data_dir, config.durability, counters.event_seq)?;
-        let store = Store { db, trees, writer: Mutex::new(counters), committer, config };
+        let committer = Committer::start(db.clone(), &config.data_dir, config.durability, counters)?;
+        let gate = Arc::new(tokio::sync::RwLock::new(()));
+        let store = Store { db, trees, gate, writer: Mutex::new(counters), committer, config };
         store.trim_journal()?;
         store.write_mark()?;
         Ok(store)
@@ -164,8 +178,7 @@ impl Store {
     /// recovered at least this much.
     fn write_mark(&self) -> Result<()> {
         let counters = *self.writer.lock().map_err(|_| Error::Internal("write lock poisoned".into()))?;
-        self.db.flush()?;
-        datadir::write_mark(&self.config.data_dir, &counters)?;
+        self.committer.write_mark(counters)?;
         Ok(())
     }
 
@@ -188,7 +201,10 @@ impl Store {
     /// Runs `f` to gather one atomic write, applies it, and waits until it is
     /// durable. The single path by which anything is written.
     async fn write<T>(&self, f: impl FnOnce(&mut Write<'_>) -> Result<T>) -> Result<T> {
-        let (out, ticket) = self.write_now(f)?;
+        let (out, ticket) = {
+            let _open = self.gate.read().await;
+            self.write_now(f)?
+        };
         self.committer.wait(ticket).await?;
         Ok(out)
     }
@@ -204,6 +220,7 @@ impl Store {
         if w.counters != *committed {
             w.put(TreeId::Meta, keys::META_COUNTERS, codec::encode(&w.counters));
         }
+        self.committer.reserve();
         if let Err(e) = self.apply(w.ops) {
             // Part of the change may be applied; the intent completes it at
             // the next open. Until then, fail closed.
@@ -211,7 +228,7 @@ impl Store {
             return Err(e.into());
         }
         *committed = w.counters;
-        Ok((out, self.committer.applied(committed.event_seq)))
+        Ok((out, self.committer.applied(*committed)))
     }
 
     /// Applies one change atomically with respect to crashes: the intent
@@ -313,6 +330,7 @@ impl Store {
         // them leaves a smaller session, never a dangling index entry.
         let mut removed = 0;
         loop {
+            let _open = self.gate.read().await;
             let (done, ticket) = self.write_now(|w| {
                 let mut rec = w.store.session_record(id)?;
                 let range = w.store.tree(TreeId::Checkpoints).range(keys::session_checkpoints(id, 0..=u64::MAX));
@@ -681,6 +699,42 @@ impl Store {
         self.writer.lock().expect("write lock").event_seq
     }
 
+    /// Returns once everything a read may have observed so far is durable
+    /// (in `sync` mode; in `async` mode at once). Readers call it after
+    /// reading, before they answer: see [`commit::Committer::settled`].
+    pub async fn settled(&self) -> Result<()> {
+        self.committer.settled().await
+    }
+
+    /// Journals `value` as the next event, whatever it holds: tests use it
+    /// to put an undecodable record where dispatch will meet it.
+    #[cfg(test)]
+    pub(crate) async fn append_raw_event(&self, value: &[u8]) -> Result<u64> {
+        self.write(|w| {
+            w.counters.event_seq += 1;
+            w.put(TreeId::Events, keys::u64_key(w.counters.event_seq), value);
+            Ok(w.counters.event_seq)
+        })
+        .await
+    }
+
+    /// `async` mode: the longest an acknowledged write has waited to be
+    /// durable since the store opened.
+    pub fn longest_async_window(&self) -> std::time::Duration {
+        self.committer.longest_async_window()
+    }
+
+    /// Stops every write at the gate (waiting for those in progress), then
+    /// makes everything applied durable, in either mode. Until the returned
+    /// pause is dropped, nothing changes the data directory's files: a copy
+    /// taken meanwhile is a consistent image that holds every acknowledged
+    /// write. Reads go on; writers wait.
+    pub async fn pause_writes(&self) -> Result<WritePause> {
+        let guard = Arc::clone(&self.gate).write_owned().await;
+        self.committer.flush_now().await?;
+        Ok(WritePause { _guard: guard, metrics: self.metrics()? })
+    }
+
     /// Whether the store still accepts writes.
     pub fn healthy(&self) -> bool {
         self.committer.check().is_ok()
@@ -852,35 +906,40 @@ fn decode_event(k: &[u8], v: &[u8]) -> Result<JournalEvent> {
     Ok(codec::decode::<EventRecord>(v, "event")?.to_model(seq))
 }
 
-/// Journal appends as sled reports them: before they are durable.
+/// Journal appends as sled reports them: before they are durable, and in
+/// sequence order (writers are serialised by the write lock, and sled's
+/// watch delivers one subscriber's events in the order they were written).
 pub struct EventWatch {
     sub: sled::Subscriber,
 }
 
-impl EventWatch {
-    /// The next appended event; `None` when the store is gone.
-    pub async fn next(&mut self) -> Option<JournalEvent> {
-        loop {
-            match (&mut self.sub).await? {
-                sled::Event::Insert { key, value } => match decode_event(&key, &value) {
-                    Ok(event) => return Some(event),
-                    Err(e) => tracing::error!(error = %e, "undecodable journal event"),
-                },
-                // Retention trims show up as removals.
-                sled::Event::Remove { .. } => {}
-            }
-        }
-    }
+/// One journal append seen by [`EventWatch`].
+#[derive(Debug)]
+pub enum Appended {
+    Event(JournalEvent),
+    /// An event whose record cannot be decoded (`verify` reports it): its
+    /// sequence, so that dispatch passes over it instead of waiting.
+    Undecodable {
+        seq: u64,
+    },
+}
 
-    /// The next appended event, waiting on the calling thread; `None` when
-    /// the store is gone. For a thread that drains the watch continuously.
-    pub fn next_blocking(&mut self) -> Option<JournalEvent> {
+impl EventWatch {
+    /// The next append, waiting on the calling thread; `None` when the
+    /// store is gone. For a thread that drains the watch continuously.
+    pub fn next_blocking(&mut self) -> Option<Appended> {
         loop {
             match Iterator::next(&mut self.sub)? {
                 sled::Event::Insert { key, value } => match decode_event(&key, &value) {
-                    Ok(event) => return Some(event),
-                    Err(e) => tracing::error!(error = %e, "undecodable journal event"),
+                    Ok(event) => return Some(Appended::Event(event)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "undecodable journal event");
+                        if let Some(seq) = keys::decode_u64(&key) {
+                            return Some(Appended::Undecodable { seq });
+                        }
+                    }
                 },
+                // Retention trims show up as removals.
                 sled::Event::Remove { .. } => {}
             }
         }
@@ -973,6 +1032,45 @@ mod tests {
             assert_eq!(store.events(0, u64::MAX, Some(session), 10).unwrap().len(), 1);
             assert!(store.tree(TreeId::Meta).get(keys::META_INTENT).unwrap().is_none());
         }
+    }
+
+    /// A read that observed a change not yet durable answers only once it
+    /// is: `settled` waits for the flush that covers everything applied
+    /// before it was called, and a write applied after does not hold it up.
+    #[tokio::test]
+    // The guard is held across awaits on purpose: it stalls the commit
+    // thread, and nothing on this task's thread takes it.
+    #[allow(clippy::await_holding_lock)]
+    async fn reads_settle_only_once_what_they_saw_is_durable() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(StoreConfig::new(dir.path())).unwrap());
+        let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
+        // Nothing in flight: a read settles at once.
+        assert!(store.settled().now_or_never().expect("nothing to wait for").is_ok());
+
+        let held = store.committer.hold();
+        let writer = {
+            let store = std::sync::Arc::clone(&store);
+            tokio::spawn(async move { store.put_checkpoint(NewCheckpoint::new(session, "m")).await })
+        };
+        // The change is applied (visible to a raw read) but not durable.
+        let mut seen = Vec::new();
+        for _ in 0..10_000 {
+            seen = store.list_checkpoints(session, &ListQuery::default(), 10).unwrap();
+            if !seen.is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(seen.len(), 1, "the write was applied");
+        let mut settle = Box::pin(store.settled());
+        assert!((&mut settle).now_or_never().is_none(), "a read must not answer before the flush");
+        assert!(!writer.is_finished(), "nor is the write acknowledged");
+        drop(held);
+        tokio::time::timeout(std::time::Duration::from_secs(10), settle).await.unwrap().unwrap();
+        let (created, _) = writer.await.unwrap().unwrap();
+        assert_eq!(created.id, seen[0].id);
     }
 
     /// A session larger than one change is deleted in several; the result is
