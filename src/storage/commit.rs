@@ -431,21 +431,6 @@ enum Writes<'a> {
     Running { applied: u64, reserved: &'a AtomicU64 },
 }
 
-/// Most blob files whose writeback runs at once (each holds a descriptor).
-const SYNC_BATCH: usize = 64;
-
-/// Asks the kernel to start writing `file`'s dirty pages without waiting
-/// (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`); the `fdatasync` that
-/// follows is what makes them durable. Best effort: a failure here only
-/// loses the head start.
-fn start_writeback(file: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid descriptor owned by `file`; no memory is passed.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
 /// Which blob files are on disk, and up to what length.
 ///
 /// A file's synced *length* is what counts, not its name: sled creates a
@@ -500,9 +485,6 @@ impl BlobSync {
         };
         let mut present = HashMap::with_capacity(self.files.len());
         let mut new_entry = false;
-        // Writeback is started on every file before any is waited for, so
-        // the device works on them together. At most SYNC_BATCH are open.
-        let mut started: Vec<File> = Vec::with_capacity(SYNC_BATCH);
         for name in names {
             let previous = self.files.get(&name).copied();
             if let Some(settled) = previous.filter(|f| f.settled) {
@@ -520,23 +502,16 @@ impl BlobSync {
             };
             if previous.map(|f| f.len) != Some(len) {
                 match File::open(&path) {
-                    Ok(f) => {
-                        start_writeback(&f);
-                        started.push(f);
-                    }
+                    Ok(f) => f.sync_data()?,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 }
                 new_entry |= previous.is_none();
-                if started.len() == SYNC_BATCH {
-                    started.drain(..).try_for_each(|f| f.sync_data())?;
-                }
             }
             let made_by = previous.map_or(reserved, |f| f.made_by);
             // Its writer had returned before `len` was read: it is whole.
             present.insert(name, BlobFile { len, made_by, settled: made_by <= applied });
         }
-        started.drain(..).try_for_each(|f| f.sync_data())?;
         if new_entry {
             File::open(&blobs)?.sync_all()?;
         }
