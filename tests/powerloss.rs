@@ -1119,14 +1119,14 @@ fn run(plan: &Plan) -> Option<Outcome> {
 
 #[test]
 fn power_loss_sync_small_states() {
-    let plan = Plan::new("sync-small", Durability::Sync, Mix::SmallOnly, 4);
+    let plan = Plan::new("sync-small", Durability::Sync, Mix::SmallOnly, 6);
     let Some(outcome) = run(&plan) else { return };
     outcome.assert_clean(&plan);
 }
 
 #[test]
 fn power_loss_sync_mixed_states() {
-    let plan = Plan::new("sync-mixed", Durability::Sync, Mix::Mixed, 8);
+    let plan = Plan::new("sync-mixed", Durability::Sync, Mix::Mixed, 20);
     let Some(outcome) = run(&plan) else { return };
     outcome.assert_clean(&plan);
 }
@@ -1136,7 +1136,7 @@ fn power_loss_sync_mixed_states() {
 /// judged.
 #[test]
 fn power_loss_async_mixed_states() {
-    let plan = Plan::new("async-mixed", Durability::Async, Mix::Mixed, 5);
+    let plan = Plan::new("async-mixed", Durability::Async, Mix::Mixed, 6);
     let Some(outcome) = run(&plan) else { return };
     let losses: Vec<&Loss> = outcome.cuts.iter().flat_map(|c| &c.losses).collect();
     let oldest = losses.iter().filter(|l| l.age.is_some()).max_by_key(|l| l.age);
@@ -1156,7 +1156,7 @@ fn power_loss_async_mixed_states() {
 /// and LazyFS arms a torn write by file name.
 #[test]
 fn torn_write_of_sleds_data_file() {
-    let mut plan = Plan::new("torn-db", Durability::Sync, Mix::Mixed, 3);
+    let mut plan = Plan::new("torn-db", Durability::Sync, Mix::Mixed, 4);
     plan.cut_by = CutBy::TornWrite;
     let Some(outcome) = run(&plan) else { return };
     outcome.assert_clean(&plan);
