@@ -36,6 +36,10 @@ pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// ASYNC_FLUSH_DELAY` (a disk that stalls longer stretches it; the server
 /// logs a warning when that happens).
 pub const ASYNC_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// How often, at most, the commit thread records the counters it has made
+/// durable beside sled's files (`checkpointd.counters`; three fsyncs), so
+/// that an open can tell a log that damage cut short from a crash.
+pub const MARK_INTERVAL: Duration = Duration::from_secs(1);
 /// In `async` mode, how long the first acknowledged write of a window waits
 /// for others to share its flush. The rest of [`ASYNC_FLUSH_INTERVAL`] is
 /// left for the flush itself.

@@ -65,7 +65,17 @@ impl From<sled::Error> for Error {
             sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
                 Error::Unavailable(format!("data directory is in use by another process ({io})"))
             }
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+                Error::Unavailable(format!("storage I/O error: a file of the database is missing ({io})"))
+            }
             sled::Error::Io(io) => Error::Unavailable(format!("storage I/O error: {io}")),
+            sled::Error::Corruption { at: Some(sled::DiskPtr::Blob(_, lsn)), .. } => {
+                Error::Internal(format!("storage error: blob file blobs/{lsn} is corrupt"))
+            }
+            sled::Error::Corruption { at: Some(sled::DiskPtr::Inline(offset)), .. } => {
+                Error::Internal(format!("storage error: corrupt data at offset {offset} of the database file"))
+            }
+            sled::Error::Corruption { at: None, .. } => Error::Internal("storage error: corrupt data".into()),
             other => Error::Internal(format!("storage error: {other}")),
         }
     }

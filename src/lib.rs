@@ -40,6 +40,7 @@
 //! - [`protocol`]: request parsing and reply/event rendering.
 //! - [`server`]: listener, connections, shutdown.
 //! - [`client`]: a small async client for the protocol.
+//! - [`panics`]: panics caught around untrusted data, and one-line reports.
 //! - [`dump`]: the `checkpoint-dump` commands, read from a private copy of a
 //!   data directory ([`storage::inspect`]).
 //! - [`transfer`]: export / import as JSON lines, and forge-reasoning import.
@@ -51,6 +52,7 @@ pub mod config;
 pub mod dump;
 pub mod error;
 pub mod model;
+pub mod panics;
 pub mod protocol;
 pub mod server;
 pub mod service;

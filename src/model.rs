@@ -207,6 +207,22 @@ pub struct NewCheckpoint {
     pub parent_id: Option<CheckpointId>,
 }
 
+impl NewCheckpoint {
+    /// A checkpoint with a message and nothing else: no tags, state `null`,
+    /// metadata `{}`, no parent, a manual trigger.
+    pub fn new(session_id: SessionId, message: impl Into<String>) -> NewCheckpoint {
+        NewCheckpoint {
+            session_id,
+            message: message.into(),
+            tags: Vec::new(),
+            trigger: Trigger::Manual,
+            state: None,
+            metadata: None,
+            parent_id: None,
+        }
+    }
+}
+
 /// Which page of one session's checkpoints to list. Bounds are exclusive.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {

@@ -5,10 +5,12 @@
 //! changes under the copier, and a blob file can be created or removed
 //! between listing the directory and reading it. So a running server listens
 //! on a local control socket in its data directory ([`SOCKET_NAME`], mode
-//! 0600: only the directory's owner, or root, can connect). A copier asks it
-//! for a pause; the server stops writes at the store's gate, flushes and
-//! fsyncs everything applied ([`Store::pause_writes`]) and answers; the
-//! copier copies the files and says `resume`. Writers wait meanwhile;
+//! 0600: only the directory's owner, or root, can connect). A copier first
+//! copies the directory as it is, then asks for a pause; the server stops
+//! writes at the store's gate, flushes and fsyncs everything applied
+//! ([`Store::pause_writes`]) and answers; the copier brings its copy up to
+//! date (every file again but the blob files it already has whole, which
+//! sled never rewrites) and says `resume`. Writers wait meanwhile;
 //! readers and subscribers do not. The pause ends when the copier resumes,
 //! disconnects, or after [`MAX_WRITE_PAUSE`]; in the last case the copier is
 //! told, and its copy is refused. With no server running, the copy is taken
@@ -26,6 +28,7 @@
 //! or `{"error":"..."}` in place of either answer.
 
 use crate::error::{Error, Result};
+use crate::storage::datadir::{self, Access};
 use crate::storage::{Store, WritePause, dircopy};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, TryLockError};
@@ -247,10 +250,10 @@ pub struct Copied {
 }
 
 /// Refuses what is not a data directory, so nothing is ever created or
-/// copied from a wrong path.
+/// copied from a wrong path; what is wrong with it is said in one line.
 pub fn check_data_dir(dir: &Path) -> Result<()> {
-    let meta = std::fs::metadata(dir).map_err(|e| Error::NotFound(format!("data directory {}: {e}", dir.display())))?;
-    if !meta.is_dir() || !dir.join("db").is_file() || !dir.join("conf").is_file() {
+    let survey = datadir::survey(dir, dir, Access::Inspect)?;
+    if !survey.had_db || !dir.join("conf").is_file() {
         return Err(Error::NotFound(format!(
             "{} is not a checkpointd data directory (no sled database in it)",
             dir.display()
@@ -278,7 +281,11 @@ pub fn copy_locked(dir: &Path, dest: &Path) -> Result<u64> {
         Err(TryLockError::WouldBlock) => return Err(locked(dir)),
         Err(TryLockError::Error(e)) => return Err(e.into()),
     }
-    Ok(dircopy::copy_dir(dir, dest, false)?)
+    dircopy::copy_dir(dir, dest, false).map_err(|e| cannot_copy(dir, e))
+}
+
+fn cannot_copy(dir: &Path, e: std::io::Error) -> Error {
+    Error::Unavailable(format!("cannot copy data directory {}: {e}", dir.display()))
 }
 
 /// Copies `dir` into `dest` consistently: through a pause of the server that
@@ -303,8 +310,12 @@ pub fn copy_consistent(dir: &Path, dest: &Path) -> Result<Copied> {
         Err(e) => return Err(Error::Unavailable(format!("cannot reach the server at {}: {e}", socket.display()))),
     };
     let mut control = Control::new(stream)?;
+    // Most of the copy is taken while the server writes (blob files, which
+    // sled never changes once written, are most of a large directory); the
+    // pause only brings it up to date.
+    dircopy::copy_dir(dir, dest, false).map_err(|e| cannot_copy(dir, e))?;
     control.call(&Request::Pause, PAUSE_REPLY_TIMEOUT)?;
-    let bytes = dircopy::copy_dir(dir, dest, false)?;
+    let bytes = dircopy::refresh_copy(dir, dest).map_err(|e| cannot_copy(dir, e))?;
     let resumed = control.call(&Request::Resume, REQUEST_TIMEOUT)?;
     let paused = Duration::from_millis(resumed.paused_ms.unwrap_or_default());
     Ok(Copied { bytes, consistency: Consistency::Paused { paused } })

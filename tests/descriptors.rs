@@ -4,7 +4,7 @@
 //! re-executed), because it lowers the open-files limit of its process.
 
 use checkpointd::config::StoreConfig;
-use checkpointd::model::{NewCheckpoint, Trigger, json_empty_object};
+use checkpointd::model::{NewCheckpoint, json_empty_object};
 use checkpointd::storage::Store;
 use std::time::Duration;
 
@@ -34,15 +34,7 @@ fn fd_child() {
     rt.block_on(async {
         let store = std::sync::Arc::new(Store::open(StoreConfig::new(dir)).unwrap());
         let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
-        let new = move || NewCheckpoint {
-            session_id: session,
-            message: "m".into(),
-            tags: vec![],
-            trigger: Trigger::Manual,
-            state: None,
-            metadata: None,
-            parent_id: None,
-        };
+        let new = move || NewCheckpoint::new(session, "m");
         // Take every free descriptor.
         let mut hog = Vec::new();
         while let Ok(f) = std::fs::File::open("/dev/null") {

@@ -96,6 +96,7 @@ impl<W: Write> Write for Out<W> {
 }
 
 fn main() -> ExitCode {
+    checkpointd::panics::one_line("checkpoint-dump");
     let cli = Cli::parse();
     let command = match cli.command {
         Cmd::Summary => Command::Summary,

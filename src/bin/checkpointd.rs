@@ -87,6 +87,7 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    checkpointd::panics::one_line("checkpointd");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // tungstenite traces every frame's payload, tokens included, and logs
     // each Close at debug: keep it at info whatever RUST_LOG says.
@@ -147,6 +148,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        // Before `listening on`: a SIGTERM right after it must stop the
+        // server cleanly, not kill it.
+        let shutdown = shutdown_signal();
         let store = StoreConfig {
             durability: args.durability,
             event_retention: args.event_retention,
@@ -163,7 +167,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         tracing::info!(data_dir = %args.data_dir.display(), durability = args.durability.as_str(), "serving");
         println!("listening on ws://{addr}");
         let _ = std::io::stdout().flush();
-        server::run(listener, service, config, shutdown_signal()).await.map_err(|e| e.to_string())
+        server::run(listener, service, config, shutdown).await.map_err(|e| e.to_string())
     })
 }
 
@@ -212,14 +216,18 @@ fn import(args: ImportArgs) -> Result<(), String> {
     })
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future ends at either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }

@@ -366,22 +366,10 @@ impl Drop for Subscription {
 mod tests {
     use super::*;
     use crate::config::StoreConfig;
-    use crate::model::{EventKind, NewCheckpoint, Trigger};
+    use crate::model::{EventKind, NewCheckpoint};
     use crate::service::Service;
     use crate::storage::import::ImportBatch;
     use std::time::Duration;
-
-    fn new_checkpoint(session_id: SessionId) -> NewCheckpoint {
-        NewCheckpoint {
-            session_id,
-            message: "m".into(),
-            tags: vec![],
-            trigger: Trigger::Manual,
-            state: None,
-            metadata: None,
-            parent_id: None,
-        }
-    }
 
     /// The next delivery, or a failure naming what stalled.
     async fn next(sub: &mut Subscription, what: &str) -> Delivery {
@@ -400,7 +388,7 @@ mod tests {
         let s = service.create_session(None, None).await.unwrap().id;
         let mut sub = service.subscribe(s, None).await.unwrap();
         let bad = service.store().append_raw_event(b"not an event record").await.unwrap();
-        let cp = service.checkpoint(new_checkpoint(s)).await.unwrap();
+        let cp = service.checkpoint(NewCheckpoint::new(s, "m")).await.unwrap();
         let Delivery::Event(event) = next(&mut sub, "after an undecodable event").await else { panic!("lagged") };
         assert_eq!(event.seq, bad + 1);
         assert_eq!(event.kind, EventKind::CheckpointCreated { checkpoint_id: cp.id, sequence_number: 1 });
@@ -416,7 +404,7 @@ mod tests {
         service.store().import(ImportBatch { event_seq_floor: floor, ..ImportBatch::default() }).await.unwrap();
         let s = service.create_session(None, None).await.unwrap().id;
         let mut sub = service.subscribe(s, None).await.unwrap();
-        let cp = service.checkpoint(new_checkpoint(s)).await.unwrap();
+        let cp = service.checkpoint(NewCheckpoint::new(s, "m")).await.unwrap();
         let Delivery::Event(event) = next(&mut sub, "after an import raised the sequence").await else {
             panic!("lagged")
         };
@@ -426,7 +414,7 @@ mod tests {
         // subscriber from there on gets the next event.
         service.store().import(ImportBatch { event_seq_floor: 100, ..ImportBatch::default() }).await.unwrap();
         let mut late = service.subscribe(s, Some(100)).await.unwrap();
-        service.checkpoint(new_checkpoint(s)).await.unwrap();
+        service.checkpoint(NewCheckpoint::new(s, "m")).await.unwrap();
         let Delivery::Event(event) = next(&mut late, "after a raise at the end of the journal").await else {
             panic!("lagged")
         };

@@ -14,7 +14,9 @@
 //! The flush runs on its own OS thread: `Tree::flush_async` can deadlock in
 //! sled 0.34.7 (sled #1308).
 
-use crate::config::{ASYNC_FLUSH_DELAY, ASYNC_FLUSH_INTERVAL, Durability};
+use super::datadir;
+use super::records::{Counters, Mark};
+use crate::config::{ASYNC_FLUSH_DELAY, ASYNC_FLUSH_INTERVAL, Durability, MARK_INTERVAL};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -49,8 +51,8 @@ struct Pending {
     issued: u64,
     /// Last ticket the flushing thread has taken on.
     taken: u64,
-    /// Event sequence of the newest applied write.
-    event_seq: u64,
+    /// Counters as of the newest applied write.
+    counters: Counters,
     /// `async`: when the oldest write not yet taken on was acknowledged.
     window_start: Option<Instant>,
     /// A flush was asked for now (`flush_now`): no `async` delay.
@@ -66,6 +68,8 @@ struct Shared {
     reserved: AtomicU64,
     /// `async`: the longest any acknowledged write waited to be durable, µs.
     longest_window_us: AtomicU64,
+    /// The newest blob file (by lsn) synced whole; 0 when none.
+    synced_blob_lsn: AtomicU64,
     pending: Mutex<Pending>,
     wake: Condvar,
     synced: watch::Sender<Synced>,
@@ -83,28 +87,34 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the flushing thread for `db`, stored in `dir`, whose journal
-    /// currently ends at `event_seq` (all of it on disk).
-    pub fn start(db: sled::Db, dir: &Path, mode: Durability, event_seq: u64) -> Result<Committer> {
+    /// Starts the flushing thread for `db`, stored in `dir`, whose counters
+    /// (all of it on disk) are `counters`.
+    pub fn start(db: sled::Db, dir: &Path, mode: Durability, counters: Counters) -> Result<Committer> {
+        let event_seq = counters.event_seq;
         let data_file = File::open(dir.join("db"))?;
         // Whatever sled recovered or wrote while opening (a crash may have
         // left unsynced writes in the page cache, which recovery reads as
         // if on disk) and the directory entries it created must survive a
         // power loss too, before anything is acknowledged.
         let mut blobs = BlobSync::default();
-        flush_and_sync(&db, &data_file, dir, &mut blobs)?;
+        flush_and_sync(&db, &data_file, dir, &mut blobs, Writes::Quiet)?;
         File::open(dir.join("conf"))?.sync_all()?;
         data_file.sync_all()?;
         File::open(dir)?.sync_all()?;
+        // And the data directory's own entry, in case it was just created.
+        if let Some(parent) = std::path::absolute(dir)?.parent() {
+            File::open(parent)?.sync_all()?;
+        }
         let (synced, _) = watch::channel(Synced { ticket: 0, event_seq, failed: false, closed: false });
         let shared = Arc::new(Shared {
             mode,
             reserved: AtomicU64::new(0),
             longest_window_us: AtomicU64::new(0),
+            synced_blob_lsn: AtomicU64::new(blobs.newest_settled().unwrap_or(0)),
             pending: Mutex::new(Pending {
                 issued: 0,
                 taken: 0,
-                event_seq,
+                counters,
                 window_start: None,
                 urgent: false,
                 closing: false,
@@ -118,8 +128,9 @@ impl Committer {
             hold: Mutex::new(()),
         });
         let thread_shared = Arc::clone(&shared);
-        let thread =
-            std::thread::Builder::new().name("checkpointd-commit".into()).spawn(move || thread_shared.run(blobs))?;
+        let thread = std::thread::Builder::new()
+            .name("checkpointd-commit".into())
+            .spawn(move || thread_shared.run(blobs, counters))?;
         Ok(Committer { shared, thread: Mutex::new(Some(thread)) })
     }
 
@@ -131,14 +142,15 @@ impl Committer {
         self.shared.reserved.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Records that a write ending the journal at `event_seq` was applied.
-    /// Called with the store's write lock held, after [`Committer::reserve`],
-    /// so tickets and event sequences rise together.
-    pub fn applied(&self, event_seq: u64) -> Ticket {
+    /// Records that a write leaving the store's counters at `counters` was
+    /// applied. Called with the store's write lock held, after
+    /// [`Committer::reserve`], so tickets and counters rise together.
+    pub fn applied(&self, counters: Counters) -> Ticket {
+        let event_seq = counters.event_seq;
         let mut p = self.shared.pending.lock().expect("commit lock");
         p.issued += 1;
+        p.counters = counters;
         debug_assert_eq!(p.issued, self.shared.reserved.load(Ordering::SeqCst));
-        p.event_seq = event_seq;
         match self.shared.mode {
             Durability::Sync => self.shared.wake.notify_one(),
             Durability::Async => {
@@ -239,6 +251,12 @@ impl Committer {
         self.shared.synced.subscribe()
     }
 
+    /// Records in the mark file that `counters` are on disk. Call only when
+    /// they are: at open, and after `close` (which flushed everything).
+    pub fn write_mark(&self, counters: Counters) -> std::io::Result<()> {
+        self.shared.write_mark(counters)
+    }
+
     /// Flushes what is pending and stops the thread. Idempotent.
     pub fn close(&self) {
         self.shared.pending.lock().expect("commit lock").closing = true;
@@ -274,9 +292,10 @@ fn failed() -> Error {
 }
 
 impl Shared {
-    fn run(&self, mut blobs: BlobSync) {
+    fn run(&self, mut blobs: BlobSync, mut marked: Counters) {
+        let mut last_mark = Instant::now();
         loop {
-            let (target, event_seq, window_start, closing) = {
+            let (target, counters, window_start, closing) = {
                 let mut p = self.pending.lock().expect("commit lock");
                 // Sleeps until there is work: an idle server uses no CPU.
                 while p.issued == p.taken && !p.closing {
@@ -299,11 +318,11 @@ impl Shared {
                 }
                 p.taken = p.issued;
                 p.urgent = false;
-                (p.issued, p.event_seq, p.window_start.take(), p.closing)
+                (p.issued, p.counters, p.window_start.take(), p.closing)
             };
             #[cfg(test)]
             let _held = self.hold.lock().expect("hold lock");
-            if let Err(e) = self.flush(&mut blobs) {
+            if let Err(e) = self.flush(&mut blobs, target) {
                 tracing::error!(error = %e, "flush to disk failed; the store now refuses writes");
                 self.synced.send_modify(|s| s.failed = true);
                 return;
@@ -311,9 +330,21 @@ impl Shared {
             if let Some(start) = window_start {
                 self.window_closed(start.elapsed());
             }
+            if let Some(lsn) = blobs.newest_settled() {
+                self.synced_blob_lsn.fetch_max(lsn, Ordering::SeqCst);
+            }
+            if last_mark.elapsed() >= MARK_INTERVAL && counters != marked {
+                // A record of what is on disk now, for the next open to
+                // check sled's recovery against; not needed to acknowledge.
+                match self.write_mark(counters) {
+                    Ok(()) => marked = counters,
+                    Err(e) => tracing::warn!(error = %e, "could not record the counters beside the data"),
+                }
+                last_mark = Instant::now();
+            }
             self.synced.send_modify(|s| {
                 s.ticket = s.ticket.max(target);
-                s.event_seq = s.event_seq.max(event_seq);
+                s.event_seq = s.event_seq.max(counters.event_seq);
                 // After the final flush, waiters for later tickets give up.
                 s.closed |= closing;
             });
@@ -321,6 +352,13 @@ impl Shared {
                 return;
             }
         }
+    }
+
+    /// Writes the mark file: `counters` and every blob synced so far are
+    /// on disk.
+    fn write_mark(&self, counters: Counters) -> std::io::Result<()> {
+        let blob_lsn = Some(self.synced_blob_lsn.load(Ordering::SeqCst)).filter(|&lsn| lsn > 0);
+        datadir::write_mark(&self.dir, &Mark { counters, blob_lsn })
     }
 
     /// Notes how long an `async` window's first write waited to be durable.
@@ -336,8 +374,10 @@ impl Shared {
         }
     }
 
-    fn flush(&self, blobs: &mut BlobSync) -> std::io::Result<()> {
-        flush_and_sync(&self.db, &self.data_file, &self.dir, blobs)
+    /// Makes every write up to ticket `applied` durable.
+    fn flush(&self, blobs: &mut BlobSync, applied: u64) -> std::io::Result<()> {
+        let writes = Writes::Running { applied, reserved: &self.reserved };
+        flush_and_sync(&self.db, &self.data_file, &self.dir, blobs, writes)
     }
 }
 
@@ -348,7 +388,13 @@ impl Shared {
 /// Invariant: a blob file is complete before the insert that wrote it
 /// returns (sled writes it in the inserting thread, in several `write`
 /// calls), so when this runs for a write, that write's blobs are whole.
-fn flush_and_sync(db: &sled::Db, data_file: &File, dir: &Path, blobs: &mut BlobSync) -> std::io::Result<()> {
+fn flush_and_sync(
+    db: &sled::Db,
+    data_file: &File,
+    dir: &Path,
+    blobs: &mut BlobSync,
+    writes: Writes<'_>,
+) -> std::io::Result<()> {
     db.flush().map_err(std::io::Error::other)?;
     data_file.sync_data()?;
     // Listing the blobs needs a descriptor. Running out of them (clients
@@ -356,7 +402,7 @@ fn flush_and_sync(db: &sled::Db, data_file: &File, dir: &Path, blobs: &mut BlobS
     // rather than fail the store closed.
     let mut attempts = 0;
     loop {
-        match blobs.sync(dir) {
+        match blobs.sync(dir, writes) {
             Err(e) if is_out_of_descriptors(&e) && attempts < DESCRIPTOR_RETRIES => {
                 attempts += 1;
                 tracing::warn!(error = %e, "out of file descriptors while syncing blobs; retrying");
@@ -371,8 +417,33 @@ fn flush_and_sync(db: &sled::Db, data_file: &File, dir: &Path, blobs: &mut BlobS
 /// the same steps as a group commit, with every blob file synced.
 pub fn sync_database(db: &sled::Db, dir: &Path) -> Result<()> {
     let data_file = File::open(dir.join("db"))?;
-    flush_and_sync(db, &data_file, dir, &mut BlobSync::default())?;
+    flush_and_sync(db, &data_file, dir, &mut BlobSync::default(), Writes::Quiet)?;
     Ok(())
+}
+
+/// What writers may be doing while blob files are listed.
+#[derive(Clone, Copy)]
+enum Writes<'a> {
+    /// None is (opening, migrating): every blob file is whole.
+    Quiet,
+    /// Every write up to ticket `applied` has returned from sled; later
+    /// ones may be writing blob files now, and `reserved` counts them.
+    Running { applied: u64, reserved: &'a AtomicU64 },
+}
+
+/// Most blob files whose writeback runs at once (each holds a descriptor).
+const SYNC_BATCH: usize = 64;
+
+/// Asks the kernel to start writing `file`'s dirty pages without waiting
+/// (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`); the `fdatasync` that
+/// follows is what makes them durable. Best effort: a failure here only
+/// loses the head start.
+fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor owned by `file`; no memory is passed.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 /// Which blob files are on disk, and up to what length.
@@ -382,50 +453,94 @@ pub fn sync_database(db: &sled::Db, dir: &Path) -> Result<()> {
 /// file that holds only its first bytes. Syncing it then and remembering
 /// only its name would leave the rest of it unsynced forever (a power cut
 /// then truncates it, and sled stops its log there).
+///
+/// A file stops being looked at once it is *settled*: whole and synced.
+/// sled writes a blob file inside the insert that needs it, so a file is
+/// whole once that write has returned. Which write made a file is unknown,
+/// but not its bound: a file found by a listing was created by a write that
+/// had reserved its ticket before the listing ended (see
+/// [`Committer::reserve`]). Once every ticket up to that bound has been
+/// applied, the file's length is final; synced at it, it is settled. So a
+/// flush stats only new and recent files, not every blob in the directory
+/// (sled leaves many behind, its issue #786).
 #[derive(Default)]
 struct BlobSync {
-    synced: HashMap<OsString, u64>,
+    files: HashMap<OsString, BlobFile>,
+}
+
+#[derive(Clone, Copy)]
+struct BlobFile {
+    /// Synced up to here.
+    len: u64,
+    /// Tickets reserved when a listing first found it: its writer is one of them.
+    made_by: u64,
+    settled: bool,
 }
 
 impl BlobSync {
+    /// The newest blob file synced whole.
+    fn newest_settled(&self) -> Option<u64> {
+        self.files.iter().filter(|(_, f)| f.settled).filter_map(|(name, _)| name.to_str()?.parse::<u64>().ok()).max()
+    }
+
     /// fsyncs every blob file that is new or has grown since it was last
-    /// synced, then, if a file was new, their directory. Usually the
-    /// directory is empty and this is one readdir.
-    fn sync(&mut self, dir: &Path) -> std::io::Result<()> {
+    /// synced, then, if a file was new, their directory.
+    fn sync(&mut self, dir: &Path, writes: Writes<'_>) -> std::io::Result<()> {
         let blobs = dir.join("blobs");
-        let entries = match std::fs::read_dir(&blobs) {
-            Ok(entries) => entries,
+        let names = match std::fs::read_dir(&blobs) {
+            Ok(entries) => entries.map(|e| e.map(|e| e.file_name())).collect::<std::io::Result<Vec<_>>>()?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        let mut present = HashMap::with_capacity(self.synced.len());
+        // Read after the listing: every file it found was begun by one of
+        // these tickets.
+        let (applied, reserved) = match writes {
+            Writes::Quiet => (u64::MAX, 0),
+            Writes::Running { applied, reserved } => (applied, reserved.load(Ordering::SeqCst)),
+        };
+        let mut present = HashMap::with_capacity(self.files.len());
         let mut new_entry = false;
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name();
-            let previous = self.synced.get(&name).copied();
+        // Writeback is started on every file before any is waited for, so
+        // the device works on them together. At most SYNC_BATCH are open.
+        let mut started: Vec<File> = Vec::with_capacity(SYNC_BATCH);
+        for name in names {
+            let previous = self.files.get(&name).copied();
+            if let Some(settled) = previous.filter(|f| f.settled) {
+                present.insert(name, settled);
+                continue;
+            }
+            let path = blobs.join(&name);
             // The length is read before the sync, so the sync covers at
             // least that much; a file still growing differs next time.
-            let len = match entry.metadata() {
+            let len = match std::fs::metadata(&path) {
                 Ok(m) => m.len(),
-                // sled may remove an obsolete blob while we list.
+                // sled removes obsolete blobs while we list.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            if previous != Some(len) {
-                match File::open(entry.path()) {
-                    Ok(f) => f.sync_data()?,
+            if previous.map(|f| f.len) != Some(len) {
+                match File::open(&path) {
+                    Ok(f) => {
+                        start_writeback(&f);
+                        started.push(f);
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 }
                 new_entry |= previous.is_none();
+                if started.len() == SYNC_BATCH {
+                    started.drain(..).try_for_each(|f| f.sync_data())?;
+                }
             }
-            present.insert(name, len);
+            let made_by = previous.map_or(reserved, |f| f.made_by);
+            // Its writer had returned before `len` was read: it is whole.
+            present.insert(name, BlobFile { len, made_by, settled: made_by <= applied });
         }
+        started.drain(..).try_for_each(|f| f.sync_data())?;
         if new_entry {
             File::open(&blobs)?.sync_all()?;
         }
-        self.synced = present;
+        self.files = present;
         Ok(())
     }
 }

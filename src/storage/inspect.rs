@@ -15,7 +15,8 @@
 //!   acknowledged before the snapshot began and is a consistent image. With
 //!   no server running it is taken under the lock, as above.
 
-use super::keys::{self, TREE_COUNT, TREE_NAMES, TreeId};
+use super::datadir::{self, Access};
+use super::keys::{self, TREE_COUNT, TreeId};
 use super::records::{AnnotationRecord, CheckpointRecord, Counters, SessionRecord, raw_json};
 use super::{codec, dircopy, migrate};
 use crate::error::{Error, Result};
@@ -89,19 +90,12 @@ impl Verification {
 
 /// Opens a copy of a data directory (`source` names the original in
 /// errors) and completes a change a crash or the copy cut short, as the
-/// server would when it opens the directory.
+/// server would when it opens the directory; a damaged copy is refused
+/// (`datadir`).
 fn open_sled(path: &Path, source: &Path) -> Result<(sled::Db, Vec<Tree>)> {
-    let db = sled::Config::new()
-        .path(path)
-        .cache_capacity(CACHE_BYTES)
-        .flush_every_ms(None)
-        .open()
-        .map_err(|e| Error::Unavailable(format!("cannot open a copy of {}: {e}", source.display())))?;
-    let trees = TREE_NAMES.iter().map(|name| db.open_tree(name)).collect::<sled::Result<Vec<_>>>()?;
+    let (opened, ()) = datadir::open(path, source, Access::Inspect, CACHE_BYTES, |_, _| Ok(()))?;
+    let datadir::Opened { db, trees } = opened;
     debug_assert_eq!(trees.len(), TREE_COUNT);
-    if migrate::read_version(&trees[TreeId::Meta as usize])?.is_none_or(|v| v <= migrate::CURRENT_FORMAT) {
-        super::replay_intent(&db, &trees)?;
-    }
     Ok((db, trees))
 }
 
@@ -367,12 +361,13 @@ impl Inspector {
             if !sessions.contains_key(&session) {
                 v.problem(format!("checkpoint {id} belongs to session {session}, which does not exist"));
             }
-            match self.tree(TreeId::States).get(&k)? {
-                None => v.problem(format!("checkpoint {id}: no stored state")),
-                Some(s) if crc32fast::hash(&s) != rec.state_crc => {
+            match self.tree(TreeId::States).get(&k).map_err(Error::from) {
+                Err(e) => v.problem(format!("checkpoint {id}: stored state unreadable: {e}")),
+                Ok(None) => v.problem(format!("checkpoint {id}: no stored state")),
+                Ok(Some(s)) if crc32fast::hash(&s) != rec.state_crc => {
                     v.problem(format!("checkpoint {id}: stored state failed its checksum"))
                 }
-                Some(s) => {
+                Ok(Some(s)) => {
                     if serde_json::from_slice::<serde::de::IgnoredAny>(&s).is_err() {
                         v.problem(format!("checkpoint {id}: stored state is not JSON"));
                     }

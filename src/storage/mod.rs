@@ -28,6 +28,7 @@
 
 pub mod codec;
 pub mod commit;
+pub mod datadir;
 pub mod dircopy;
 pub mod import;
 pub mod inspect;
@@ -43,7 +44,8 @@ use crate::model::{
 };
 use chrono::Utc;
 use commit::{Committer, Synced, Ticket};
-use keys::{TREE_COUNT, TREE_NAMES, TreeId};
+use datadir::Access;
+use keys::{TREE_COUNT, TreeId};
 use records::{AnnotationRecord, CheckpointRecord, Counters, EventRecord, SessionRecord, micros, raw_json};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -151,31 +153,31 @@ impl Store {
     /// Opens (creating if needed) a data directory. Reads a constant number of
     /// keys: counters live in the meta tree, nothing is scanned.
     pub fn open(config: StoreConfig) -> Result<Store> {
-        std::fs::create_dir_all(&config.data_dir)?;
-        let db = sled::Config::new()
-            .path(&config.data_dir)
-            .cache_capacity(config.cache_bytes)
-            // The committer flushes; sled's own timer thread would only add
-            // unsynchronised flushes.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| open_error(&config, e))?;
-        let trees = TREE_NAMES.iter().map(|name| db.open_tree(name)).collect::<sled::Result<Vec<_>>>()?;
-        let meta = trees[TreeId::Meta as usize].clone();
-        // A newer format is refused before anything of it is interpreted.
-        if migrate::read_version(&meta)?.is_none_or(|v| v <= migrate::CURRENT_FORMAT) {
-            replay_intent(&db, &trees)?;
-        }
-        migrate::prepare(&db, &meta, &config)?;
-        let counters = match meta.get(keys::META_COUNTERS)? {
-            Some(bytes) => codec::decode(&bytes, "counters")?,
-            None => Counters::default(),
-        };
-        let committer = Committer::start(db.clone(), &config.data_dir, config.durability, counters.event_seq)?;
+        // A damaged directory is refused, whatever sled makes of it (`datadir`).
+        let (opened, counters) =
+            datadir::open(&config.data_dir, &config.data_dir, Access::Serve, config.cache_bytes, |db, trees| {
+                migrate::prepare(db, &trees[TreeId::Meta as usize], &config)?;
+                match trees[TreeId::Meta as usize].get(keys::META_COUNTERS)? {
+                    Some(bytes) => codec::decode(&bytes, "counters"),
+                    None => Ok(Counters::default()),
+                }
+            })?;
+        let datadir::Opened { db, trees } = opened;
+        let committer = Committer::start(db.clone(), &config.data_dir, config.durability, counters)?;
         let gate = Arc::new(tokio::sync::RwLock::new(()));
         let store = Store { db, trees, gate, writer: Mutex::new(counters), committer, config };
         store.trim_journal()?;
+        store.write_mark()?;
         Ok(store)
+    }
+
+    /// Records the counters beside sled's files once all they count is
+    /// durable (see [`datadir::MARK_FILE`]): the next open checks that sled
+    /// recovered at least this much.
+    fn write_mark(&self) -> Result<()> {
+        let counters = *self.writer.lock().map_err(|_| Error::Internal("write lock poisoned".into()))?;
+        self.committer.write_mark(counters)?;
+        Ok(())
     }
 
     pub fn durability(&self) -> Durability {
@@ -221,7 +223,7 @@ impl Store {
             return Err(e.into());
         }
         *committed = w.counters;
-        Ok((out, self.committer.applied(committed.event_seq)))
+        Ok((out, self.committer.applied(*committed)))
     }
 
     /// Applies one change atomically with respect to crashes: the intent
@@ -793,12 +795,18 @@ impl Store {
     /// Flushes and syncs everything, and stops the commit thread.
     pub fn close(&self) {
         self.committer.close();
+        // Only when every write applied is on disk: no flush failed.
+        if !self.committer.subscribe().borrow().failed
+            && let Err(e) = self.write_mark()
+        {
+            tracing::warn!(error = %e, "could not record the counters beside the data");
+        }
     }
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
-        self.committer.close();
+        self.close();
     }
 }
 
@@ -886,20 +894,6 @@ fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointRecord> {
 fn decode_event(k: &[u8], v: &[u8]) -> Result<JournalEvent> {
     let seq = keys::decode_u64(k).ok_or_else(|| Error::Internal("bad event key".into()))?;
     Ok(codec::decode::<EventRecord>(v, "event")?.to_model(seq))
-}
-
-fn open_error(config: &StoreConfig, e: sled::Error) -> Error {
-    match e {
-        sled::Error::Io(io)
-            if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") =>
-        {
-            Error::Unavailable(format!(
-                "data directory {} is in use by another checkpointd (could not acquire its lock)",
-                config.data_dir.display()
-            ))
-        }
-        other => other.into(),
-    }
 }
 
 /// Journal appends as sled reports them: before they are durable, and in
@@ -1007,7 +1001,7 @@ mod tests {
             copy_dir(&pristine, &torn);
             {
                 let db = sled::open(&torn).unwrap();
-                let trees: Vec<Tree> = TREE_NAMES.iter().map(|n| db.open_tree(n).unwrap()).collect();
+                let trees: Vec<Tree> = keys::TREE_NAMES.iter().map(|n| db.open_tree(n).unwrap()).collect();
                 trees[TreeId::Meta as usize].insert(keys::META_INTENT, &intent).unwrap();
                 apply_ops(&trees, &ops[..applied]).unwrap();
                 db.flush().unwrap();
@@ -1048,18 +1042,7 @@ mod tests {
         let held = store.committer.hold();
         let writer = {
             let store = std::sync::Arc::clone(&store);
-            tokio::spawn(async move {
-                let new = NewCheckpoint {
-                    session_id: session,
-                    message: "m".into(),
-                    tags: vec![],
-                    trigger: Trigger::Manual,
-                    state: None,
-                    metadata: None,
-                    parent_id: None,
-                };
-                store.put_checkpoint(new).await
-            })
+            tokio::spawn(async move { store.put_checkpoint(NewCheckpoint::new(session, "m")).await })
         };
         // The change is applied (visible to a raw read) but not durable.
         let mut seen = Vec::new();

@@ -36,6 +36,18 @@ pub struct Counters {
     pub checkpoints: u64,
 }
 
+/// What was on disk when checkpointd last wrote its mark file
+/// (`datadir::MARK_FILE`): at open, at close, and at most once a
+/// `MARK_INTERVAL` after a group commit in between.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    pub counters: Counters,
+    /// The newest blob file (by the lsn that names it) synced whole by then:
+    /// a blob at or below it that fails its checksum is damage, not a write
+    /// a crash cut short.
+    pub blob_lsn: Option<u64>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionRecord {
     pub id: SessionId,
