@@ -1037,15 +1037,18 @@ fn run(plan: &Plan) -> Option<Outcome> {
         let pending = life.writers.iter().filter(|wr| wr.pending.is_some()).count();
         let mut f = Findings::new(plan.durability, cut_at);
 
-        // Power back: remount, look at the crash image, restart, check.
+        // Power back: look at the crash image (what is on the backing
+        // directory, read directly: not through LazyFS's cache), remount,
+        // restart, check.
         fs.unmount();
+        let crash_image = fs.backing().join(data.file_name().unwrap());
         let image = keep.as_ref().map(|k| k.join(format!("{}-seed{seed}-cut{n}", plan.name)));
         if let Some(image) = &image {
-            checkpointd::storage::dircopy::copy_dir(&fs.backing().join("d"), image, false).expect("keep the image");
+            checkpointd::storage::dircopy::copy_dir(&crash_image, image, false).expect("keep the image");
         }
+        verify(&crash_image, "of the crash image", &mut f);
+        let journal = read_journal(&crash_image, life.since, &mut f);
         fs.mount();
-        verify(&data, "of the crash image", &mut f);
-        let journal = read_journal(&data, life.since, &mut f);
         let mut restarted = match Server::start(&data, plan.durability.arg(), preload) {
             Ok(s) => Some(s),
             Err(e) => {
