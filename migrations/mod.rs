@@ -17,7 +17,10 @@
 //!    not know them.
 //! 2. Declare it below (`mod v0001_to_v0002_<what>;`), append its `STEP` to
 //!    [`STEPS`], and bump `CURRENT_FORMAT` in `src/storage/migrate.rs` (and
-//!    `codec::RECORD_FORMAT` if the record encoding changed).
+//!    `codec::RECORD_FORMAT` if the record encoding changed). If the
+//!    `Counters` record changes, make `storage::datadir::read_mark` read the
+//!    old shape too: `checkpointd.counters` beside `db` holds the same record
+//!    and is checked right after the migration, before the store rewrites it.
 //! 3. Add `tests/fixtures/v<new>/` with the fixture command in
 //!    `docs/operations.md`, and keep every older fixture: each must still
 //!    open intact.

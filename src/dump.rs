@@ -51,7 +51,17 @@ pub enum Command {
 }
 
 /// Runs one command. `Ok(false)` means it ran and found problems (`verify`).
+/// sled may panic reading a damaged page: that is an error, in one line.
 pub fn run(opts: &Options, cmd: &Command, out: &mut dyn Write) -> Result<bool> {
+    crate::panics::catch(|| run_command(opts, cmd, out)).unwrap_or_else(|panic| {
+        Err(Error::Internal(format!(
+            "data directory {} is damaged: reading it failed: {panic}",
+            opts.data_dir.display()
+        )))
+    })
+}
+
+fn run_command(opts: &Options, cmd: &Command, out: &mut dyn Write) -> Result<bool> {
     if let Command::Backup { dest } = cmd {
         backup(&crate::snapshot::backup(&opts.data_dir, dest)?, &opts.data_dir, opts.json, out)?;
         out.flush()?;

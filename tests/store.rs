@@ -1545,3 +1545,59 @@ async fn validate_reports_a_flipped_byte() {
         close(service);
     }
 }
+
+/// Rewrites the counters record through sled, with nothing pending to
+/// re-apply over it (a damaged or absurdly imported directory).
+fn set_counters(dir: &Path, edit: impl Fn(&mut checkpointd::storage::records::Counters)) {
+    use checkpointd::storage::{codec, keys};
+    let dir = &config(dir).data_dir;
+    let db = open_when_unlocked("raw sled open", || sled::open(dir).map_err(|e| e.to_string()));
+    let meta = db.open_tree("meta").unwrap();
+    let mut c = codec::decode(&meta.get(keys::META_COUNTERS).unwrap().unwrap(), "counters").unwrap();
+    edit(&mut c);
+    meta.insert(keys::META_COUNTERS, codec::encode(&c)).unwrap();
+    meta.remove(keys::META_INTENT).unwrap();
+    db.flush().unwrap();
+    // The mark beside the data would (rightly) refuse counters that went down.
+    let _ = std::fs::remove_file(dir.join(checkpointd::storage::datadir::MARK_FILE));
+}
+
+/// Counters read from disk are not trusted to stay in range: sequences at
+/// the end of u64 refuse writes instead of wrapping around to reuse numbers,
+/// and counts lower than what is stored never go below zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_from_disk_never_overflow() {
+    let dir = TempDir::new().unwrap();
+    let service = open(dir.path());
+    let s = session(&service, "s").await;
+    let a = service.checkpoint(new_cp(s, "a", &[])).await.unwrap();
+    let b = service.checkpoint(new_cp(s, "b", &[])).await.unwrap();
+    close(service);
+
+    // Counts below what is stored: deleting everything ends at zero.
+    set_counters(dir.path(), |c| c.checkpoints = 1);
+    let service = open(dir.path());
+    service.delete_checkpoint(a.id, None).await.unwrap();
+    service.delete_checkpoint(b.id, None).await.unwrap();
+    assert_eq!(service.metrics().await.unwrap().total_checkpoints, 0);
+    assert_eq!(service.store().session(s).unwrap().checkpoint_count, 0);
+    service.delete_session(s).await.unwrap();
+    close(service);
+
+    // Sequences at the end of u64: reads work, writes are refused.
+    set_counters(dir.path(), |c| c.global_seq = u64::MAX);
+    let service = open(dir.path());
+    assert!(service.list_sessions(None, None).await.unwrap().is_empty());
+    let err = service.create_session(Some("t".into()), None).await.unwrap_err();
+    assert!(err.to_string().contains("exhausted"), "{err}");
+    close(service);
+    set_counters(dir.path(), |c| {
+        c.global_seq = 1;
+        c.event_seq = u64::MAX - 1;
+    });
+    let service = open(dir.path());
+    // No overflow computing the replay bounds at the end of the range.
+    let _ = service.store().check_replay(u64::MAX - 1);
+    assert!(service.create_session(Some("t".into()), None).await.unwrap_err().to_string().contains("exhausted"));
+    close(service);
+}

@@ -15,8 +15,24 @@ pub const RECORD_FORMAT: u8 = 1;
 
 const TRAILER: usize = 4;
 
+/// The most bytes one record's fields may claim when decoded. A length
+/// prefix is read before what it counts, so without a limit a damaged (or
+/// crafted) record that still passes its checksum could claim exabytes and
+/// abort the process on the allocation. Far above any record written: the
+/// largest, a change's intent, holds one write (a client message, 16 MiB by
+/// default, or an import batch of about 8 MiB).
+pub const MAX_RECORD_BYTES: usize = 1 << 30;
+
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
+}
+
+fn decode_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_RECORD_BYTES>,
+> {
+    config().with_limit::<MAX_RECORD_BYTES>()
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -53,7 +69,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
         }
         None => return Err(Error::Internal(format!("{what}: empty record"))),
     }
-    let (value, used) = bincode::serde::decode_from_slice(&body[1..], config())
+    let (value, used) = bincode::serde::decode_from_slice(&body[1..], decode_config())
         .map_err(|e| Error::Internal(format!("{what}: undecodable record: {e}")))?;
     if used != body.len() - 1 {
         return Err(Error::Internal(format!("{what}: trailing bytes in record")));
@@ -73,5 +89,18 @@ mod tests {
         bytes[3] ^= 0x40;
         assert!(decode::<(u64, String, Vec<u8>)>(&bytes, "t").is_err());
         assert!(!checksum_ok(&bytes));
+    }
+
+    /// Regression: a record with a valid checksum whose length prefix claims
+    /// exabytes aborted the process (`memory allocation of ... failed`).
+    #[test]
+    fn a_huge_length_prefix_is_an_error() {
+        let mut body = vec![RECORD_FORMAT, 253];
+        body.extend_from_slice(&0x73f6_6a9a_1c2b_38f2u64.to_le_bytes());
+        let crc = crc32fast::hash(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        assert!(decode::<String>(&body, "t").unwrap_err().to_string().contains("undecodable"));
+        assert!(decode::<Vec<u8>>(&body, "t").is_err());
+        assert!(decode::<Vec<String>>(&body, "t").is_err());
     }
 }

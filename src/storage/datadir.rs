@@ -87,6 +87,9 @@ pub enum DirError {
     NoFormatVersion { dir: PathBuf },
     #[error("data directory {} is in use by another checkpointd (could not acquire its lock)", .dir.display())]
     Locked { dir: PathBuf },
+    /// Any other error while recovering or migrating, with the directory.
+    #[error("data directory {}: {detail}", .dir.display())]
+    Opening { dir: PathBuf, detail: String },
 }
 
 impl From<DirError> for Error {
@@ -134,6 +137,11 @@ pub fn open<T>(
     then: impl FnOnce(&sled::Db, &[Tree]) -> Result<T>,
 ) -> Result<(Opened, T)> {
     let survey = survey(dir, shown, access)?;
+    if survey.had_db && access == Access::Serve {
+        // A server running on the directory is said as such, not as what
+        // its writes in progress look like (a torn newest blob).
+        check_unlocked(dir, shown)?;
+    }
     if survey.had_db {
         check_log(dir, shown)?;
     }
@@ -188,7 +196,7 @@ fn in_dir(dir: &Path, e: Error) -> Error {
     if e.to_string().contains(&shown) {
         e
     } else {
-        DirError::Damaged { dir: dir.to_path_buf(), what: e.to_string() }.into()
+        DirError::Opening { dir: dir.to_path_buf(), detail: e.to_string() }.into()
     }
 }
 
@@ -318,6 +326,17 @@ pub fn survey(dir: &Path, shown: &Path, access: Access) -> Result<Survey, DirErr
     Ok(survey)
 }
 
+/// Fails when another process holds sled's lock (a `flock` on `db`).
+fn check_unlocked(dir: &Path, shown: &Path) -> Result<(), DirError> {
+    let file = File::open(dir.join("db")).map_err(|e| io_error(shown, "cannot open `db`", &e))?;
+    match file.try_lock() {
+        // Released when `file` closes; sled takes it again when it opens.
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DirError::Locked { dir: shown.to_path_buf() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_error(shown, "cannot lock `db`", &e)),
+    }
+}
+
 /// The segment size recorded in `conf` (sled's default when unreadable).
 fn segment_bytes(dir: &Path) -> u64 {
     let conf = fs::read_to_string(dir.join("conf")).unwrap_or_default();
@@ -366,11 +385,10 @@ pub fn check_log(dir: &Path, shown: &Path) -> Result<(), DirError> {
 }
 
 /// Step 1c: every blob file that sled's recovery reads (those written since
-/// the segment of its last snapshot) passes its checksum. sled would stop
-/// recovery at a damaged one, silently, and delete every later blob. The
-/// newest blob is exempt when no log segment was started after it: a crash
-/// in the middle of writing it leaves it torn, and losing it loses only that
-/// unacknowledged write.
+/// the segment of its last snapshot) and that the mark says was synced whole
+/// (`synced_through`) passes its checksum. sled would stop recovery at a
+/// damaged one, silently, and delete every later blob. A blob above the
+/// mark may be a write a crash cut short, and is left to sled's recovery.
 pub fn check_blobs(dir: &Path, shown: &Path, survey: &Survey, synced_through: Option<u64>) -> Result<(), DirError> {
     // Blob files above the mark may be writes a crash cut short (sled
     // recovers the log up to the first of them, and only unacknowledged
@@ -380,7 +398,12 @@ pub fn check_blobs(dir: &Path, shown: &Path, survey: &Survey, synced_through: Op
     let from = survey.snapshot_lsn.map_or(0, |lsn| lsn - lsn % segment_bytes(dir));
     for &lsn in survey.blobs.iter().filter(|&&lsn| lsn >= from && lsn <= synced_through) {
         let path = dir.join("blobs").join(lsn.to_string());
-        let intact = blob_intact(&path).map_err(|e| io_error(shown, &format!("cannot read `blobs/{lsn}`"), &e))?;
+        let intact = match blob_intact(&path) {
+            Ok(intact) => intact,
+            // Removed since it was listed: nothing to recover from it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_error(shown, &format!("cannot read `blobs/{lsn}`"), &e)),
+        };
         if !intact {
             let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             return Err(DirError::Damaged {
@@ -460,7 +483,7 @@ pub fn check_recovered(trees: &[Tree], mark: Option<Counters>) -> Result<(), Str
         ] {
             if recovered < marked {
                 return Err(format!(
-                    "sled recovered {what} {recovered}, but {marked} was on disk when checkpointd last opened or closed it ({MARK_FILE}): part of its log is lost"
+                    "sled recovered {what} {recovered}, but {marked} was on disk when checkpointd last recorded it ({MARK_FILE}): part of its log is lost"
                 ));
             }
         }
@@ -468,9 +491,10 @@ pub fn check_recovered(trees: &[Tree], mark: Option<Counters>) -> Result<(), Str
     Ok(())
 }
 
-/// The counters as they were when checkpointd last opened or closed the
-/// directory, kept beside sled's files (`checkpointd.counters`, written
-/// whole and fsynced). Everything they count was durable when they were
+/// The counters (and newest blob synced whole) as they were when
+/// checkpointd last wrote its mark: at open, at close, and at most once a
+/// `MARK_INTERVAL` while serving. Kept beside sled's files
+/// (`checkpointd.counters`, written whole and fsynced). Everything they count was durable when they were
 /// written, so sled must recover at least that much: a log cut short by
 /// damage (which sled cannot tell from a crash) recovers less.
 pub const MARK_FILE: &str = "checkpointd.counters";

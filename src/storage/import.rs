@@ -168,7 +168,7 @@ impl Store {
                 }
                 check_len("session name", &s.name, MAX_TEXT_BYTES)?;
                 check_object("session metadata", &s.metadata)?;
-                let ordinal = s.ordinal.unwrap_or(w.counters.sessions_created + 1);
+                let ordinal = s.ordinal.unwrap_or(w.counters.sessions_created.saturating_add(1));
                 if ordinal == 0
                     || !new_ordinals.insert(ordinal)
                     || w.store.tree(TreeId::SessionOrder).contains_key(keys::u64_key(ordinal))?
@@ -261,7 +261,7 @@ impl Store {
                 let next = match next_index.get(&id) {
                     Some(&n) => n,
                     None => match w.store.tree(TreeId::Annotations).scan_prefix(id.as_bytes()).keys().next_back() {
-                        Some(k) => keys::annotation_index(&k?).map_or(0, |i| i + 1),
+                        Some(k) => keys::annotation_index(&k?).map_or(0, |i| i.saturating_add(1)),
                         None => 0,
                     },
                 };

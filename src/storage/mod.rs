@@ -140,7 +140,8 @@ impl Write<'_> {
             let (k, _) = entry?;
             self.del(TreeId::Annotations, k);
         }
-        self.counters.checkpoints -= 1;
+        // Counts read from disk may be low (damage): never below zero.
+        self.counters.checkpoints = self.counters.checkpoints.saturating_sub(1);
         Ok(())
     }
 
@@ -150,8 +151,9 @@ impl Write<'_> {
 }
 
 impl Store {
-    /// Opens (creating if needed) a data directory. Reads a constant number of
-    /// keys: counters live in the meta tree, nothing is scanned.
+    /// Opens (creating if needed) a data directory, refusing a damaged one
+    /// ([`datadir`]). Reads a constant number of keys: counters live in the
+    /// meta tree, no tree is scanned.
     pub fn open(config: StoreConfig) -> Result<Store> {
         // A damaged directory is refused, whatever sled makes of it (`datadir`).
         let (opened, counters) =
@@ -210,6 +212,9 @@ impl Store {
     fn write_now<T>(&self, f: impl FnOnce(&mut Write<'_>) -> Result<T>) -> Result<(T, Ticket)> {
         let mut committed = self.writer.lock().map_err(|_| Error::Internal("write lock poisoned".into()))?;
         self.committer.check()?;
+        if committed.exhausted() {
+            return Err(Error::Unavailable(format!("sequence numbers are exhausted: {:?}", *committed)));
+        }
         let mut w = Write { store: self, counters: *committed, ops: Vec::with_capacity(16), now: micros(Utc::now()) };
         let out = f(&mut w)?;
         if w.counters != *committed {
@@ -295,7 +300,10 @@ impl Store {
     /// Sessions in creation order, starting after session `after`.
     pub fn list_sessions(&self, after: Option<SessionId>, limit: usize) -> Result<Vec<Session>> {
         let start = match after {
-            Some(id) => self.session_record(id)?.ordinal + 1,
+            Some(id) => match self.session_record(id)?.ordinal.checked_add(1) {
+                Some(next) => next,
+                None => return Ok(Vec::new()),
+            },
             None => 0,
         };
         let mut out = Vec::new();
@@ -339,7 +347,7 @@ impl Store {
                 }
                 w.del(TreeId::Sessions, keys::session_key(id));
                 w.del(TreeId::SessionOrder, keys::u64_key(rec.ordinal));
-                w.counters.active_sessions -= 1;
+                w.counters.active_sessions = w.counters.active_sessions.saturating_sub(1);
                 w.event(id, EventKind::SessionDeleted { removed });
                 Ok(true)
             })?;
@@ -569,7 +577,7 @@ impl Store {
             }
             let mut sess = w.store.session_record(rec.session_id)?;
             w.remove_checkpoint(&rec)?;
-            sess.checkpoint_count -= 1;
+            sess.checkpoint_count = sess.checkpoint_count.saturating_sub(1);
             if sess.last_sequence == Some(rec.sequence_number) {
                 sess.last_sequence = w.store.newest_before(rec.session_id, rec.sequence_number)?;
             }
@@ -597,7 +605,9 @@ impl Store {
             w.store.locate(id)?;
             let tree = w.store.tree(TreeId::Annotations);
             let next = match tree.scan_prefix(id.as_bytes()).keys().next_back() {
-                Some(k) => keys::annotation_index(&k?).ok_or_else(|| Error::Internal("bad annotation key".into()))? + 1,
+                Some(k) => keys::annotation_index(&k?)
+                    .ok_or_else(|| Error::Internal("bad annotation key".into()))?
+                    .saturating_add(1),
                 None => 0,
             };
             if next >= crate::config::MAX_ANNOTATIONS {
@@ -775,8 +785,8 @@ impl Store {
             )));
         }
         match self.oldest_event()? {
-            Some(oldest) if since + 1 < oldest => Err(Error::Compacted { requested: since, oldest }),
-            None if since < last => Err(Error::Compacted { requested: since, oldest: last + 1 }),
+            Some(oldest) if since.saturating_add(1) < oldest => Err(Error::Compacted { requested: since, oldest }),
+            None if since < last => Err(Error::Compacted { requested: since, oldest: last.saturating_add(1) }),
             _ => Ok(()),
         }
     }
@@ -826,7 +836,7 @@ fn apply_policy(
     if policy.preserve_tags.is_empty() {
         // Count-only policy: the oldest go, found without a full scan.
         let keep = policy.keep_recent.unwrap_or(0).saturating_sub(skip);
-        let existing = session.checkpoint_count - skip;
+        let existing = session.checkpoint_count.saturating_sub(skip);
         for entry in stored.take(existing.saturating_sub(keep) as usize) {
             doomed.push(decode_checkpoint(&entry?.1)?);
         }
@@ -847,7 +857,7 @@ fn apply_policy(
         w.remove_checkpoint(rec)?;
     }
     let removed = doomed.len() as u64;
-    session.checkpoint_count -= removed;
+    session.checkpoint_count = session.checkpoint_count.saturating_sub(removed);
     if skip == 0 {
         session.last_sequence = if policy.preserve_tags.is_empty() {
             if session.checkpoint_count == 0 { None } else { session.last_sequence }

@@ -36,6 +36,19 @@ pub struct Counters {
     pub checkpoints: u64,
 }
 
+impl Counters {
+    /// Sequence numbers one write may hand out at most (a checkpoint, and
+    /// its compaction's event); the write refuses when fewer are left.
+    pub const WRITE_HEADROOM: u64 = 16;
+
+    /// Whether a counter is too close to the end of `u64` for one more
+    /// write (a directory damaged or imported with absurd sequences):
+    /// refusing is better than wrapping around to reuse numbers.
+    pub fn exhausted(&self) -> bool {
+        [self.global_seq, self.event_seq, self.sessions_created].iter().any(|&n| n > u64::MAX - Self::WRITE_HEADROOM)
+    }
+}
+
 /// What was on disk when checkpointd last wrote its mark file
 /// (`datadir::MARK_FILE`): at open, at close, and at most once a
 /// `MARK_INTERVAL` after a group commit in between.
