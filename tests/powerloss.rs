@@ -1037,15 +1037,18 @@ fn run(plan: &Plan) -> Option<Outcome> {
         let pending = life.writers.iter().filter(|wr| wr.pending.is_some()).count();
         let mut f = Findings::new(plan.durability, cut_at);
 
-        // Power back: remount, look at the crash image, restart, check.
+        // Power back: look at the crash image (what is on the backing
+        // directory, read directly: not through LazyFS's cache), remount,
+        // restart, check.
         fs.unmount();
+        let crash_image = fs.backing().join(data.file_name().unwrap());
         let image = keep.as_ref().map(|k| k.join(format!("{}-seed{seed}-cut{n}", plan.name)));
         if let Some(image) = &image {
-            checkpointd::storage::dircopy::copy_dir(&fs.backing().join("d"), image, false).expect("keep the image");
+            checkpointd::storage::dircopy::copy_dir(&crash_image, image, false).expect("keep the image");
         }
+        verify(&crash_image, "of the crash image", &mut f);
+        let journal = read_journal(&crash_image, life.since, &mut f);
         fs.mount();
-        verify(&data, "of the crash image", &mut f);
-        let journal = read_journal(&data, life.since, &mut f);
         let mut restarted = match Server::start(&data, plan.durability.arg(), preload) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -1119,14 +1122,14 @@ fn run(plan: &Plan) -> Option<Outcome> {
 
 #[test]
 fn power_loss_sync_small_states() {
-    let plan = Plan::new("sync-small", Durability::Sync, Mix::SmallOnly, 4);
+    let plan = Plan::new("sync-small", Durability::Sync, Mix::SmallOnly, 6);
     let Some(outcome) = run(&plan) else { return };
     outcome.assert_clean(&plan);
 }
 
 #[test]
 fn power_loss_sync_mixed_states() {
-    let plan = Plan::new("sync-mixed", Durability::Sync, Mix::Mixed, 8);
+    let plan = Plan::new("sync-mixed", Durability::Sync, Mix::Mixed, 20);
     let Some(outcome) = run(&plan) else { return };
     outcome.assert_clean(&plan);
 }
@@ -1136,7 +1139,7 @@ fn power_loss_sync_mixed_states() {
 /// judged.
 #[test]
 fn power_loss_async_mixed_states() {
-    let plan = Plan::new("async-mixed", Durability::Async, Mix::Mixed, 5);
+    let plan = Plan::new("async-mixed", Durability::Async, Mix::Mixed, 6);
     let Some(outcome) = run(&plan) else { return };
     let losses: Vec<&Loss> = outcome.cuts.iter().flat_map(|c| &c.losses).collect();
     let oldest = losses.iter().filter(|l| l.age.is_some()).max_by_key(|l| l.age);
@@ -1156,7 +1159,7 @@ fn power_loss_async_mixed_states() {
 /// and LazyFS arms a torn write by file name.
 #[test]
 fn torn_write_of_sleds_data_file() {
-    let mut plan = Plan::new("torn-db", Durability::Sync, Mix::Mixed, 3);
+    let mut plan = Plan::new("torn-db", Durability::Sync, Mix::Mixed, 4);
     plan.cut_by = CutBy::TornWrite;
     let Some(outcome) = run(&plan) else { return };
     outcome.assert_clean(&plan);

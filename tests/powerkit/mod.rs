@@ -332,11 +332,16 @@ impl LazyFs {
     /// Sends one fault command (one write: LazyFS reads ~100-byte chunks).
     fn command(&mut self, cmd: &str) {
         assert!(cmd.len() < 100, "fault command too long for LazyFS: {cmd}");
-        let mut fifo = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(self.fifo())
-            .unwrap_or_else(|e| panic!("open the LazyFS fifo (is LazyFS running?): {e}"));
+        let opened = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(self.fifo());
+        let mut fifo = match opened {
+            Ok(fifo) => fifo,
+            Err(e) => {
+                // ENXIO: nobody reads the fifo, i.e. LazyFS is gone.
+                let status = self.child.as_mut().map(|c| c.try_wait());
+                let tail = self.output_tail();
+                panic!("cannot send {cmd:?} to LazyFS ({e}); LazyFS: {status:?}; its output:\n{tail}");
+            }
+        };
         fifo.write_all(format!("{cmd}\n").as_bytes()).expect("write to the LazyFS fifo");
     }
 
