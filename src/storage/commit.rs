@@ -451,7 +451,28 @@ enum Writes<'a> {
 #[derive(Default)]
 struct BlobSync {
     files: HashMap<OsString, BlobFile>,
+    /// Blob files sled deleted, noticed by the last listing: their kept
+    /// links go at the next flush (see [`KEPT_BLOBS`]).
+    vanished: Vec<OsString>,
 }
+
+/// A second hard link to every blob file, in `<data-dir>/blobs.keep/`.
+///
+/// sled deletes a blob file once the log that replaces it counts as stable
+/// in its own terms (written and `sync_file_range`d), which can be before
+/// checkpointd's `fdatasync` of that log; the deletion itself may reach the
+/// disk first (a journaling file system commits it with the next fsync of
+/// anything). A power cut then brings back the old log entry without its
+/// blob: sled passes over it, and the page reverts to an older version
+/// (counters going back, an older change's intent re-applied). The kept link
+/// holds the blob's data until the log that replaced it is durable: a link
+/// is made, and its directory synced, in the flush that first syncs the blob
+/// (before anything it holds is acknowledged), and removed only in the flush
+/// after the one that found the blob gone, whose `fdatasync` covers the log
+/// written before sled deleted it. Opening a directory first restores every
+/// kept blob that is missing (`datadir`); sled's recovery ignores those its
+/// log does not reach.
+pub const KEPT_BLOBS: &str = "blobs.keep";
 
 #[derive(Clone, Copy)]
 struct BlobFile {
@@ -472,11 +493,22 @@ impl BlobSync {
     /// synced, then, if a file was new, their directory.
     fn sync(&mut self, dir: &Path, writes: Writes<'_>) -> std::io::Result<()> {
         let blobs = dir.join("blobs");
+        let kept = dir.join(KEPT_BLOBS);
+        // The log written before sled deleted these is durable now (this
+        // flush's fdatasync of `db` came after the listing that found them
+        // gone): their data is no longer needed.
+        for name in self.vanished.drain(..) {
+            match std::fs::remove_file(kept.join(&name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
         let names = match std::fs::read_dir(&blobs) {
             Ok(entries) => entries.map(|e| e.map(|e| e.file_name())).collect::<std::io::Result<Vec<_>>>()?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
+        std::fs::create_dir_all(&kept)?;
         // Read after the listing: every file it found was begun by one of
         // these tickets.
         let (applied, reserved) = match writes {
@@ -485,6 +517,7 @@ impl BlobSync {
         };
         let mut present = HashMap::with_capacity(self.files.len());
         let mut new_entry = false;
+        let mut new_link = false;
         for name in names {
             let previous = self.files.get(&name).copied();
             if let Some(settled) = previous.filter(|f| f.settled) {
@@ -508,12 +541,41 @@ impl BlobSync {
                 }
                 new_entry |= previous.is_none();
             }
+            if previous.is_none() {
+                // A link left by an earlier run under the same name (sled
+                // reuses the numbers of blobs it discarded in recovery) is
+                // replaced.
+                let link = kept.join(&name);
+                match std::fs::hard_link(&path, &link) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        std::fs::remove_file(&link)?;
+                        std::fs::hard_link(&path, &link)?;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    other => other?,
+                }
+                new_link = true;
+            }
             let made_by = previous.map_or(reserved, |f| f.made_by);
             // Its writer had returned before `len` was read: it is whole.
             present.insert(name, BlobFile { len, made_by, settled: made_by <= applied });
         }
         if new_entry {
             File::open(&blobs)?.sync_all()?;
+        }
+        if new_link {
+            File::open(&kept)?.sync_all()?;
+        }
+        self.vanished = self.files.keys().filter(|name| !present.contains_key(*name)).cloned().collect();
+        if matches!(writes, Writes::Quiet) {
+            // Links whose blob is gone after a recovery: sled discarded or
+            // never needed them. They go at the next flush.
+            for entry in std::fs::read_dir(&kept)? {
+                let name = entry?.file_name();
+                if !present.contains_key(&name) {
+                    self.vanished.push(name);
+                }
+            }
         }
         self.files = present;
         Ok(())

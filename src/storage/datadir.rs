@@ -58,6 +58,29 @@ const SEGMENT_HEADER_BYTES: usize = 20;
 /// A blob file starts with its crc32 and a kind byte.
 const BLOB_HEADER_BYTES: u64 = 5;
 
+/// Puts back every blob file sled deleted before the log that replaced it
+/// was durable, from its kept link (see [`super::commit::KEPT_BLOBS`]).
+/// sled's recovery reads those its log still points to and ignores the rest.
+fn restore_kept_blobs(dir: &Path) -> io::Result<()> {
+    let (kept, blobs) = (dir.join(super::commit::KEPT_BLOBS), dir.join("blobs"));
+    let entries = match fs::read_dir(&kept) {
+        Ok(entries) => entries,
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !blobs.is_dir() {
+        return Ok(());
+    }
+    for entry in entries {
+        let name = entry?.file_name();
+        match fs::hard_link(kept.join(&name), blobs.join(&name)) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// What is wrong with a data directory, found while opening it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirError {
@@ -145,6 +168,7 @@ pub fn open<T>(
     if survey.had_db {
         check_log(dir, shown)?;
     }
+    restore_kept_blobs(dir).map_err(|e| io_error(shown, "cannot restore a kept blob file", &e))?;
     let mark = match survey.had_db {
         true => read_mark(dir).map_err(|what| DirError::Damaged { dir: shown.to_path_buf(), what })?,
         false => None,

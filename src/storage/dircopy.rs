@@ -32,6 +32,9 @@ fn copy_level(from: &Path, to: &Path, sync: bool, depth: usize) -> io::Result<u6
         if kind.is_dir() {
             bytes += copy_level(&entry.path(), &dest, sync, depth + 1)?;
         } else if kind.is_file() {
+            if redundant_link(from, &entry.file_name(), depth) {
+                continue;
+            }
             match fs::copy(entry.path(), &dest) {
                 Ok(n) => bytes += n,
                 // Removed since it was listed: sled deletes obsolete blob
@@ -79,6 +82,9 @@ fn refresh_level(from: &Path, to: &Path, write_once: bool, depth: usize) -> io::
             let blobs = depth == 0 && entry.file_name() == "blobs";
             bytes += refresh_level(&entry.path(), &dest, blobs, depth + 1)?;
         } else if kind.is_file() {
+            if redundant_link(from, &entry.file_name(), depth) {
+                continue;
+            }
             let len = match entry.metadata() {
                 Ok(m) => m.len(),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -111,6 +117,15 @@ fn refresh_level(from: &Path, to: &Path, write_once: bool, depth: usize) -> io::
         }
     }
     Ok(bytes)
+}
+
+/// A kept link (`blobs.keep/N`) whose blob (`blobs/N`) is still there: the
+/// same bytes, which a copy need not hold twice. Only a kept blob that sled
+/// has deleted is copied (`super::commit::KEPT_BLOBS`).
+fn redundant_link(from: &Path, name: &std::ffi::OsStr, depth: usize) -> bool {
+    depth == 1
+        && from.file_name().is_some_and(|n| n == super::commit::KEPT_BLOBS)
+        && from.parent().is_some_and(|data| data.join("blobs").join(name).exists())
 }
 
 /// fsyncs every regular file and directory under `dir`, and `dir` itself.
@@ -149,7 +164,7 @@ fn size_level(dir: &Path, depth: usize) -> io::Result<u64> {
         let kind = entry.file_type()?;
         if kind.is_dir() {
             bytes += size_level(&entry.path(), depth + 1)?;
-        } else if kind.is_file() {
+        } else if kind.is_file() && !redundant_link(dir, &entry.file_name(), depth) {
             bytes += entry.metadata()?.len();
         }
     }
