@@ -567,6 +567,19 @@ impl BlobSync {
             File::open(&kept)?.sync_all()?;
         }
         self.vanished = self.files.keys().filter(|name| !present.contains_key(*name)).cloned().collect();
+        // A blob sled replaced before it was synced whole may still be what
+        // an acknowledged write's page points to on disk (if the log that
+        // replaced it is lost): its kept link has all of it (its writer
+        // had returned before it could be replaced), so sync that.
+        for name in &self.vanished {
+            if self.files.get(name).is_some_and(|f| !f.settled) {
+                match File::open(kept.join(name)) {
+                    Ok(f) => f.sync_data()?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         if matches!(writes, Writes::Quiet) {
             // Links whose blob is gone after a recovery: sled discarded or
             // never needed them. They go at the next flush.

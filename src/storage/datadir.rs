@@ -73,7 +73,14 @@ fn restore_kept_blobs(dir: &Path) -> io::Result<()> {
     }
     for entry in entries {
         let name = entry?.file_name();
-        match fs::hard_link(kept.join(&name), blobs.join(&name)) {
+        let (link, blob) = (kept.join(&name), blobs.join(&name));
+        // Only a whole one: a blob sled replaced before checkpointd synced
+        // all of it was not needed by anything acknowledged, and a torn one
+        // in place of a missing one would end sled's recovery there.
+        if blob.exists() || !blob_intact(&link)? {
+            continue;
+        }
+        match fs::hard_link(&link, &blob) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
             _ => {}
         }
