@@ -15,7 +15,7 @@
 use checkpointd::client::Client;
 use checkpointd::config::{Durability, StoreConfig};
 use checkpointd::model::{NewCheckpoint, Trigger};
-use checkpointd::storage::Store;
+use checkpointd::storage::{Backend, Store};
 use serde_json::json;
 use serde_json::value::RawValue;
 use std::io::{BufRead, BufReader};

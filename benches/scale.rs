@@ -27,7 +27,7 @@ use checkpointd::client::Client;
 use checkpointd::config::{Durability, MAX_PAGE, SUBSCRIBER_QUEUE_EVENTS, StoreConfig};
 use checkpointd::model::{ListQuery, NewCheckpoint, SessionId, Trigger};
 use checkpointd::server::OUTBOUND_QUEUE;
-use checkpointd::storage::Store;
+use checkpointd::storage::{Backend, Store};
 use serde_json::json;
 use serde_json::value::RawValue;
 use std::io::{BufRead, BufReader};
@@ -178,8 +178,8 @@ fn read_marker(marker: &Path, dir: &Path, big: u64) -> Option<Populated> {
         return None;
     }
     let store = Store::open(StoreConfig::new(dir)).ok()?;
-    let ok =
-        store.session(big_id).ok()?.checkpoint_count == big && store.session(small_id).ok()?.checkpoint_count == SMALL;
+    let ok = store.reader().session(big_id).ok()?.checkpoint_count == big
+        && store.reader().session(small_id).ok()?.checkpoint_count == SMALL;
     store.close();
     ok.then(|| Populated { dir: dir.to_path_buf(), big: big_id, big_count: big, small: small_id })
 }
@@ -208,9 +208,9 @@ fn open_child() {
     let after_open = status_kb("self", "VmRSS").unwrap_or(0);
     let hwm_open = status_kb("self", "VmHWM").unwrap_or(0);
     let start = Instant::now();
-    if let Some(session) = store.list_sessions(None, 1).expect("list sessions").first() {
+    if let Some(session) = store.reader().list_sessions(None, 1).expect("list sessions").first() {
         let q = ListQuery { limit: Some(PAGE), ..ListQuery::default() };
-        store.list_checkpoints(session.id, &q, MAX_PAGE).expect("list");
+        store.reader().list_checkpoints(session.id, &q, MAX_PAGE).expect("list");
     }
     let first_page = start.elapsed();
     let after_page = status_kb("self", "VmRSS").unwrap_or(0);
@@ -308,8 +308,8 @@ fn list_table(cached: &Populated) {
     let store = Store::open(StoreConfig::new(&cached.dir)).expect("open");
     let range = |s: SessionId| {
         let q = |newest_first| ListQuery { limit: Some(1), newest_first, ..ListQuery::default() };
-        let first = store.list_checkpoints(s, &q(false), MAX_PAGE).expect("list")[0].sequence_number;
-        let last = store.list_checkpoints(s, &q(true), MAX_PAGE).expect("list")[0].sequence_number;
+        let first = store.reader().list_checkpoints(s, &q(false), MAX_PAGE).expect("list")[0].sequence_number;
+        let last = store.reader().list_checkpoints(s, &q(true), MAX_PAGE).expect("list")[0].sequence_number;
         (first, last)
     };
     let sessions = [(cached.big, range(cached.big)), (cached.small, range(cached.small))];
@@ -328,7 +328,7 @@ fn list_table(cached: &Populated) {
             let after = first - 1 + rng % (last - first + 2 - PAGE as u64);
             let q = ListQuery { limit: Some(PAGE), after: Some(after), ..ListQuery::default() };
             let t = Instant::now();
-            let page = store.list_checkpoints(*session, &q, MAX_PAGE).expect("list");
+            let page = store.reader().list_checkpoints(*session, &q, MAX_PAGE).expect("list");
             let took = t.elapsed();
             assert_eq!(page.len(), PAGE);
             if i >= warm {

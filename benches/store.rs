@@ -23,7 +23,7 @@
 
 use checkpointd::config::{Durability, MAX_PAGE, StoreConfig};
 use checkpointd::model::{CheckpointId, ListQuery, NewCheckpoint, RetentionPolicy, SessionId, Trigger};
-use checkpointd::storage::Store;
+use checkpointd::storage::{Backend, Store};
 use criterion::{BatchSize, BenchmarkId, Criterion};
 use serde_json::value::RawValue;
 use std::cell::{Cell, RefCell};
@@ -109,7 +109,7 @@ impl Fixture {
 
     /// Adds checkpoints to the big session until the store holds `n`.
     fn grow_to(&self, n: u64) -> Duration {
-        let have = self.store.metrics().expect("metrics").total_checkpoints;
+        let have = self.rt.block_on(self.store.metrics()).expect("metrics").total_checkpoints;
         let start = Instant::now();
         let mut stored = self.stored.borrow_mut();
         for i in have..n {
@@ -146,7 +146,7 @@ fn bench_at(c: &mut Criterion, f: &Fixture, n: u64) {
     group.bench_function(BenchmarkId::new("get", n), |b| {
         b.iter_batched(
             || f.stored.borrow()[f.random(count)].0,
-            |id| black_box(f.store.checkpoint(id).expect("get")),
+            |id| black_box(f.store.reader().checkpoint(id).expect("get")),
             BatchSize::SmallInput,
         )
     });
@@ -159,7 +159,7 @@ fn bench_at(c: &mut Criterion, f: &Fixture, n: u64) {
                 ListQuery { limit: Some(PAGE), after: Some(after), ..ListQuery::default() }
             },
             |q| {
-                let page = f.store.list_checkpoints(f.session, &q, MAX_PAGE).expect("list");
+                let page = f.store.reader().list_checkpoints(f.session, &q, MAX_PAGE).expect("list");
                 assert_eq!(page.len(), PAGE);
                 black_box(page)
             },

@@ -12,7 +12,7 @@
 
 use checkpointd::config::{ASYNC_FLUSH_DELAY, ASYNC_FLUSH_INTERVAL, Durability, StoreConfig};
 use checkpointd::model::{NewCheckpoint, RetentionPolicy, Trigger};
-use checkpointd::storage::Store;
+use checkpointd::storage::{Backend, Store};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::model::{CheckpointId, EventKind, JournalEvent, SessionId};
 use crate::protocol::reply::{self, SummaryView, timestamp};
-use crate::storage::inspect::{Inspector, Summary, Verification};
+use crate::storage::{Inspector, Summary, Verification};
 use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -163,7 +163,7 @@ fn record(out: &mut dyn Write, fields: &[(String, String)]) -> Result<()> {
 }
 
 fn summary(s: &Summary, json: bool, out: &mut dyn Write) -> Result<()> {
-    let c = s.counters.unwrap_or_default();
+    let c = s.sequences.unwrap_or_default();
     if json {
         return json_line(
             out,
@@ -176,8 +176,8 @@ fn summary(s: &Summary, json: bool, out: &mut dyn Write) -> Result<()> {
                 "events": s.events,
                 "oldest_event": s.oldest_event,
                 "newest_event": s.newest_event,
-                "global_sequence": c.global_seq,
-                "event_sequence": c.event_seq,
+                "global_sequence": c.checkpoint,
+                "event_sequence": c.event,
                 "sessions_created": c.sessions_created,
                 "bytes_on_disk": s.bytes_on_disk,
             }),
@@ -192,8 +192,8 @@ fn summary(s: &Summary, json: bool, out: &mut dyn Write) -> Result<()> {
         ("events", s.events.to_string()),
         ("oldest_event", opt(s.oldest_event)),
         ("newest_event", opt(s.newest_event)),
-        ("global_sequence", c.global_seq.to_string()),
-        ("event_sequence", c.event_seq.to_string()),
+        ("global_sequence", c.checkpoint.to_string()),
+        ("event_sequence", c.event.to_string()),
         ("sessions_created", c.sessions_created.to_string()),
         ("bytes_on_disk", s.bytes_on_disk.to_string()),
     ];
@@ -203,7 +203,7 @@ fn summary(s: &Summary, json: bool, out: &mut dyn Write) -> Result<()> {
 /// `backup`: one line.
 fn backup(b: &crate::snapshot::Backup, source: &std::path::Path, json: bool, out: &mut dyn Write) -> Result<()> {
     use crate::snapshot::Consistency;
-    let c = b.summary.counters.unwrap_or_default();
+    let c = b.summary.sequences.unwrap_or_default();
     let paused_ms = match b.copied.consistency {
         Consistency::Paused { paused } => Some(paused.as_millis() as u64),
         Consistency::Locked => None,
@@ -217,8 +217,8 @@ fn backup(b: &crate::snapshot::Backup, source: &std::path::Path, json: bool, out
                 "format_version": b.summary.format_version,
                 "sessions": b.summary.sessions,
                 "checkpoints": b.summary.checkpoints,
-                "global_sequence": c.global_seq,
-                "event_sequence": c.event_seq,
+                "global_sequence": c.checkpoint,
+                "event_sequence": c.event,
                 "bytes": b.summary.bytes_on_disk,
                 "server_running": paused_ms.is_some(),
                 "writes_paused_ms": paused_ms,
@@ -236,8 +236,8 @@ fn backup(b: &crate::snapshot::Backup, source: &std::path::Path, json: bool, out
         b.dest.display(),
         b.summary.sessions,
         b.summary.checkpoints,
-        c.global_seq,
-        c.event_seq,
+        c.checkpoint,
+        c.event,
         b.summary.bytes_on_disk
     )?;
     Ok(())
@@ -245,8 +245,8 @@ fn backup(b: &crate::snapshot::Backup, source: &std::path::Path, json: bool, out
 
 fn sessions(ins: &Inspector, json: bool, out: &mut dyn Write) -> Result<()> {
     let mut rows = Vec::new();
-    for rec in ins.sessions() {
-        let mut s = rec?.to_model()?;
+    for session in ins.sessions() {
+        let (_, mut s) = session?;
         s.metadata = one_line(&s.metadata);
         if json {
             json_line(out, &reply::session(&s, true))?;
@@ -274,10 +274,9 @@ struct CheckpointRow<'a> {
 fn checkpoints(ins: &Inspector, session: SessionId, with_state: bool, json: bool, out: &mut dyn Write) -> Result<()> {
     ins.session(session)?;
     let mut rows = Vec::new();
-    for rec in ins.checkpoints(session) {
-        let rec = rec?;
-        let state = if with_state { Some(one_line(&ins.state(&rec)?)) } else { None };
-        let s = rec.summary(ins.has_notes(rec.id)?);
+    for s in ins.checkpoints(session) {
+        let s = s?;
+        let state = if with_state { Some(one_line(&ins.checkpoint(s.id)?.state)) } else { None };
         if json {
             json_line(out, &CheckpointRow { summary: SummaryView::from(&s), state: state.as_deref() })?;
             continue;
@@ -362,7 +361,7 @@ fn event_row(e: &JournalEvent) -> Vec<String> {
 
 fn events(ins: &Inspector, since: u64, limit: Option<usize>, json: bool, out: &mut dyn Write) -> Result<()> {
     let mut rows = Vec::new();
-    for e in ins.events(since).take(limit.unwrap_or(usize::MAX)) {
+    for e in ins.events_after(since).take(limit.unwrap_or(usize::MAX)) {
         let e = e?;
         if json {
             writeln!(out, "{}", reply::render_event(&e))?;

@@ -57,26 +57,23 @@ impl Error {
     pub(crate) fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidParams(msg.into())
     }
-}
 
-impl From<sled::Error> for Error {
-    fn from(e: sled::Error) -> Self {
-        match e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                Error::Unavailable(format!("data directory is in use by another process ({io})"))
-            }
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
-                Error::Unavailable(format!("storage I/O error: a file of the database is missing ({io})"))
-            }
-            sled::Error::Io(io) => Error::Unavailable(format!("storage I/O error: {io}")),
-            sled::Error::Corruption { at: Some(sled::DiskPtr::Blob(_, lsn)), .. } => {
-                Error::Internal(format!("storage error: blob file blobs/{lsn} is corrupt"))
-            }
-            sled::Error::Corruption { at: Some(sled::DiskPtr::Inline(offset)), .. } => {
-                Error::Internal(format!("storage error: corrupt data at offset {offset} of the database file"))
-            }
-            sled::Error::Corruption { at: None, .. } => Error::Internal("storage error: corrupt data".into()),
-            other => Error::Internal(format!("storage error: {other}")),
+    /// The same error (the same code), its message prefixed with where it
+    /// happened, e.g. `line 7: `.
+    pub fn context(self, at: impl std::fmt::Display) -> Self {
+        let prefixed = |m: String| format!("{at}: {m}");
+        match self {
+            Error::InvalidJson(m) => Error::InvalidJson(prefixed(m)),
+            Error::InvalidParams(m) => Error::InvalidParams(prefixed(m)),
+            Error::UnknownMethod(m) => Error::UnknownMethod(prefixed(m)),
+            Error::Unauthorized(m) => Error::Unauthorized(prefixed(m)),
+            Error::NotFound(m) => Error::NotFound(prefixed(m)),
+            Error::Conflict(m) => Error::Conflict(prefixed(m)),
+            Error::TooLarge(m) => Error::TooLarge(prefixed(m)),
+            compacted @ Error::Compacted { .. } => compacted,
+            Error::Capacity(m) => Error::Capacity(prefixed(m)),
+            Error::Unavailable(m) => Error::Unavailable(prefixed(m)),
+            Error::Internal(m) => Error::Internal(prefixed(m)),
         }
     }
 }

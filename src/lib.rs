@@ -54,6 +54,7 @@ pub mod error;
 pub mod model;
 pub mod panics;
 pub mod protocol;
+pub mod rules;
 pub mod server;
 pub mod service;
 pub mod snapshot;

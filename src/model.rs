@@ -260,6 +260,17 @@ pub struct Metrics {
     pub bytes_on_disk: u64,
 }
 
+/// The last numbers a store handed out; none is ever handed out again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sequences {
+    /// Global checkpoint sequence.
+    pub checkpoint: u64,
+    /// Journal event sequence.
+    pub event: u64,
+    /// Session creation ordinal.
+    pub sessions_created: u64,
+}
+
 /// One change, as recorded in the durable event journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalEvent {

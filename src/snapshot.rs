@@ -8,7 +8,7 @@
 //! 0600: only the directory's owner, or root, can connect). A copier first
 //! copies the directory as it is, then asks for a pause; the server stops
 //! writes at the store's gate, flushes and fsyncs everything applied
-//! ([`Store::pause_writes`]) and answers; the copier brings its copy up to
+//! ([`Backend::pause_writes`]) and answers; the copier brings its copy up to
 //! date (every file again but the blob files it already has whole, which
 //! sled never rewrites) and says `resume`. Writers wait meanwhile;
 //! readers and subscribers do not. The pause ends when the copier resumes,
@@ -29,7 +29,7 @@
 
 use crate::error::{Error, Result};
 use crate::storage::datadir::{self, Access};
-use crate::storage::{Store, WritePause, dircopy};
+use crate::storage::{Backend, SharedBackend, WritePause, dircopy};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, TryLockError};
 use std::io::{BufRead, BufReader, Write};
@@ -114,7 +114,7 @@ impl ControlSocket {
     }
 
     /// Serves pause requests until `shutdown` fires.
-    pub async fn serve(self, store: Arc<Store>, mut shutdown: broadcast::Receiver<()>) {
+    pub async fn serve(self, store: SharedBackend, mut shutdown: broadcast::Receiver<()>) {
         let slots = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
         loop {
             let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
@@ -131,7 +131,7 @@ impl ControlSocket {
             let store = Arc::clone(&store);
             let shutdown = shutdown.resubscribe();
             tokio::spawn(async move {
-                if let Err(e) = control_connection(stream, &store, shutdown).await {
+                if let Err(e) = control_connection(stream, &*store, shutdown).await {
                     tracing::debug!(error = %e, "control connection ended");
                 }
                 drop(permit);
@@ -148,7 +148,7 @@ impl Drop for ControlSocket {
 
 async fn control_connection(
     stream: tokio::net::UnixStream,
-    store: &Store,
+    store: &dyn Backend,
     mut shutdown: broadcast::Receiver<()>,
 ) -> std::io::Result<()> {
     enum State {

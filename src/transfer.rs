@@ -21,12 +21,12 @@
 //! numbers handed out after an import stay above every exported one.
 
 use crate::error::{Error, Result};
-use crate::model::{Annotation, CheckpointId, RetentionPolicy, SessionId, Severity, Trigger, json_null};
+use crate::model::{Annotation, Checkpoint, CheckpointId, RetentionPolicy, SessionId, Severity, Trigger, json_null};
 use crate::protocol::reply::timestamp;
-use crate::storage::Store;
-use crate::storage::import::{ImportAnnotation, ImportBatch, ImportCheckpoint, ImportCounts, ImportSession};
-use crate::storage::inspect::Inspector;
-use crate::storage::records::{from_micros, raw_json};
+use crate::rules::check_import;
+use crate::storage::{
+    Backend, ImportAnnotation, ImportBatch, ImportCheckpoint, ImportCounts, ImportSession, Inspector, Store,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -125,16 +125,16 @@ fn write_line<T: Serialize>(out: &mut dyn Write, line: &T) -> Result<()> {
 /// what was written.
 pub fn export(ins: &Inspector, out: &mut dyn Write) -> Result<ImportCounts> {
     let summary = ins.summary()?;
-    let counters = summary.counters.unwrap_or_default();
+    let sequences = summary.sequences.unwrap_or_default();
     write_line(
         out,
         &Header {
             r#type: "header".into(),
             export_version: EXPORT_VERSION,
             format_version: summary.format_version,
-            global_sequence: counters.global_seq,
-            event_sequence: counters.event_seq,
-            sessions_created: counters.sessions_created,
+            global_sequence: sequences.checkpoint,
+            event_sequence: sequences.event,
+            sessions_created: sequences.sessions_created,
             sessions: summary.sessions,
             checkpoints: summary.checkpoints,
             annotations: summary.annotations,
@@ -143,39 +143,39 @@ pub fn export(ins: &Inspector, out: &mut dyn Write) -> Result<ImportCounts> {
     )?;
     let mut counts = ImportCounts::default();
     for session in ins.sessions() {
-        let s = session?;
-        let (metadata, metadata_text) = split_raw(raw_json(s.metadata.clone(), "session metadata")?);
+        let (ordinal, s) = session?;
+        let (metadata, metadata_text) = split_raw(s.metadata);
         write_line(
             out,
             &SessionLine {
                 r#type: "session".into(),
                 id: s.id,
-                ordinal: s.ordinal,
-                name: s.name.clone(),
-                created_at: from_micros(s.created_at),
+                ordinal,
+                name: s.name,
+                created_at: s.created_at,
                 metadata,
                 metadata_text,
-                retention: s.retention.clone(),
+                retention: s.retention,
             },
         )?;
         counts.sessions += 1;
-        for rec in ins.checkpoints(s.id) {
-            let rec = rec?;
-            let (state, state_text) = split_raw(ins.state(&rec)?);
-            let (metadata, metadata_text) = split_raw(raw_json(rec.metadata, "checkpoint metadata")?);
-            let notes = ins.annotations(rec.id)?;
+        for summary in ins.checkpoints(s.id) {
+            let id = summary?.id;
+            let Checkpoint { summary: c, state, metadata, .. } = ins.checkpoint(id)?;
+            let (state, state_text) = split_raw(state);
+            let (metadata, metadata_text) = split_raw(metadata);
             write_line(
                 out,
                 &CheckpointLine {
                     r#type: "checkpoint".into(),
-                    id: rec.id,
-                    session_id: rec.session_id,
-                    sequence_number: rec.sequence_number,
-                    timestamp: from_micros(rec.timestamp),
-                    message: rec.message,
-                    tags: rec.tags,
-                    trigger: rec.trigger.to_string(),
-                    parent_id: rec.parent_id,
+                    id,
+                    session_id: c.session_id,
+                    sequence_number: c.sequence_number,
+                    timestamp: c.timestamp,
+                    message: c.message,
+                    tags: c.tags,
+                    trigger: c.trigger.to_string(),
+                    parent_id: c.parent_id,
                     metadata,
                     metadata_text,
                     state,
@@ -183,16 +183,16 @@ pub fn export(ins: &Inspector, out: &mut dyn Write) -> Result<ImportCounts> {
                 },
             )?;
             counts.checkpoints += 1;
-            for (index, a) in notes {
+            for (index, a) in ins.annotations(id)? {
                 write_line(
                     out,
                     &AnnotationLine {
                         r#type: "annotation".into(),
-                        checkpoint_id: rec.id,
+                        checkpoint_id: id,
                         index,
                         note: a.note,
                         severity: a.severity.as_str().into(),
-                        timestamp: from_micros(a.timestamp),
+                        timestamp: a.timestamp,
                     },
                 )?;
                 counts.annotations += 1;
@@ -210,6 +210,12 @@ pub fn export(ins: &Inspector, out: &mut dyn Write) -> Result<ImportCounts> {
     Ok(counts)
 }
 
+/// One batch through the rules every record obeys, then into the store.
+async fn import_batch(store: &Store, batch: ImportBatch) -> Result<ImportCounts> {
+    check_import(&batch)?;
+    Ok(store.import(batch).await?)
+}
+
 fn parse<'a, T: Deserialize<'a>>(line: &'a str, n: usize) -> Result<T> {
     serde_json::from_str(line).map_err(|e| Error::invalid(format!("line {n}: {e}")))
 }
@@ -218,7 +224,7 @@ fn parse<'a, T: Deserialize<'a>>(line: &'a str, n: usize) -> Result<T> {
 /// Writes in atomic batches; on an error the directory holds a prefix of the
 /// export and should be discarded.
 pub async fn import(store: &Store, input: impl BufRead) -> Result<ImportCounts> {
-    if !store.is_pristine()? {
+    if !store.is_pristine().await? {
         return Err(Error::Conflict(format!(
             "data directory {} is not empty; import loads into an empty one",
             store.config().data_dir.display()
@@ -255,7 +261,7 @@ pub async fn import(store: &Store, input: impl BufRead) -> Result<ImportCounts> 
         if line.trim().is_empty() {
             continue;
         }
-        let at = |e: Error| Error::invalid(format!("line {n}: {e}"));
+        let at = |e: Error| e.context(format_args!("line {n}"));
         match parse::<LineType>(&line, n)?.r#type.as_str() {
             "session" => {
                 let s: SessionLine = parse(&line, n)?;
@@ -296,11 +302,11 @@ pub async fn import(store: &Store, input: impl BufRead) -> Result<ImportCounts> 
             other => return Err(Error::invalid(format!("line {n}: unknown line type {other:?}"))),
         }
         if batch.checkpoints.len() >= BATCH_CHECKPOINTS || batch.approx_bytes() >= BATCH_BYTES {
-            total += store.import(std::mem::replace(&mut batch, fresh())).await.map_err(at)?;
+            total += import_batch(store, std::mem::replace(&mut batch, fresh())).await.map_err(at)?;
         }
     }
     // Also carries the counters over when the export holds no records.
-    total += store.import(batch).await?;
+    total += import_batch(store, batch).await?;
     let expected =
         ImportCounts { sessions: header.sessions, checkpoints: header.checkpoints, annotations: header.annotations };
     if total != expected {
@@ -407,7 +413,7 @@ pub async fn import_forge(store: &Store, text: &str, keep_state: bool) -> Result
         let earliest = first_seen.entry(session).or_insert(c.timestamp);
         *earliest = (*earliest).min(c.timestamp);
         let id = CheckpointId(c.id);
-        if !seen_ids.insert(id) || store.contains_checkpoint(id)? {
+        if !seen_ids.insert(id) || store.reader().contains_checkpoint(id)? {
             report.skipped += 1;
             continue;
         }
@@ -415,7 +421,7 @@ pub async fn import_forge(store: &Store, text: &str, keep_state: bool) -> Result
         if seq == 0 {
             return Err(Error::invalid(format!("forge checkpoint {id} has sequence 0; sequences start at 1")));
         }
-        if !seqs.insert(seq) || store.sequence_in_use(seq)? {
+        if !seqs.insert(seq) || store.reader().sequence_in_use(seq)? {
             return Err(Error::Conflict(format!(
                 "forge checkpoint {id} has sequence {seq}, which another checkpoint already uses; nothing was imported"
             )));
@@ -451,7 +457,7 @@ pub async fn import_forge(store: &Store, text: &str, keep_state: bool) -> Result
         if !sessions_done.insert(c.session_id) {
             continue;
         }
-        if store.contains_session(c.session_id)? {
+        if store.reader().contains_session(c.session_id)? {
             report.sessions_reused += 1;
         } else {
             batch.sessions.push(ImportSession {
@@ -469,15 +475,15 @@ pub async fn import_forge(store: &Store, text: &str, keep_state: bool) -> Result
         batch.checkpoints.push(c);
         if batch.checkpoints.len() >= BATCH_CHECKPOINTS || batch.approx_bytes() >= BATCH_BYTES {
             let floor = batch.global_seq_floor;
-            let done = store.import(std::mem::take(&mut batch)).await?;
+            let done = import_batch(store, std::mem::take(&mut batch)).await?;
             batch.global_seq_floor = floor;
             report.imported += done.checkpoints;
             report.sessions_created += done.sessions;
         }
     }
-    let done = store.import(batch).await?;
+    let done = import_batch(store, batch).await?;
     report.imported += done.checkpoints;
     report.sessions_created += done.sessions;
-    report.global_sequence = store.metrics()?.global_sequence;
+    report.global_sequence = store.metrics().await?.global_sequence;
     Ok(report)
 }

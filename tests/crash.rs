@@ -6,7 +6,7 @@
 use checkpointd::config::{Durability, StoreConfig};
 use checkpointd::model::{CheckpointId, EventKind, NewCheckpoint, SessionId, Trigger};
 use checkpointd::service::Service;
-use checkpointd::storage::Store;
+use checkpointd::storage::{Backend, StorageError, Store};
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
@@ -189,22 +189,27 @@ fn run_child_and_kill(
     (created, deleted)
 }
 
+/// Runs one call of the store's async interface from a plain test.
+fn block<T>(call: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(call)
+}
+
 /// What every store must look like after a crash, acknowledged or not:
 /// indexes, counters and journal agree with the records.
 fn check_consistent(store: &Store) {
-    let v = store.validate(None).unwrap();
+    let v = block(store.validate(None)).unwrap();
     assert_eq!(v.invalid, 0, "invalid checkpoints after a crash: {:?}", v.invalid_ids);
-    let all = store.list_by_sequence(0, usize::MAX).unwrap();
-    let m = store.metrics().unwrap();
+    let all = block(store.list_by_sequence(0, usize::MAX)).unwrap();
+    let m = block(store.metrics()).unwrap();
     assert_eq!(m.total_checkpoints, all.len() as u64, "checkpoint counter agrees with the records");
     assert_eq!(v.valid, all.len() as u64);
     assert!(all.last().is_none_or(|c| c.sequence_number <= m.global_sequence));
-    let sessions = store.list_sessions(None, usize::MAX).unwrap();
+    let sessions = block(store.list_sessions(None, usize::MAX)).unwrap();
     assert_eq!(m.active_sessions, sessions.len() as u64);
     let mut per_session: HashMap<SessionId, Vec<u64>> = HashMap::new();
     for c in &all {
         per_session.entry(c.session_id).or_default().push(c.sequence_number);
-        let full = store.checkpoint(c.id).expect("every indexed checkpoint is readable");
+        let full = block(store.checkpoint(c.id)).expect("every indexed checkpoint is readable");
         assert_eq!(full.summary.sequence_number, c.sequence_number);
     }
     for s in &sessions {
@@ -214,8 +219,7 @@ fn check_consistent(store: &Store) {
     }
     assert!(per_session.is_empty(), "checkpoints of sessions that do not exist");
     // Every stored checkpoint has its event (the default retention keeps all).
-    let created: BTreeSet<CheckpointId> = store
-        .events(0, u64::MAX, None, usize::MAX)
+    let created: BTreeSet<CheckpointId> = block(store.events(0, u64::MAX, None, usize::MAX))
         .unwrap()
         .into_iter()
         .filter_map(|e| match e.kind {
@@ -246,20 +250,25 @@ fn crash_sync_keeps_every_acknowledged_checkpoint() {
 
         let store = Store::open(StoreConfig::new(&data_dir)).expect("reopen after SIGKILL");
         check_consistent(&store);
-        let m = store.metrics().unwrap();
+        let m = block(store.metrics()).unwrap();
         let max_acked = acked.values().map(|a| a.seq).max().unwrap();
         assert!(m.global_sequence >= max_acked, "global sequence {} below acked {max_acked}", m.global_sequence);
         let mut found = 0;
         for a in acked.values() {
-            let got = store.checkpoint(a.id);
+            let got = block(store.checkpoint(a.id));
             if deleted.contains(&a.id) {
-                assert_eq!(got.err().map(|e| e.code()), Some("not_found"), "acknowledged delete of {} undone", a.id);
+                assert_eq!(
+                    got.err().map(|e| checkpointd::Error::from(e).code()),
+                    Some("not_found"),
+                    "acknowledged delete of {} undone",
+                    a.id
+                );
                 continue;
             }
             let c = match got {
                 Ok(c) => c,
                 // Its delete may have been done but not yet acknowledged.
-                Err(e) if e.code() == "not_found" && a.i % 10 == 9 => continue,
+                Err(StorageError::NotFound(_)) if a.i % 10 == 9 => continue,
                 Err(e) => panic!("acknowledged checkpoint {} (seq {}) lost: {e}", a.id, a.seq),
             };
             assert_eq!(c.summary.sequence_number, a.seq);

@@ -5,7 +5,7 @@
 
 use checkpointd::config::StoreConfig;
 use checkpointd::model::{NewCheckpoint, json_empty_object};
-use checkpointd::storage::Store;
+use checkpointd::storage::{Backend, Store};
 use std::time::Duration;
 
 const CHILD_ENV: &str = "CHECKPOINTD_FD_CHILD_DIR";

@@ -192,7 +192,7 @@ fn verify_reports_each_kind_of_damage() {
         state[1] ^= 0x01;
         states.insert(key, state).unwrap();
         // A missing index entry.
-        db.open_tree("sequences").unwrap().remove(keys::u64_key(6)).unwrap();
+        db.open_tree("sequences").unwrap().remove(keys::sequence_key(6)).unwrap();
         // An index entry pointing at nothing.
         db.open_tree("tags").unwrap().insert(keys::tag_key(p.batch, "ghost", 99), &[][..]).unwrap();
         // Counters that disagree with the data.

@@ -10,12 +10,11 @@
 mod dumpkit;
 
 use checkpointd::config::StoreConfig;
-use checkpointd::error::Error;
 use checkpointd::model::{ListQuery, SessionId};
 use checkpointd::protocol::reply;
 use checkpointd::storage::migrate::{self, CURRENT_FORMAT, Migrated, Step, StepWrite};
 use checkpointd::storage::records::SessionRecord;
-use checkpointd::storage::{Store, codec};
+use checkpointd::storage::{Backend, StorageError, Store, codec};
 use dumpkit::*;
 use serde::Deserialize;
 use serde_json::Value;
@@ -41,7 +40,7 @@ fn session_names(db: &sled::Db) -> Vec<String> {
 
 /// Test-only step 1 → 2: appends " (v2)" to every session name and leaves a
 /// marker in meta.
-fn suffix_names(w: &mut StepWrite<'_>) -> checkpointd::Result<()> {
+fn suffix_names(w: &mut StepWrite<'_>) -> checkpointd::storage::Result<()> {
     let sessions = w.tree("sessions")?;
     for entry in sessions.iter() {
         let (k, v) = entry?;
@@ -53,19 +52,19 @@ fn suffix_names(w: &mut StepWrite<'_>) -> checkpointd::Result<()> {
 }
 
 /// Test-only step 2 → 3: counts the sessions into meta.
-fn count_sessions(w: &mut StepWrite<'_>) -> checkpointd::Result<()> {
+fn count_sessions(w: &mut StepWrite<'_>) -> checkpointd::storage::Result<()> {
     let n = w.tree("sessions")?.len() as u64;
     w.put("meta", b"test_sessions_v3", n.to_be_bytes())
 }
 
 /// Stages changes, then fails: the runner must apply none of them.
-fn failing(w: &mut StepWrite<'_>) -> checkpointd::Result<()> {
+fn failing(w: &mut StepWrite<'_>) -> checkpointd::storage::Result<()> {
     suffix_names(w)?;
-    Err(Error::Internal("test step fails after staging".into()))
+    Err(StorageError::Internal("test step fails after staging".into()))
 }
 
 /// Stages changes, then the process dies.
-fn crashing(w: &mut StepWrite<'_>) -> checkpointd::Result<()> {
+fn crashing(w: &mut StepWrite<'_>) -> checkpointd::storage::Result<()> {
     count_sessions(w)?;
     std::process::abort();
 }
@@ -122,17 +121,17 @@ fn v1_fixture_opens_intact_with_current_code() {
         match v["type"].as_str().unwrap() {
             "session" => {
                 let id: SessionId = v["id"].as_str().unwrap().parse().unwrap();
-                let s = store.session(id).expect("session intact");
+                let s = store.reader().session(id).expect("session intact");
                 assert_eq!(s.name, v["name"].as_str().unwrap());
                 assert_eq!(reply::timestamp(s.created_at), v["created_at"].as_str().unwrap());
-                let listed = store.list_checkpoints(id, &ListQuery::default(), 10_000).unwrap();
+                let listed = store.reader().list_checkpoints(id, &ListQuery::default(), 10_000).unwrap();
                 assert_eq!(listed.len() as u64, s.checkpoint_count);
                 sessions += 1;
             }
             "checkpoint" => {
                 let c: CheckpointLine = serde_json::from_str(line).unwrap();
                 assert_eq!(c.r#type, "checkpoint");
-                let got = store.checkpoint(c.id).expect("checkpoint intact");
+                let got = store.reader().checkpoint(c.id).expect("checkpoint intact");
                 assert_eq!(got.state.get(), c.state.get(), "state byte for byte");
                 assert_eq!(got.summary.sequence_number, v["sequence_number"].as_u64().unwrap());
                 assert_eq!(got.summary.tags, serde_json::from_value::<Vec<String>>(v["tags"].clone()).unwrap());
@@ -142,7 +141,7 @@ fn v1_fixture_opens_intact_with_current_code() {
             }
             "annotation" => {
                 let id = v["checkpoint_id"].as_str().unwrap().parse().unwrap();
-                let got = store.checkpoint(id).unwrap();
+                let got = store.reader().checkpoint(id).unwrap();
                 let a = &got.annotations[v["index"].as_u64().unwrap() as usize];
                 assert_eq!(a.note, v["note"].as_str().unwrap());
                 assert_eq!(a.severity.as_str(), v["severity"].as_str().unwrap());
@@ -152,7 +151,7 @@ fn v1_fixture_opens_intact_with_current_code() {
     }
     assert_eq!((sessions, checkpoints), (2, 3), "the fixture's content");
     let events: Vec<String> =
-        store.events(0, u64::MAX, None, 10_000).unwrap().iter().map(reply::render_event).collect();
+        store.reader().events(0, u64::MAX, None, 10_000).unwrap().iter().map(reply::render_event).collect();
     assert_eq!(events, expected_events.lines().collect::<Vec<_>>(), "every journal event intact");
     let kinds: Vec<Value> = json_lines(&expected_events).into_iter().map(|e| e["event_type"].clone()).collect();
     for kind in

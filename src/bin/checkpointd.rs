@@ -172,7 +172,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 }
 
 fn import(args: ImportArgs) -> Result<(), String> {
-    use checkpointd::storage::Store;
+    use checkpointd::storage::{Backend, Store};
     enum Input {
         Forge(String),
         Export(Box<dyn std::io::BufRead>),

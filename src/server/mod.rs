@@ -156,9 +156,10 @@ pub async fn run(
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     // The local control socket, for consistent snapshots of the live data.
-    let control = match ControlSocket::bind(&service.store().config().data_dir) {
-        Ok(socket) => Some(tokio::spawn(socket.serve(Arc::clone(service.store()), notify_shutdown.subscribe()))),
-        Err(e) => {
+    let control = match service.store().data_dir().map(ControlSocket::bind) {
+        None => None,
+        Some(Ok(socket)) => Some(tokio::spawn(socket.serve(Arc::clone(service.store()), notify_shutdown.subscribe()))),
+        Some(Err(e)) => {
             tracing::warn!(error = %e, "no control socket: `checkpoint-dump --snapshot` and `backup` cannot pause this server");
             None
         }

@@ -9,16 +9,16 @@
 //! that subscription with a lag notice; nobody else waits for it.
 
 use crate::config::{REPLAY_PAGE_EVENTS, SUBSCRIBER_QUEUE_EVENTS, WATCH_FORWARD_EVENTS};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{JournalEvent, SessionId};
-use crate::storage::{Appended, Store};
+use crate::storage::{Appended, DurableMark, SharedBackend};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::mpsc;
 
 pub struct Hub {
-    store: Arc<Store>,
+    store: SharedBackend,
     /// Every event after this sequence reaches the hub through the watch.
     watched_after: u64,
     state: Mutex<HubState>,
@@ -67,7 +67,7 @@ pub struct Subscription {
 
 impl Hub {
     /// Starts the dispatch task. Call inside a tokio runtime.
-    pub fn start(store: Arc<Store>) -> Arc<Hub> {
+    pub fn start(store: SharedBackend) -> Arc<Hub> {
         let marks = store.durable_marks();
         let dispatched = marks.borrow().event_seq;
         let mut watch = store.watch_events();
@@ -103,7 +103,7 @@ impl Hub {
     async fn run(
         hub: Weak<Hub>,
         mut events: mpsc::Receiver<Appended>,
-        mut marks: tokio::sync::watch::Receiver<crate::storage::DurableMark>,
+        mut marks: tokio::sync::watch::Receiver<DurableMark>,
     ) {
         let mut pending = BTreeMap::new();
         loop {
@@ -122,7 +122,7 @@ impl Hub {
             }
             let mark = *marks.borrow_and_update();
             let Some(hub) = hub.upgrade() else { return };
-            let all_out = hub.release(&mut pending, mark.event_seq).unwrap_or_else(|e| {
+            let all_out = hub.release(&mut pending, mark.event_seq).await.unwrap_or_else(|e| {
                 tracing::error!(error = %e, "event dispatch failed to read the journal");
                 true
             });
@@ -144,49 +144,58 @@ impl Hub {
     /// raises the event sequence without writing events). Only "on its way"
     /// is worth waiting for, and the watch forwards appends in sequence
     /// order: once a later one has arrived, an earlier one is not coming.
-    fn release(&self, pending: &mut BTreeMap<u64, Option<JournalEvent>>, durable: u64) -> Result<bool> {
-        let mut state = self.state.lock().expect("hub lock");
-        // Anything at or below the mark was offered already (or predates us).
-        while pending.first_key_value().is_some_and(|(&seq, _)| seq <= state.dispatched) {
-            pending.pop_first();
-        }
-        while state.dispatched < durable {
-            let next = state.dispatched + 1;
-            let watched = next > self.watched_after;
-            let event = match pending.remove(&next) {
-                Some(event) => event,
-                // Not coming through the watch: never written.
-                None if watched && pending.first_key_value().is_some_and(|(&seq, _)| seq > next) => None,
-                None => match self.journal_event(next)? {
-                    Lookup::Found(event) => Some(event),
-                    Lookup::Missing => None,
-                    // Still on its way from the watch thread (it was
-                    // applied, then trimmed by a small retention): wait.
-                    Lookup::Trimmed if watched => return Ok(false),
-                    Lookup::Trimmed => {
-                        // Appended before the watch began and trimmed before
-                        // we got to it. Whose it was is unknown: rather than
-                        // a silent gap, every subscription ends with a lag
-                        // notice.
-                        state.dispatched = next;
-                        state.lag_all();
+    async fn release(&self, pending: &mut BTreeMap<u64, Option<JournalEvent>>, durable: u64) -> Result<bool> {
+        loop {
+            // What is at hand is offered under the lock; an event that has
+            // to be read back from the journal is read without it (only
+            // this task moves `dispatched`, so it cannot move meanwhile).
+            let next = {
+                let mut state = self.state.lock().expect("hub lock");
+                // Anything at or below the mark was offered already (or predates us).
+                while pending.first_key_value().is_some_and(|(&seq, _)| seq <= state.dispatched) {
+                    pending.pop_first();
+                }
+                if state.dispatched >= durable {
+                    return Ok(true);
+                }
+                let next = state.dispatched + 1;
+                let watched = next > self.watched_after;
+                let at_hand = match pending.remove(&next) {
+                    Some(event) => Some(event),
+                    // Not coming through the watch: never written.
+                    None if watched && pending.first_key_value().is_some_and(|(&seq, _)| seq > next) => Some(None),
+                    None => None,
+                };
+                match at_hand {
+                    Some(event) => {
+                        state.dispatch(next, event);
                         continue;
                     }
-                },
+                    None => next,
+                }
             };
-            state.dispatched = next;
-            // An undecodable event was logged when it was read; nobody can
-            // be given it (`verify` reports the record).
-            if let Some(event) = event {
-                state.offer(Arc::new(event));
+            let lookup = self.journal_event(next).await?;
+            let mut state = self.state.lock().expect("hub lock");
+            match lookup {
+                Lookup::Found(event) => state.dispatch(next, Some(event)),
+                Lookup::Missing => state.dispatch(next, None),
+                // Still on its way from the watch thread (it was applied,
+                // then trimmed by a small retention): wait.
+                Lookup::Trimmed if next > self.watched_after => return Ok(false),
+                Lookup::Trimmed => {
+                    // Appended before the watch began and trimmed before we
+                    // got to it. Whose it was is unknown: rather than a
+                    // silent gap, every subscription ends with a lag notice.
+                    state.dispatched = next;
+                    state.lag_all();
+                }
             }
         }
-        Ok(true)
     }
 
     /// Looks up one applied event in the journal.
-    fn journal_event(&self, seq: u64) -> Result<Lookup> {
-        match self.store.events(seq - 1, seq, None, 1) {
+    async fn journal_event(&self, seq: u64) -> Result<Lookup> {
+        match self.store.events(seq - 1, seq, None, 1).await {
             Ok(mut found) => {
                 if let Some(event) = found.pop() {
                     return Ok(Lookup::Found(event));
@@ -198,7 +207,7 @@ impl Hub {
             }
         }
         // The journal is a contiguous suffix, trimmed from its oldest end.
-        Ok(match self.store.oldest_event()? {
+        Ok(match self.store.oldest_event().await? {
             Some(oldest) if seq < oldest => Lookup::Trimmed,
             _ => Lookup::Missing,
         })
@@ -206,9 +215,9 @@ impl Hub {
 
     /// Subscribes to `session_id`. With `since`, first replays the journal
     /// events after it (refused with `compacted` if they are gone).
-    pub fn subscribe(self: &Arc<Self>, session_id: SessionId, since: Option<u64>) -> Result<Subscription> {
+    pub async fn subscribe(self: &Arc<Self>, session_id: SessionId, since: Option<u64>) -> Result<Subscription> {
         if let Some(since) = since {
-            self.store.check_replay(since)?;
+            self.check_replay(since).await?;
         }
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE_EVENTS);
         let lagged = Arc::new(AtomicBool::new(false));
@@ -229,6 +238,25 @@ impl Hub {
             lagged,
             ended: false,
         })
+    }
+
+    /// Refuses a replay from before the oldest retained event.
+    /// Also refuses one from beyond the newest event (durable or not):
+    /// skipping to a seq this journal has not reached would silently drop
+    /// the events that will take those numbers (the client saw them on a
+    /// directory since restored from a backup, or lost in an async crash).
+    async fn check_replay(&self, since: u64) -> Result<()> {
+        let last = self.store.event_sequence();
+        if since > last {
+            return Err(Error::Conflict(format!(
+                "since {since} is after the newest event, {last}: this server never delivered it; subscribe with since at most {last}"
+            )));
+        }
+        match self.store.oldest_event().await? {
+            Some(oldest) if since.saturating_add(1) < oldest => Err(Error::Compacted { requested: since, oldest }),
+            None if since < last => Err(Error::Compacted { requested: since, oldest: last.saturating_add(1) }),
+            _ => Ok(()),
+        }
     }
 
     /// Number of live subscriptions (for metrics).
@@ -270,6 +298,16 @@ fn hold(pending: &mut BTreeMap<u64, Option<JournalEvent>>, appended: Appended) {
 }
 
 impl HubState {
+    /// Moves the mark past `seq`, offering its event. An undecodable event
+    /// (`None`) was logged when it was read; nobody can be given it
+    /// (`verify` reports the record).
+    fn dispatch(&mut self, seq: u64, event: Option<JournalEvent>) {
+        self.dispatched = seq;
+        if let Some(event) = event {
+            self.offer(Arc::new(event));
+        }
+    }
+
     /// Ends every subscription after what it has queued, with a lag notice.
     fn lag_all(&mut self) {
         for sub in self.subs.drain().flat_map(|(_, subs)| subs) {
@@ -315,12 +353,15 @@ impl Subscription {
                 self.last_seq = event.seq;
                 return Some(Delivery::Event(Arc::new(event)));
             }
-            let page =
-                self.hub.store.events(self.last_seq, self.replay_through, Some(self.session_id), REPLAY_PAGE_EVENTS);
+            let page = self
+                .hub
+                .store
+                .events(self.last_seq, self.replay_through, Some(self.session_id), REPLAY_PAGE_EVENTS)
+                .await;
             // Retention may have trimmed events after `last_seq` before this
             // read: then the page has a hole. End with a lag notice instead
             // (resuming from `last_seq` then reports `compacted`).
-            if page.is_ok() && self.hub.store.check_replay(self.last_seq).is_err() {
+            if page.is_ok() && self.hub.check_replay(self.last_seq).await.is_err() {
                 self.ended = true;
                 return Some(Delivery::Lagged { last_seq: self.last_seq });
             }
@@ -368,7 +409,7 @@ mod tests {
     use crate::config::StoreConfig;
     use crate::model::{EventKind, NewCheckpoint};
     use crate::service::Service;
-    use crate::storage::import::ImportBatch;
+    use crate::storage::{ImportBatch, Store};
     use std::time::Duration;
 
     /// The next delivery, or a failure naming what stalled.
@@ -384,10 +425,11 @@ mod tests {
     #[tokio::test]
     async fn an_undecodable_event_does_not_stop_dispatch() {
         let dir = tempfile::tempdir().unwrap();
-        let service = Service::open(StoreConfig::new(dir.path())).unwrap();
+        let store = Arc::new(Store::open(StoreConfig::new(dir.path())).unwrap());
+        let service = Service::new(Arc::clone(&store) as SharedBackend);
         let s = service.create_session(None, None).await.unwrap().id;
         let mut sub = service.subscribe(s, None).await.unwrap();
-        let bad = service.store().append_raw_event(b"not an event record").await.unwrap();
+        let bad = store.append_raw_event(b"not an event record").await.unwrap();
         let cp = service.checkpoint(NewCheckpoint::new(s, "m")).await.unwrap();
         let Delivery::Event(event) = next(&mut sub, "after an undecodable event").await else { panic!("lagged") };
         assert_eq!(event.seq, bad + 1);
@@ -419,5 +461,17 @@ mod tests {
             panic!("lagged")
         };
         assert_eq!(event.seq, 101);
+    }
+
+    /// The replay bounds are computed without overflow at the end of the
+    /// range of sequences.
+    #[tokio::test]
+    async fn a_replay_check_at_the_end_of_the_sequences_does_not_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = Service::open(StoreConfig::new(dir.path())).unwrap();
+        let floor = u64::MAX - 1;
+        service.store().import(ImportBatch { event_seq_floor: floor, ..ImportBatch::default() }).await.unwrap();
+        assert!(service.hub.check_replay(floor).await.is_ok());
+        assert_eq!(service.hub.check_replay(u64::MAX).await.unwrap_err().code(), "conflict");
     }
 }

@@ -6,7 +6,7 @@
 //! unmaintained (its 3.0 release is only a `compile_error!`), so it stays
 //! behind this module.
 
-use crate::error::{Error, Result};
+use super::error::{Result, StorageError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -59,20 +59,20 @@ pub fn stored_checksum(bytes: &[u8]) -> Option<u32> {
 /// Decodes a record, refusing a wrong format byte or a bad checksum.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     if !checksum_ok(bytes) {
-        return Err(Error::Internal(format!("{what}: stored record failed its checksum")));
+        return Err(StorageError::Corrupt(format!("{what}: stored record failed its checksum")));
     }
     let body = &bytes[..bytes.len() - TRAILER];
     match body.first() {
         Some(&RECORD_FORMAT) => {}
         Some(other) => {
-            return Err(Error::Internal(format!("{what}: record format {other} is not {RECORD_FORMAT}")));
+            return Err(StorageError::Corrupt(format!("{what}: record format {other} is not {RECORD_FORMAT}")));
         }
-        None => return Err(Error::Internal(format!("{what}: empty record"))),
+        None => return Err(StorageError::Corrupt(format!("{what}: empty record"))),
     }
     let (value, used) = bincode::serde::decode_from_slice(&body[1..], decode_config())
-        .map_err(|e| Error::Internal(format!("{what}: undecodable record: {e}")))?;
+        .map_err(|e| StorageError::Corrupt(format!("{what}: undecodable record: {e}")))?;
     if used != body.len() - 1 {
-        return Err(Error::Internal(format!("{what}: trailing bytes in record")));
+        return Err(StorageError::Corrupt(format!("{what}: trailing bytes in record")));
     }
     Ok(value)
 }

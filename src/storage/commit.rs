@@ -15,9 +15,9 @@
 //! sled 0.34.7 (sled #1308).
 
 use super::datadir;
+use super::error::{Result, StorageError};
 use super::records::{Counters, Mark};
 use crate::config::{ASYNC_FLUSH_DELAY, ASYNC_FLUSH_INTERVAL, Durability, MARK_INTERVAL};
-use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
@@ -283,12 +283,12 @@ fn is_out_of_descriptors(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
-fn closed() -> Error {
-    Error::Unavailable("the store is closed (shutting down)".into())
+fn closed() -> StorageError {
+    StorageError::Failed("the store is closed (shutting down)".into())
 }
 
-fn failed() -> Error {
-    Error::Unavailable("storage failed to persist a write; refusing further writes until restart".into())
+fn failed() -> StorageError {
+    StorageError::Failed("storage failed to persist a write; refusing further writes until restart".into())
 }
 
 impl Shared {

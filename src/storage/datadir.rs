@@ -42,11 +42,11 @@
 //! that lost those writes. And sled deletes the blob files beyond the point
 //! where its recovery stopped before step 3 can refuse the directory.
 
-use super::keys::{self, TREE_NAMES, TreeId};
+use super::error::{Result, StorageError};
+use super::keys::{TreeId, Trees};
+use super::reads::Reader;
 use super::records::{Counters, Mark};
-use super::{codec, migrate};
-use crate::error::{Error, Result};
-use sled::Tree;
+use super::{change, codec, migrate};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -122,9 +122,18 @@ pub enum DirError {
     Opening { dir: PathBuf, detail: String },
 }
 
-impl From<DirError> for Error {
+impl From<DirError> for crate::error::Error {
     fn from(e: DirError) -> Self {
-        Error::Unavailable(e.to_string())
+        StorageError::from(e).into()
+    }
+}
+
+impl From<DirError> for StorageError {
+    fn from(e: DirError) -> Self {
+        match e {
+            DirError::Locked { .. } => StorageError::Locked(e.to_string()),
+            e => StorageError::Refused(e.to_string()),
+        }
     }
 }
 
@@ -152,7 +161,7 @@ pub struct Survey {
 /// sled opened and recovered, every tree open, the last change completed.
 pub struct Opened {
     pub db: sled::Db,
-    pub trees: Vec<Tree>,
+    pub trees: Trees,
 }
 
 /// Opens sled on `dir` after the checks of step 1, recovers it (step 2),
@@ -164,7 +173,7 @@ pub fn open<T>(
     shown: &Path,
     access: Access,
     cache_bytes: u64,
-    then: impl FnOnce(&sled::Db, &[Tree]) -> Result<T>,
+    then: impl FnOnce(&sled::Db, &Trees) -> Result<T>,
 ) -> Result<(Opened, T)> {
     let survey = survey(dir, shown, access)?;
     if survey.had_db && access == Access::Serve {
@@ -189,20 +198,16 @@ pub fn open<T>(
             // unsynchronised flushes.
             .flush_every_ms(None)
             .open()
-            .map_err(|e| sled_failed(shown, e))?;
-        let trees = TREE_NAMES
-            .iter()
-            .map(|name| db.open_tree(name))
-            .collect::<sled::Result<Vec<_>>>()
-            .map_err(|e| sled_failed(shown, e))?;
-        let meta = &trees[TreeId::Meta as usize];
+            .map_err(|e| sled_failed(dir, shown, e))?;
+        let trees = Trees::open(&db).map_err(|e| sled_failed(dir, shown, e))?;
+        let meta = trees.get(TreeId::Meta);
         let version = migrate::read_version(meta).map_err(|e| in_dir(shown, e))?;
         if survey.had_db && version.is_none() {
             return Err(DirError::NoFormatVersion { dir: shown.to_path_buf() }.into());
         }
         // A newer format is refused before anything of it is interpreted.
         if version.is_none_or(|v| v <= migrate::CURRENT_FORMAT) {
-            super::replay_intent(&db, &trees).map_err(|e| in_dir(shown, e))?;
+            change::replay(&db, &trees).map_err(|e| in_dir(shown, e))?;
         }
         let out = then(&db, &trees).map_err(|e| in_dir(shown, e))?;
         if migrate::read_version(meta).map_err(|e| in_dir(shown, e))? == Some(migrate::CURRENT_FORMAT) {
@@ -222,7 +227,7 @@ pub fn open<T>(
 }
 
 /// An error met while recovering, naming the directory once.
-fn in_dir(dir: &Path, e: Error) -> Error {
+fn in_dir(dir: &Path, e: StorageError) -> StorageError {
     let shown = dir.display().to_string();
     if e.to_string().contains(&shown) {
         e
@@ -240,12 +245,11 @@ fn io_error(dir: &Path, what: &str, e: &io::Error) -> DirError {
 }
 
 /// sled's error on open or recovery, as what it says about the directory.
-fn sled_failed(dir: &Path, e: sled::Error) -> Error {
-    let dir = dir.to_path_buf();
+fn sled_failed(path: &Path, shown: &Path, e: sled::Error) -> StorageError {
+    let dir = shown.to_path_buf();
     let err = match e {
-        sled::Error::Io(io)
-            if io.kind() == io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") =>
-        {
+        // sled says so only in its message: ask the lock itself.
+        sled::Error::Io(_) if matches!(check_unlocked(path, shown), Err(DirError::Locked { .. })) => {
             DirError::Locked { dir }
         }
         sled::Error::Io(io) if io.kind() == io::ErrorKind::PermissionDenied => {
@@ -469,17 +473,16 @@ fn blob_intact(path: &Path) -> io::Result<bool> {
 
 /// Step 3: what sled recovered is consistent with the persisted counters,
 /// as far as a constant number of reads can tell. `Err` says what is wrong.
-pub fn check_recovered(trees: &[Tree], mark: Option<Counters>) -> Result<(), String> {
-    let tree = |id: TreeId| &trees[id as usize];
-    let has_data = trees[TreeId::Sessions as usize..].iter().any(|t| !t.is_empty());
-    let counters = match tree(TreeId::Meta).get(keys::META_COUNTERS).map_err(|e| e.to_string())? {
-        Some(bytes) => codec::decode::<Counters>(&bytes, "counters record").map_err(|e| e.to_string())?,
+pub fn check_recovered(trees: &Trees, mark: Option<Counters>) -> Result<(), String> {
+    let tree = |id: TreeId| trees.get(id);
+    let read = Reader::new(trees.clone());
+    let has_data = trees.data().iter().any(|t| !t.is_empty());
+    let counters = match read.counters().map_err(|e| e.to_string())? {
+        Some(counters) => counters,
         None if has_data => return Err("it holds data but no counters record".into()),
         None => Counters::default(),
     };
-    let last = |id: TreeId| -> Result<Option<u64>, String> {
-        Ok(tree(id).last().map_err(|e| e.to_string())?.and_then(|(k, _)| keys::decode_u64(&k)))
-    };
+    let newest = read.newest_numbers().map_err(|e| e.to_string())?;
     let lost = |n: u64, what: &str| {
         format!("its counters record {n} {what} but none is stored (sled recovered only part of the database)")
     };
@@ -495,12 +498,12 @@ pub fn check_recovered(trees: &[Tree], mark: Option<Counters>) -> Result<(), Str
     if counters.active_sessions > 0 && tree(TreeId::Sessions).is_empty() {
         return Err(lost(counters.active_sessions, "sessions"));
     }
-    for (id, what, counter) in [
-        (TreeId::Sequences, "checkpoint sequence", counters.global_seq),
-        (TreeId::Events, "event sequence", counters.event_seq),
-        (TreeId::SessionOrder, "session ordinal", counters.sessions_created),
+    for (stored, what, counter) in [
+        (newest.checkpoint_sequence, "checkpoint sequence", counters.global_seq),
+        (newest.event_sequence, "event sequence", counters.event_seq),
+        (newest.session_ordinal, "session ordinal", counters.sessions_created),
     ] {
-        if let Some(stored) = last(id)?.filter(|&stored| stored > counter) {
+        if let Some(stored) = stored.filter(|&stored| stored > counter) {
             return Err(format!(
                 "stored {what} {stored} is above its counter {counter} (the counters record is older than the data; new writes would reuse numbers)"
             ));

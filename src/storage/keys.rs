@@ -62,18 +62,77 @@ pub const META_COUNTERS: &[u8] = b"counters";
 /// The last write's changes, written before them (see `storage` atomicity).
 pub const META_INTENT: &[u8] = b"intent";
 
+/// Every tree of one open database, addressed by [`TreeId`].
+#[derive(Clone)]
+pub struct Trees(Vec<sled::Tree>);
+
+impl Trees {
+    /// Opens (creating) every tree of the schema.
+    pub fn open(db: &sled::Db) -> sled::Result<Trees> {
+        TREE_NAMES.iter().map(|name| db.open_tree(name)).collect::<sled::Result<Vec<_>>>().map(Trees)
+    }
+
+    pub fn get(&self, id: TreeId) -> &sled::Tree {
+        &self.0[id as usize]
+    }
+
+    /// By the number a change's op carries (see `change`); `None` for a
+    /// number no tree has.
+    pub fn by_number(&self, n: u8) -> Option<&sled::Tree> {
+        self.0.get(usize::from(n))
+    }
+
+    /// Every tree but `meta`.
+    pub fn data(&self) -> &[sled::Tree] {
+        &self.0[1..]
+    }
+}
+
 pub type CheckpointKey = [u8; 24];
 
-pub fn u64_key(n: u64) -> [u8; 8] {
+fn u64_key(n: u64) -> [u8; 8] {
     n.to_be_bytes()
 }
 
-pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
+fn decode_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
 }
 
+/// `events` key.
+pub fn event_key(seq: u64) -> [u8; 8] {
+    u64_key(seq)
+}
+
+pub fn decode_event_key(k: &[u8]) -> Option<u64> {
+    decode_u64(k).filter(|_| k.len() == 8)
+}
+
+/// `sequences` key.
+pub fn sequence_key(seq: u64) -> [u8; 8] {
+    u64_key(seq)
+}
+
+pub fn decode_sequence_key(k: &[u8]) -> Option<u64> {
+    decode_u64(k).filter(|_| k.len() == 8)
+}
+
+/// `session_order` key.
+pub fn ordinal_key(ordinal: u64) -> [u8; 8] {
+    u64_key(ordinal)
+}
+
+pub fn decode_ordinal_key(k: &[u8]) -> Option<u64> {
+    decode_u64(k).filter(|_| k.len() == 8)
+}
+
+/// `sessions` key, also the `session_order` value.
 pub fn session_key(id: SessionId) -> [u8; 16] {
     *id.as_bytes()
+}
+
+/// Reads a `sessions` key or a `session_order` value.
+pub fn decode_session_key(k: &[u8]) -> Option<SessionId> {
+    uuid::Uuid::from_slice(k).ok().map(SessionId)
 }
 
 pub fn checkpoint_key(session: SessionId, seq: u64) -> CheckpointKey {
@@ -99,6 +158,10 @@ pub fn session_checkpoints(session: SessionId, seqs: RangeInclusive<u64>) -> Ran
 
 pub fn checkpoint_id_key(id: CheckpointId) -> [u8; 16] {
     *id.as_bytes()
+}
+
+pub fn decode_checkpoint_id_key(k: &[u8]) -> Option<CheckpointId> {
+    uuid::Uuid::from_slice(k).ok().map(CheckpointId)
 }
 
 /// `sequences` value: the owner of a global sequence number.
@@ -139,6 +202,11 @@ pub fn tag_key_sequence(k: &[u8]) -> Option<u64> {
     decode_u64(k.get(k.len().checked_sub(8)?..)?)
 }
 
+/// Prefix of every `annotations` key of one checkpoint.
+pub fn annotations_prefix(id: CheckpointId) -> [u8; 16] {
+    *id.as_bytes()
+}
+
 pub fn annotation_key(id: CheckpointId, index: u32) -> [u8; 20] {
     let mut k = [0u8; 20];
     k[..16].copy_from_slice(id.as_bytes());
@@ -146,7 +214,7 @@ pub fn annotation_key(id: CheckpointId, index: u32) -> [u8; 20] {
     k
 }
 
-pub fn annotation_index(k: &[u8]) -> Option<u32> {
+fn annotation_index(k: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(k.get(16..20)?.try_into().ok()?))
 }
 

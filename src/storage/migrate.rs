@@ -24,9 +24,9 @@ mod steps;
 pub use steps::STEPS;
 
 use super::dircopy;
+use super::error::{Result, StorageError};
 use super::keys::{self, TREE_NAMES, TreeId};
 use crate::config::StoreConfig;
-use crate::error::{Error, Result};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Batch, Transactional, Tree};
 use std::path::{Path, PathBuf};
@@ -99,7 +99,7 @@ pub fn read_version(meta: &sled::Tree) -> Result<Option<u32>> {
     match meta.get(keys::META_FORMAT_VERSION)? {
         Some(v) => {
             let bytes: [u8; 4] =
-                v.as_ref().try_into().map_err(|_| Error::Internal("format_version is not a u32".into()))?;
+                v.as_ref().try_into().map_err(|_| StorageError::corrupt("format_version is not a u32"))?;
             Ok(Some(u32::from_be_bytes(bytes)))
         }
         None => Ok(None),
@@ -115,7 +115,7 @@ pub fn prepare(db: &sled::Db, meta: &sled::Tree, config: &StoreConfig) -> Result
     }
     let empty = TREE_NAMES.iter().all(|name| db.open_tree(name).map(|t| t.is_empty()).unwrap_or(false));
     if !empty {
-        return Err(Error::Unavailable(format!(
+        return Err(StorageError::Refused(format!(
             "data directory {} holds data but no format version; refusing to guess",
             config.data_dir.display()
         )));
@@ -133,20 +133,20 @@ pub fn migrate(db: &sled::Db, config: &StoreConfig, steps: &[Step], target: u32)
     let dir = config.data_dir.display();
     let meta = db.open_tree(TREE_NAMES[TreeId::Meta as usize])?;
     let Some(from) = read_version(&meta)? else {
-        return Err(Error::Unavailable(format!("data directory {dir} has no format version to migrate from")));
+        return Err(StorageError::Refused(format!("data directory {dir} has no format version to migrate from")));
     };
     if from == target {
         return Ok(None);
     }
     if from > target {
-        return Err(Error::Unavailable(format!(
+        return Err(StorageError::Refused(format!(
             "data directory {dir} has format version {from}, newer than version {target} that this checkpointd supports; upgrade checkpointd"
         )));
     }
     let plan = (from..target)
         .map(|v| {
             steps.iter().find(|s| s.from == v).ok_or_else(|| {
-                Error::Unavailable(format!(
+                StorageError::Refused(format!(
                     "data directory {dir} has format version {from}; this checkpointd knows no migration from version {v} to {}",
                     v + 1
                 ))
@@ -174,7 +174,7 @@ fn run_step(db: &sled::Db, meta: &Tree, data_dir: &Path, step: &Step) -> Result<
     let to = step.from + 1;
     let mut w = StepWrite { db, trees: Vec::new() };
     (step.run)(&mut w).map_err(|e| {
-        Error::Unavailable(format!("migration step {} (version {} to {to}) failed: {e}", step.name, step.from))
+        StorageError::Refused(format!("migration step {} (version {} to {to}) failed: {e}", step.name, step.from))
     })?;
     w.put(TREE_NAMES[TreeId::Meta as usize], keys::META_FORMAT_VERSION, to.to_be_bytes())?;
     let trees: Vec<Tree> = w.trees.iter().map(|(_, t, _)| t.clone()).collect();
@@ -188,7 +188,7 @@ fn run_step(db: &sled::Db, meta: &Tree, data_dir: &Path, step: &Step) -> Result<
     match result {
         Ok(()) => {}
         Err(TransactionError::Storage(e)) => return Err(e.into()),
-        Err(TransactionError::Abort(())) => return Err(Error::Internal("migration transaction aborted".into())),
+        Err(TransactionError::Abort(())) => return Err(StorageError::Internal("migration transaction aborted".into())),
     }
     // sled's flush does not fsync on Linux: sync as a group commit does,
     // blob files included.
@@ -202,7 +202,7 @@ pub fn backup_path(data_dir: &Path, version: u32) -> Result<PathBuf> {
     let abs = std::fs::canonicalize(data_dir)?;
     let name = abs
         .file_name()
-        .ok_or_else(|| Error::Unavailable(format!("cannot name a backup of {}", abs.display())))?
+        .ok_or_else(|| StorageError::Refused(format!("cannot name a backup of {}", abs.display())))?
         .to_string_lossy()
         .into_owned();
     Ok(abs.with_file_name(format!("{name}.backup-v{version}")))

@@ -1,7 +1,7 @@
 //! Stored shapes of the records. They mirror `model` but hold JSON as bytes
 //! (bincode cannot carry `serde_json` values) and times as microseconds.
 
-use crate::error::{Error, Result};
+use super::error::{Result, StorageError};
 use crate::model::{
     Annotation, CheckpointId, CheckpointSummary, EventKind, JournalEvent, RetentionPolicy, Session, SessionId,
     Severity, Trigger,
@@ -19,8 +19,9 @@ pub fn from_micros(us: i64) -> DateTime<Utc> {
 }
 
 pub fn raw_json(bytes: Vec<u8>, what: &str) -> Result<Box<RawValue>> {
-    let text = String::from_utf8(bytes).map_err(|_| Error::Internal(format!("{what}: stored JSON is not UTF-8")))?;
-    RawValue::from_string(text).map_err(|e| Error::Internal(format!("{what}: stored JSON is invalid: {e}")))
+    let text =
+        String::from_utf8(bytes).map_err(|_| StorageError::corrupt(format!("{what}: stored JSON is not UTF-8")))?;
+    RawValue::from_string(text).map_err(|e| StorageError::corrupt(format!("{what}: stored JSON is invalid: {e}")))
 }
 
 /// Persisted totals. Rewritten in every write transaction, so opening a data
@@ -46,6 +47,14 @@ impl Counters {
     /// refusing is better than wrapping around to reuse numbers.
     pub fn exhausted(&self) -> bool {
         [self.global_seq, self.event_seq, self.sessions_created].iter().any(|&n| n > u64::MAX - Self::WRITE_HEADROOM)
+    }
+
+    pub fn sequences(&self) -> crate::model::Sequences {
+        crate::model::Sequences {
+            checkpoint: self.global_seq,
+            event: self.event_seq,
+            sessions_created: self.sessions_created,
+        }
     }
 }
 

@@ -1,0 +1,199 @@
+//! Tests of the sled store's internals: crash cuts inside a change, reads
+//! that settle, kept blobs, changes split in several.
+
+use super::keys::{self, TreeId};
+use super::*;
+use crate::config::{Durability, MAX_CHANGE_CHECKPOINTS, StoreConfig};
+use crate::model::{EventKind, ListQuery, NewCheckpoint, Trigger, json_empty_object};
+use serde_json::value::RawValue;
+
+/// sled releases a directory's lock a moment after its last handle is
+/// dropped (its threads let go of the file): open with a deadline.
+fn open_when_released(config: StoreConfig) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(config.clone()) {
+            Ok(store) => return store,
+            Err(StorageError::Locked(_)) if std::time::Instant::now() < deadline => std::thread::yield_now(),
+            Err(e) => panic!("open {}: {e}", config.data_dir.display()),
+        }
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A crash after the intent and any prefix of a change's keys: opening
+/// the directory completes the change.
+#[tokio::test]
+async fn open_completes_a_change_cut_short() {
+    let root = tempfile::tempdir().unwrap();
+    let (live, pristine) = (root.path().join("live"), root.path().join("pristine"));
+    let store = Store::open(StoreConfig::new(&live)).unwrap();
+    let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
+    drop(store);
+    copy_dir(&live, &pristine);
+
+    let store = open_when_released(StoreConfig::new(&live));
+    let state = RawValue::from_string("{\"k\":[1,2,3]}".into()).unwrap();
+    let new = NewCheckpoint {
+        session_id: session,
+        message: "m".into(),
+        tags: vec!["t".into()],
+        trigger: Trigger::Manual,
+        state: Some(state),
+        metadata: None,
+        parent_id: None,
+    };
+    let (created, _) = store.put_checkpoint(new).await.unwrap();
+    let intent = store.trees().get(TreeId::Meta).get(keys::META_INTENT).unwrap().unwrap();
+    let expected = store.metrics().await.unwrap();
+    drop(store);
+    let mut ops = usize::MAX;
+
+    for applied in 0.. {
+        if applied > ops {
+            break;
+        }
+        let torn = root.path().join(format!("torn-{applied}"));
+        copy_dir(&pristine, &torn);
+        {
+            let db = sled::open(&torn).unwrap();
+            let trees = keys::Trees::open(&db).unwrap();
+            ops = change::apply_prefix(&trees, &intent, applied);
+            assert!(ops >= 8, "record, state, indexes, tag, session, counters, event");
+            db.flush().unwrap();
+        }
+        let store = open_when_released(StoreConfig::new(&torn));
+        let got = store.metrics().await.unwrap();
+        assert_eq!(
+            (got.total_checkpoints, got.global_sequence, got.event_sequence),
+            (expected.total_checkpoints, expected.global_sequence, expected.event_sequence),
+            "after {applied} of {ops} keys"
+        );
+        let cp = store.checkpoint(created.id).await.unwrap();
+        assert_eq!(cp.state.get(), "{\"k\":[1,2,3]}");
+        assert_eq!(store.session(session).await.unwrap().checkpoint_count, 1);
+        let tagged = ListQuery { tag: Some("t".into()), ..ListQuery::default() };
+        assert_eq!(store.list_checkpoints(session, &tagged, 10).await.unwrap().len(), 1);
+        assert_eq!(store.events(0, u64::MAX, Some(session), 10).await.unwrap().len(), 1);
+        assert!(store.trees().get(TreeId::Meta).get(keys::META_INTENT).unwrap().is_none());
+    }
+}
+
+/// A read that observed a change not yet durable answers only once it
+/// is: `settled` waits for the flush that covers everything applied
+/// before it was called, and a write applied after does not hold it up.
+#[tokio::test]
+// The guard is held across awaits on purpose: it stalls the commit
+// thread, and nothing on this task's thread takes it.
+#[allow(clippy::await_holding_lock)]
+async fn reads_settle_only_once_what_they_saw_is_durable() {
+    use futures_util::FutureExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(Store::open(StoreConfig::new(dir.path())).unwrap());
+    let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
+    // Nothing in flight: a read settles at once.
+    assert!(store.settled(Ok(())).now_or_never().expect("nothing to wait for").is_ok());
+
+    let held = store.hold_commits();
+    let writer = {
+        let store = std::sync::Arc::clone(&store);
+        tokio::spawn(async move { store.put_checkpoint(NewCheckpoint::new(session, "m")).await })
+    };
+    // The change is applied (visible to a raw read) but not durable.
+    let mut seen = Vec::new();
+    for _ in 0..10_000 {
+        seen = store.reader().list_checkpoints(session, &ListQuery::default(), 10).unwrap();
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(seen.len(), 1, "the write was applied");
+    let mut settle = Box::pin(store.settled(Ok(())));
+    assert!((&mut settle).now_or_never().is_none(), "a read must not answer before the flush");
+    assert!(!writer.is_finished(), "nor is the write acknowledged");
+    drop(held);
+    tokio::time::timeout(std::time::Duration::from_secs(10), settle).await.unwrap().unwrap();
+    let (created, _) = writer.await.unwrap().unwrap();
+    assert_eq!(created.id, seen[0].id);
+}
+
+/// A blob file sled deleted before the log that replaced it was durable
+/// (what a power cut can leave) is restored from its kept link when the
+/// directory is opened, so the data it held is not lost.
+#[tokio::test]
+async fn a_blob_deleted_ahead_of_its_replacement_is_restored_at_open() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+    let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
+    let text = format!("{{\"x\":\"{}\"}}", "b".repeat(300 * 1024));
+    let state = RawValue::from_string(text.clone()).unwrap();
+    let new = NewCheckpoint { state: Some(state), ..NewCheckpoint::new(session, "big") };
+    let (cp, _) = store.put_checkpoint(new).await.unwrap();
+    drop(store);
+    let (blobs, kept) = (dir.path().join("blobs"), dir.path().join(commit::KEPT_BLOBS));
+    let names: Vec<_> = std::fs::read_dir(&blobs).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!names.is_empty(), "a 300 KiB state is a blob file");
+    for name in &names {
+        let ino = |d: &std::path::Path| std::fs::metadata(d.join(name)).unwrap().ino();
+        assert_eq!(ino(&blobs), ino(&kept), "{name:?} has a kept link");
+        std::fs::remove_file(blobs.join(name)).unwrap();
+    }
+    let store = open_when_released(StoreConfig::new(dir.path()));
+    assert_eq!(store.checkpoint(cp.id).await.unwrap().state.get(), text);
+    assert_eq!(store.metrics().await.unwrap().global_sequence, 1);
+}
+
+/// A session larger than one change is deleted in several; the result is
+/// the same as one change: nothing of it left, one event, exact counts.
+#[tokio::test]
+async fn deleting_a_large_session_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig { durability: Durability::Async, ..StoreConfig::new(dir.path()) }).unwrap();
+    let big = store.create_session("big".into(), json_empty_object()).await.unwrap().id;
+    let other = store.create_session("other".into(), json_empty_object()).await.unwrap().id;
+    let n = 2 * MAX_CHANGE_CHECKPOINTS + 7;
+    let new = |session_id| NewCheckpoint {
+        session_id,
+        message: "m".into(),
+        tags: vec!["t".into()],
+        trigger: Trigger::Manual,
+        state: None,
+        metadata: None,
+        parent_id: None,
+    };
+    for _ in 0..n {
+        store.put_checkpoint(new(big)).await.unwrap();
+    }
+    let kept = store.put_checkpoint(new(other)).await.unwrap().0;
+    assert_eq!(store.delete_session(big).await.unwrap(), n as u64);
+    assert!(matches!(store.session(big).await, Err(StorageError::NotFound(_))));
+    let m = store.metrics().await.unwrap();
+    assert_eq!((m.total_checkpoints, m.active_sessions), (1, 1));
+    for tree in [TreeId::Checkpoints, TreeId::States, TreeId::CheckpointIds, TreeId::Sequences, TreeId::Tags] {
+        assert_eq!(store.trees().get(tree).len(), 1, "{tree:?} keeps keys of the deleted session");
+    }
+    let deleted: Vec<_> = store
+        .events(0, u64::MAX, Some(big), usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(e.kind, EventKind::SessionDeleted { .. }))
+        .collect();
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0].kind, EventKind::SessionDeleted { removed: n as u64 });
+    assert_eq!(store.checkpoint(kept.id).await.unwrap().summary.session_id, other);
+}

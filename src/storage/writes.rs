@@ -1,0 +1,291 @@
+//! The operations that build changes. Each gathers every key one write
+//! touches (record, indexes, session, counters, journal event) into a
+//! [`Change`], reading what it needs through a [`Reader`]; the store
+//! applies the change atomically under its write lock (`store`), so what an
+//! operation read cannot change before its change is applied. An operation
+//! that returns an error has applied nothing.
+//!
+//! Import builds its changes with the same functions ([`store_checkpoint`],
+//! [`store_annotation`], [`put_session`]).
+
+use super::change::Change;
+use super::codec;
+use super::error::{Result, StorageError};
+use super::keys::{self, TreeId};
+use super::reads::Reader;
+use super::records::{AnnotationRecord, CheckpointRecord, SessionRecord};
+use crate::config::MAX_CHANGE_CHECKPOINTS;
+use crate::model::{
+    Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, EventKind, NewCheckpoint, RetentionPolicy,
+    Session, SessionId, Severity, json_null,
+};
+use serde_json::value::RawValue;
+
+pub(crate) fn put_session(c: &mut Change, rec: &SessionRecord) {
+    c.put(TreeId::Sessions, keys::session_key(rec.id), codec::encode(rec));
+}
+
+/// Stores a session record and its place in creation order.
+pub(crate) fn store_session(c: &mut Change, rec: &SessionRecord) {
+    put_session(c, rec);
+    c.put(TreeId::SessionOrder, keys::ordinal_key(rec.ordinal), keys::session_key(rec.id));
+}
+
+/// Stores a checkpoint's record, state and every index entry of it.
+pub(crate) fn store_checkpoint(c: &mut Change, rec: &CheckpointRecord, state: &RawValue) {
+    let key = keys::checkpoint_key(rec.session_id, rec.sequence_number);
+    c.put(TreeId::Checkpoints, key, codec::encode(rec));
+    c.put(TreeId::States, key, state.get().as_bytes());
+    c.put(TreeId::CheckpointIds, keys::checkpoint_id_key(rec.id), key);
+    c.put(TreeId::Sequences, keys::sequence_key(rec.sequence_number), keys::sequence_value(rec.session_id, rec.id));
+    for tag in &rec.tags {
+        c.put(TreeId::Tags, keys::tag_key(rec.session_id, tag, rec.sequence_number), []);
+    }
+}
+
+pub(crate) fn store_annotation(c: &mut Change, id: CheckpointId, index: u32, rec: &AnnotationRecord) {
+    c.put(TreeId::Annotations, keys::annotation_key(id, index), codec::encode(rec));
+}
+
+/// Removes a checkpoint with every index entry and annotation it has.
+pub(crate) fn remove_checkpoint(c: &mut Change, r: &Reader, rec: &CheckpointRecord) -> Result<()> {
+    let key = keys::checkpoint_key(rec.session_id, rec.sequence_number);
+    c.del(TreeId::Checkpoints, key);
+    c.del(TreeId::States, key);
+    c.del(TreeId::CheckpointIds, keys::checkpoint_id_key(rec.id));
+    c.del(TreeId::Sequences, keys::sequence_key(rec.sequence_number));
+    for tag in &rec.tags {
+        c.del(TreeId::Tags, keys::tag_key(rec.session_id, tag, rec.sequence_number));
+    }
+    for index in r.annotation_indexes(rec.id)? {
+        c.del(TreeId::Annotations, keys::annotation_key(rec.id, index));
+    }
+    // Counts read from disk may be low (damage): never below zero.
+    c.counters.checkpoints = c.counters.checkpoints.saturating_sub(1);
+    Ok(())
+}
+
+// ----- sessions ---------------------------------------------------------------
+
+pub(crate) fn create_session(c: &mut Change, name: String, metadata: &RawValue) -> Result<Session> {
+    c.counters.sessions_created += 1;
+    c.counters.active_sessions += 1;
+    let rec = SessionRecord {
+        id: SessionId::new(),
+        ordinal: c.counters.sessions_created,
+        name,
+        created_at: c.now,
+        metadata: metadata.get().as_bytes().to_vec(),
+        retention: None,
+        checkpoint_count: 0,
+        last_sequence: None,
+    };
+    store_session(c, &rec);
+    rec.to_model()
+}
+
+/// One step of deleting a session: removes up to
+/// [`MAX_CHANGE_CHECKPOINTS`] of its checkpoints, so that no intent record
+/// grows with the session, and the session itself once none is left. Each
+/// step leaves the session consistent (fewer checkpoints, counts updated); a
+/// crash between them leaves a smaller session, never a dangling index
+/// entry. Returns how many checkpoints it removed and whether the session
+/// is gone (its event journaled with `removed_before` + those).
+pub(crate) fn delete_session_step(
+    c: &mut Change,
+    r: &Reader,
+    id: SessionId,
+    removed_before: u64,
+) -> Result<(u64, bool)> {
+    let mut rec = r.session_record(id)?;
+    let mut chunk = 0;
+    for cp in r.checkpoint_records(id, 0..=u64::MAX).take(MAX_CHANGE_CHECKPOINTS) {
+        remove_checkpoint(c, r, &cp?)?;
+        chunk += 1;
+    }
+    if chunk == MAX_CHANGE_CHECKPOINTS as u64 {
+        rec.checkpoint_count = rec.checkpoint_count.saturating_sub(chunk);
+        put_session(c, &rec);
+        return Ok((chunk, false));
+    }
+    c.del(TreeId::Sessions, keys::session_key(id));
+    c.del(TreeId::SessionOrder, keys::ordinal_key(rec.ordinal));
+    c.counters.active_sessions = c.counters.active_sessions.saturating_sub(1);
+    c.event(id, EventKind::SessionDeleted { removed: removed_before + chunk });
+    Ok((chunk, true))
+}
+
+pub(crate) fn set_retention(
+    c: &mut Change,
+    r: &Reader,
+    id: SessionId,
+    policy: Option<RetentionPolicy>,
+) -> Result<Option<RetentionPolicy>> {
+    let mut rec = r.session_record(id)?;
+    rec.retention = policy.filter(|p| !p.is_empty());
+    put_session(c, &rec);
+    Ok(rec.retention)
+}
+
+// ----- checkpoints ------------------------------------------------------------
+
+/// Stores a checkpoint with the next global sequence number, then applies
+/// the session's retention policy (never to the new checkpoint itself). A
+/// parent must belong to the same session.
+pub(crate) fn put_checkpoint(
+    c: &mut Change,
+    r: &Reader,
+    new: NewCheckpoint,
+) -> Result<(CheckpointSummary, Option<Compaction>)> {
+    let mut session = r.session_record(new.session_id)?;
+    if let Some(parent) = new.parent_id {
+        let (owner, _) = r.locate(parent)?;
+        if owner != new.session_id {
+            return Err(StorageError::Conflict(format!("parent checkpoint {parent} belongs to another session")));
+        }
+    }
+    c.counters.global_seq += 1;
+    c.counters.checkpoints += 1;
+    let seq = c.counters.global_seq;
+    let state = new.state.unwrap_or_else(json_null);
+    let rec = CheckpointRecord {
+        id: CheckpointId::new(),
+        session_id: new.session_id,
+        sequence_number: seq,
+        timestamp: c.now,
+        message: new.message,
+        tags: new.tags,
+        trigger: new.trigger,
+        metadata: new.metadata.map_or_else(|| b"{}".to_vec(), |m| m.get().as_bytes().to_vec()),
+        parent_id: new.parent_id,
+        state_crc: crc32fast::hash(state.get().as_bytes()),
+    };
+    store_checkpoint(c, &rec, &state);
+    session.checkpoint_count += 1;
+    session.last_sequence = Some(seq);
+    c.event(rec.session_id, EventKind::CheckpointCreated { checkpoint_id: rec.id, sequence_number: seq });
+    let compaction = match session.retention.clone() {
+        Some(policy) => apply_policy(c, r, &mut session, &policy, 1)?,
+        None => None,
+    };
+    put_session(c, &session);
+    Ok((rec.summary(false), compaction))
+}
+
+/// Reads a checkpoint of `session` and journals that it was restored.
+pub(crate) fn restore(c: &mut Change, r: &Reader, session: SessionId, id: CheckpointId) -> Result<Checkpoint> {
+    let cp = r.checkpoint(id)?;
+    if cp.summary.session_id != session {
+        return Err(StorageError::NotFound(format!("checkpoint {id} not found in session {session}")));
+    }
+    let sequence_number = cp.summary.sequence_number;
+    c.event(session, EventKind::CheckpointRestored { checkpoint_id: id, sequence_number });
+    Ok(cp)
+}
+
+/// Deletes one checkpoint; with `session`, only if it belongs there.
+/// Returns the session it belonged to.
+pub(crate) fn delete_checkpoint(
+    c: &mut Change,
+    r: &Reader,
+    id: CheckpointId,
+    session: Option<SessionId>,
+) -> Result<SessionId> {
+    let (rec, _) = r.checkpoint_record(id)?;
+    if session.is_some_and(|s| s != rec.session_id) {
+        return Err(StorageError::NotFound(format!("checkpoint {id} not found in this session")));
+    }
+    let mut sess = r.session_record(rec.session_id)?;
+    remove_checkpoint(c, r, &rec)?;
+    sess.checkpoint_count = sess.checkpoint_count.saturating_sub(1);
+    if sess.last_sequence == Some(rec.sequence_number) {
+        sess.last_sequence = r.newest_before(rec.session_id, rec.sequence_number)?;
+    }
+    put_session(c, &sess);
+    c.event(rec.session_id, EventKind::CheckpointDeleted { checkpoint_id: id, sequence_number: rec.sequence_number });
+    Ok(rec.session_id)
+}
+
+/// Adds an annotation after a checkpoint's last; refused with
+/// [`StorageError::Full`] once it has `max` of them.
+pub(crate) fn annotate(
+    c: &mut Change,
+    r: &Reader,
+    id: CheckpointId,
+    note: String,
+    severity: Severity,
+    max: u32,
+) -> Result<Annotation> {
+    r.locate(id)?;
+    let next = r.next_annotation_index(id)?;
+    if next >= max {
+        return Err(StorageError::Full(format!("checkpoint {id} already has {max} annotations")));
+    }
+    let rec = AnnotationRecord { note, severity, timestamp: c.now };
+    store_annotation(c, id, next, &rec);
+    Ok(rec.to_model())
+}
+
+/// Removes the checkpoints of `session` that `policy` does not keep, and
+/// journals the compaction (also when nothing was removed).
+pub(crate) fn compact(c: &mut Change, r: &Reader, session: SessionId, policy: &RetentionPolicy) -> Result<Compaction> {
+    let mut rec = r.session_record(session)?;
+    let result =
+        apply_policy(c, r, &mut rec, policy, 0)?.unwrap_or(Compaction { removed: 0, remaining: rec.checkpoint_count });
+    put_session(c, &rec);
+    if result.removed == 0 {
+        c.event(session, EventKind::CheckpointsCompacted { removed: 0, remaining: result.remaining });
+    }
+    Ok(result)
+}
+
+/// Applies `policy` to `session`, the `skip` newest checkpoints exempt (the one
+/// being added). Returns `None` when nothing was removed.
+fn apply_policy(
+    c: &mut Change,
+    r: &Reader,
+    session: &mut SessionRecord,
+    policy: &RetentionPolicy,
+    skip: u64,
+) -> Result<Option<Compaction>> {
+    let id = session.id;
+    // Checkpoints already stored; `skip` new ones are in the change only.
+    let stored = r.checkpoint_records(id, 0..=u64::MAX);
+    let mut doomed = Vec::new();
+    let mut newest_kept = None;
+    if policy.preserve_tags.is_empty() {
+        // Count-only policy: the oldest go, found without a full scan.
+        let keep = policy.keep_recent.unwrap_or(0).saturating_sub(skip);
+        let existing = session.checkpoint_count.saturating_sub(skip);
+        for rec in stored.take(existing.saturating_sub(keep) as usize) {
+            doomed.push(rec?);
+        }
+    } else {
+        for (rank, rec) in (skip..).zip(stored.rev()) {
+            let rec = rec?;
+            if policy.keeps(rank, &rec.tags) {
+                newest_kept.get_or_insert(rec.sequence_number);
+            } else {
+                doomed.push(rec);
+            }
+        }
+    }
+    if doomed.is_empty() {
+        return Ok(None);
+    }
+    for rec in &doomed {
+        remove_checkpoint(c, r, rec)?;
+    }
+    let removed = doomed.len() as u64;
+    session.checkpoint_count = session.checkpoint_count.saturating_sub(removed);
+    if skip == 0 {
+        session.last_sequence = if policy.preserve_tags.is_empty() {
+            if session.checkpoint_count == 0 { None } else { session.last_sequence }
+        } else {
+            newest_kept
+        };
+    }
+    let result = Compaction { removed, remaining: session.checkpoint_count };
+    c.event(id, EventKind::CheckpointsCompacted { removed, remaining: result.remaining });
+    Ok(Some(result))
+}
