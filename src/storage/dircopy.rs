@@ -16,24 +16,60 @@ const MAX_DEPTH: usize = 8;
 /// when missing) and returns the bytes copied. With `sync`, every copied file
 /// and directory is fsynced, so the copy survives a power loss.
 pub fn copy_dir(from: &Path, to: &Path, sync: bool) -> io::Result<u64> {
-    copy_level(from, to, sync, 0)
+    copy_level(from, to, Mode::Fresh { sync }, false, 0)
 }
 
-fn copy_level(from: &Path, to: &Path, sync: bool, depth: usize) -> io::Result<u64> {
+/// Brings an earlier copy of `from` in `to` up to date and returns the bytes
+/// the copy now holds: every file is copied again, except blob files
+/// (`blobs/N`) already copied whole. sled writes a blob file once, in order,
+/// under a name it never reuses, so a copy of the same length has the same
+/// bytes. Files and directories no longer in `from` are removed from `to`.
+/// A copy taken while sled was writing, then refreshed while it is not,
+/// equals a copy taken while it is not, for a fraction of the work.
+pub fn refresh_copy(from: &Path, to: &Path) -> io::Result<u64> {
+    copy_level(from, to, Mode::Refresh, false, 0)
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Into a new copy; with `sync`, fsync what is copied.
+    Fresh { sync: bool },
+    /// Over an earlier copy (see [`refresh_copy`]).
+    Refresh,
+}
+
+/// One directory of [`copy_dir`] or [`refresh_copy`]; `write_once` for
+/// `blobs/`, whose files sled never rewrites.
+fn copy_level(from: &Path, to: &Path, mode: Mode, write_once: bool, depth: usize) -> io::Result<u64> {
     if depth > MAX_DEPTH {
         return Err(io::Error::other(format!("{} is nested too deeply for a data directory", from.display())));
     }
     fs::create_dir_all(to)?;
+    let sync = matches!(mode, Mode::Fresh { sync: true });
     let mut bytes = 0;
+    let mut names = std::collections::HashSet::new();
     for entry in fs::read_dir(from)? {
         let entry = entry?;
         let kind = entry.file_type()?;
         let dest = to.join(entry.file_name());
         if kind.is_dir() {
-            bytes += copy_level(&entry.path(), &dest, sync, depth + 1)?;
+            let blobs = depth == 0 && entry.file_name() == "blobs";
+            bytes += copy_level(&entry.path(), &dest, mode, blobs, depth + 1)?;
         } else if kind.is_file() {
             if redundant_link(from, &entry.file_name(), depth) {
                 continue;
+            }
+            if let (Mode::Refresh, true) = (mode, write_once) {
+                let len = match entry.metadata() {
+                    Ok(m) => m.len(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                if fs::metadata(&dest).ok().filter(|m| m.is_file()).map(|m| m.len()) == Some(len) {
+                    bytes += len;
+                    names.insert(entry.file_name());
+                    continue;
+                }
             }
             match fs::copy(entry.path(), &dest) {
                 Ok(n) => bytes += n,
@@ -47,74 +83,26 @@ fn copy_level(from: &Path, to: &Path, sync: bool, depth: usize) -> io::Result<u6
             if sync {
                 fs::File::open(&dest)?.sync_all()?;
             }
-        }
-        // sled makes no symlinks or special files; anything else is skipped.
-    }
-    if sync {
-        fs::File::open(to)?.sync_all()?;
-    }
-    Ok(bytes)
-}
-
-/// Brings an earlier copy of `from` in `to` up to date and returns the bytes
-/// the copy now holds: every file is copied again, except blob files
-/// (`blobs/N`) already copied whole. sled writes a blob file once, in order,
-/// under a name it never reuses, so a copy of the same length has the same
-/// bytes. Files and directories no longer in `from` are removed from `to`.
-/// A copy taken while sled was writing, then refreshed while it is not,
-/// equals a copy taken while it is not, for a fraction of the work.
-pub fn refresh_copy(from: &Path, to: &Path) -> io::Result<u64> {
-    refresh_level(from, to, false, 0)
-}
-
-fn refresh_level(from: &Path, to: &Path, write_once: bool, depth: usize) -> io::Result<u64> {
-    if depth > MAX_DEPTH {
-        return Err(io::Error::other(format!("{} is nested too deeply for a data directory", from.display())));
-    }
-    fs::create_dir_all(to)?;
-    let mut bytes = 0;
-    let mut names = std::collections::HashSet::new();
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let dest = to.join(entry.file_name());
-        if kind.is_dir() {
-            let blobs = depth == 0 && entry.file_name() == "blobs";
-            bytes += refresh_level(&entry.path(), &dest, blobs, depth + 1)?;
-        } else if kind.is_file() {
-            if redundant_link(from, &entry.file_name(), depth) {
-                continue;
-            }
-            let len = match entry.metadata() {
-                Ok(m) => m.len(),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            let copied = fs::metadata(&dest).ok().filter(|m| m.is_file()).map(|m| m.len());
-            if !(write_once && copied == Some(len)) {
-                match fs::copy(entry.path(), &dest) {
-                    Ok(n) => bytes += n,
-                    // Removed since it was listed (see `copy_level`).
-                    Err(e) if e.kind() == io::ErrorKind::NotFound && !entry.path().exists() => continue,
-                    Err(e) => return Err(e),
-                }
-            } else {
-                bytes += len;
-            }
         } else {
+            // sled makes no symlinks or special files.
             continue;
         }
         names.insert(entry.file_name());
     }
-    for entry in fs::read_dir(to)? {
-        let entry = entry?;
-        if !names.contains(&entry.file_name()) {
-            if entry.file_type()?.is_dir() {
-                fs::remove_dir_all(entry.path())?;
-            } else {
-                fs::remove_file(entry.path())?;
+    if let Mode::Refresh = mode {
+        for entry in fs::read_dir(to)? {
+            let entry = entry?;
+            if !names.contains(&entry.file_name()) {
+                if entry.file_type()?.is_dir() {
+                    fs::remove_dir_all(entry.path())?;
+                } else {
+                    fs::remove_file(entry.path())?;
+                }
             }
         }
+    }
+    if sync {
+        fs::File::open(to)?.sync_all()?;
     }
     Ok(bytes)
 }
