@@ -7,7 +7,6 @@ use crate::error::{Error, Result};
 use crate::model::SessionId;
 use crate::protocol::{Command, render_error, render_event, render_lagged, render_ok, reply};
 use crate::service::hub::{Delivery, Subscription};
-use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
@@ -73,7 +72,7 @@ impl Session {
         };
         if ok {
             self.authenticated = true;
-            return Outcome::Reply(render_ok(id, json!({"authenticated": true})));
+            return Outcome::Reply(render_ok(id, reply::authenticated()));
         }
         self.auth_failures += 1;
         let reply = render_error(id, &Error::Unauthorized("Invalid authentication token".into()));
@@ -114,53 +113,28 @@ impl Session {
                 if let Some(old) = self.subscriptions.remove(&session_id) {
                     old.abort();
                 }
-                let reply = render_ok(id, json!({"subscribed": true, "session_id": session_id.to_string()}));
-                return Ok(Outcome::Subscribed(reply, sub));
+                return Ok(Outcome::Subscribed(render_ok(id, reply::subscribed(session_id)), sub));
             }
             Command::Unsubscribe { session_id } => {
                 if let Some(task) = self.subscriptions.remove(&session_id) {
                     task.abort();
                 }
-                render_ok(id, json!({"subscribed": false, "session_id": session_id.to_string()}))
+                render_ok(id, reply::unsubscribed(session_id))
             }
             Command::CreateSession { name, metadata } => {
-                render_ok(id, service.create_session(name, metadata).await?.id.to_string())
+                render_ok(id, reply::created(service.create_session(name, metadata).await?.id))
             }
             Command::ListCheckpoints { session_id, query } => {
                 render_ok(id, reply::summaries(&service.list_checkpoints(session_id, &query).await?))
             }
-            Command::Checkpoint(new) => render_ok(id, service.checkpoint(new).await?.id.to_string()),
+            Command::Checkpoint(new) => render_ok(id, reply::created(service.checkpoint(new).await?.id)),
             Command::Metrics => {
                 let m = service.metrics().await?;
-                render_ok(
-                    id,
-                    json!({
-                        "total_checkpoints": m.total_checkpoints,
-                        "active_sessions": m.active_sessions,
-                        "total_sessions_created": m.total_sessions_created,
-                        "global_sequence": m.global_sequence,
-                        "event_sequence": m.event_sequence,
-                        "oldest_event": m.oldest_event,
-                        "bytes_on_disk": m.bytes_on_disk,
-                        "connections": self.shared.connections(),
-                        "subscriptions": service.health().subscriptions,
-                    }),
-                )
+                render_ok(id, reply::metrics(&m, self.shared.connections(), service.health().subscriptions))
             }
             Command::Health => {
                 let h = service.health();
-                render_ok(
-                    id,
-                    json!({
-                        "healthy": h.healthy,
-                        "durability": h.durability.as_str(),
-                        "format_version": h.format_version,
-                        "connections": self.shared.connections(),
-                        "max_connections": self.shared.config.max_connections,
-                        "subscriptions": h.subscriptions,
-                        "version": env!("CARGO_PKG_VERSION"),
-                    }),
-                )
+                render_ok(id, reply::health(&h, self.shared.connections(), self.shared.config.max_connections))
             }
             Command::GetCheckpoint { checkpoint_id } => {
                 render_ok(id, reply::checkpoint(&service.get_checkpoint(checkpoint_id).await?))
@@ -170,35 +144,29 @@ impl Session {
             }
             Command::DeleteCheckpoint { checkpoint_id, session_id } => {
                 service.delete_checkpoint(checkpoint_id, session_id).await?;
-                render_ok(id, json!({"deleted": true}))
+                render_ok(id, reply::deleted())
             }
             Command::Compact { session_id, policy } => {
-                let c = service.compact(session_id, policy).await?;
-                render_ok(id, json!({"removed": c.removed, "remaining": c.remaining}))
+                render_ok(id, reply::compacted(&service.compact(session_id, policy).await?))
             }
             Command::SetRetention { session_id, policy } => {
-                render_ok(id, service.set_retention(session_id, policy).await?.as_ref().map(reply::policy))
+                render_ok(id, reply::retention(service.set_retention(session_id, policy).await?.as_ref()))
             }
             Command::ListSessions { limit, after } => {
-                let sessions = service.list_sessions(after, limit).await?;
-                render_ok(id, sessions.iter().map(|s| reply::session(s, false)).collect::<Vec<_>>())
+                render_ok(id, reply::sessions(&service.list_sessions(after, limit).await?))
             }
             Command::GetSession { session_id } => {
                 render_ok(id, reply::session(&service.get_session(session_id).await?, true))
             }
             Command::DeleteSession { session_id } => {
                 service.delete_session(session_id).await?;
-                render_ok(id, json!({"deleted": true}))
+                render_ok(id, reply::deleted())
             }
             Command::Annotate { checkpoint_id, note, severity } => {
                 let a = service.annotate(checkpoint_id, note, severity).await?;
                 render_ok(id, reply::annotation(&a, Some(checkpoint_id.to_string())))
             }
-            Command::Validate { session_id } => {
-                let v = service.validate(session_id).await?;
-                let ids: Vec<String> = v.invalid_ids.iter().map(ToString::to_string).collect();
-                render_ok(id, json!({"valid": v.valid, "invalid": v.invalid, "invalid_ids": ids}))
-            }
+            Command::Validate { session_id } => render_ok(id, reply::validation(&service.validate(session_id).await?)),
         }))
     }
 }
