@@ -1,8 +1,11 @@
-//! Applies one parsed [`Command`] to the service: the single `match` that
-//! maps the wire onto the core.
+//! One client's [`Handler`]: it turns each text frame into a [`Command`] and
+//! applies it to the service — the single `match` that maps the wire onto
+//! the core — and forwards its subscriptions' events. It answers with an
+//! [`Outcome`]; the connection owns the socket.
 
-use super::connection::{Outbound, close};
-use super::{MAX_AUTH_FAILURES, MAX_SUBSCRIPTIONS_PER_CONNECTION, Shared};
+use super::outbound::{Outbound, Outcome, close};
+use super::settings::{MAX_AUTH_FAILURES, MAX_SUBSCRIPTIONS_PER_CONNECTION};
+use super::state::ServerState;
 use crate::error::{Error, Result};
 use crate::model::SessionId;
 use crate::protocol::{Command, render_error, render_event, render_lagged, render_ok, reply};
@@ -13,25 +16,17 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-/// What the connection should do after a request.
-pub(crate) enum Outcome {
-    Reply(String),
-    /// The reply to `subscribe`; once it is queued, [`Session::forward`]
-    /// starts the events, so the reply precedes every one of them.
-    Subscribed(String, Subscription),
-    Close(Message),
-}
-
-/// Per-connection protocol state.
-pub(crate) struct Session {
-    shared: Arc<Shared>,
+/// One client's protocol state: whether it has authenticated, and its
+/// subscriptions (stopped when the handler is dropped).
+pub(crate) struct Handler {
+    state: Arc<ServerState>,
     out: Outbound,
     authenticated: bool,
     auth_failures: u32,
     subscriptions: HashMap<SessionId, JoinHandle<()>>,
 }
 
-impl Drop for Session {
+impl Drop for Handler {
     fn drop(&mut self) {
         for task in self.subscriptions.values() {
             task.abort();
@@ -39,10 +34,10 @@ impl Drop for Session {
     }
 }
 
-impl Session {
-    pub fn new(shared: Arc<Shared>, out: Outbound) -> Session {
-        let authenticated = shared.config.token.is_none();
-        Session { shared, out, authenticated, auth_failures: 0, subscriptions: HashMap::new() }
+impl Handler {
+    pub fn new(state: Arc<ServerState>, out: Outbound) -> Handler {
+        let authenticated = state.config.token.is_none();
+        Handler { state, out, authenticated, auth_failures: 0, subscriptions: HashMap::new() }
     }
 
     pub async fn handle_text(&mut self, text: &str) -> Outcome {
@@ -65,7 +60,7 @@ impl Session {
     }
 
     fn authenticate(&mut self, id: &str, token: Option<String>) -> Outcome {
-        let ok = match (&self.shared.config.token, token) {
+        let ok = match (&self.state.config.token, token) {
             (None, _) => true,
             (Some(expected), Some(given)) => constant_time_eq(expected.as_bytes(), given.as_bytes()),
             (Some(_), None) => false,
@@ -96,7 +91,7 @@ impl Session {
 
     /// The one `match` from wire commands to service calls.
     async fn apply(&mut self, id: &str, command: Command) -> Result<Outcome> {
-        let service = self.shared.service.clone();
+        let service = self.state.service.clone();
         Ok(Outcome::Reply(match command {
             Command::Authenticate { token } => return Ok(self.authenticate(id, token)),
             Command::Subscribe { session_id, since } => {
@@ -130,11 +125,11 @@ impl Session {
             Command::Checkpoint(new) => render_ok(id, reply::created(service.checkpoint(new).await?.id)),
             Command::Metrics => {
                 let m = service.metrics().await?;
-                render_ok(id, reply::metrics(&m, self.shared.connections(), service.health().subscriptions))
+                render_ok(id, reply::metrics(&m, self.state.connections(), service.health().subscriptions))
             }
             Command::Health => {
                 let h = service.health();
-                render_ok(id, reply::health(&h, self.shared.connections(), self.shared.config.max_connections))
+                render_ok(id, reply::health(&h, self.state.connections(), self.state.config.max_connections))
             }
             Command::GetCheckpoint { checkpoint_id } => {
                 render_ok(id, reply::checkpoint(&service.get_checkpoint(checkpoint_id).await?))
