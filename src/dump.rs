@@ -25,8 +25,9 @@ pub struct Options {
     pub snapshot: bool,
 }
 
+/// One `checkpoint-dump` subcommand, as [`run`] performs it.
 #[derive(Debug, Clone)]
-pub enum Command {
+pub enum Action {
     Summary,
     Sessions,
     Checkpoints {
@@ -52,7 +53,7 @@ pub enum Command {
 
 /// Runs one command. `Ok(false)` means it ran and found problems (`verify`).
 /// sled may panic reading a damaged page: that is an error, in one line.
-pub fn run(opts: &Options, cmd: &Command, out: &mut dyn Write) -> Result<bool> {
+pub fn run(opts: &Options, cmd: &Action, out: &mut dyn Write) -> Result<bool> {
     crate::panics::catch(|| run_command(opts, cmd, out)).unwrap_or_else(|panic| {
         Err(Error::Internal(format!(
             "data directory {} is damaged: reading it failed: {panic}",
@@ -61,8 +62,8 @@ pub fn run(opts: &Options, cmd: &Command, out: &mut dyn Write) -> Result<bool> {
     })
 }
 
-fn run_command(opts: &Options, cmd: &Command, out: &mut dyn Write) -> Result<bool> {
-    if let Command::Backup { dest } = cmd {
+fn run_command(opts: &Options, cmd: &Action, out: &mut dyn Write) -> Result<bool> {
+    if let Action::Backup { dest } = cmd {
         backup(&crate::snapshot::backup(&opts.data_dir, dest)?, &opts.data_dir, opts.json, out)?;
         out.flush()?;
         return Ok(true);
@@ -70,21 +71,21 @@ fn run_command(opts: &Options, cmd: &Command, out: &mut dyn Write) -> Result<boo
     let ins = Inspector::open(&opts.data_dir, opts.snapshot)?;
     let json = opts.json;
     match cmd {
-        Command::Summary => summary(&ins.summary()?, json, out)?,
-        Command::Sessions => sessions(&ins, json, out)?,
-        Command::Checkpoints { session, with_state } => checkpoints(&ins, *session, *with_state, json, out)?,
-        Command::Checkpoint { id } => checkpoint(&ins, *id, json, out)?,
-        Command::Events { since, limit } => events(&ins, *since, *limit, json, out)?,
-        Command::Verify => {
+        Action::Summary => summary(&ins.summary()?, json, out)?,
+        Action::Sessions => sessions(&ins, json, out)?,
+        Action::Checkpoints { session, with_state } => checkpoints(&ins, *session, *with_state, json, out)?,
+        Action::Checkpoint { id } => checkpoint(&ins, *id, json, out)?,
+        Action::Events { since, limit } => events(&ins, *since, *limit, json, out)?,
+        Action::Verify => {
             let v = ins.verify()?;
             verification(&v, json, out)?;
             out.flush()?;
             return Ok(v.ok());
         }
-        Command::Export => {
+        Action::Export => {
             crate::transfer::export(&ins, out)?;
         }
-        Command::Backup { .. } => unreachable!("handled before opening"),
+        Action::Backup { .. } => unreachable!("handled before opening"),
     }
     out.flush()?;
     Ok(true)

@@ -8,15 +8,17 @@
 //!
 //! A client sends `{"id":"7","method":"checkpoint","params":{...}}`:
 //!
-//! 1. [`server::run`] accepts the TCP connection after taking a connection
-//!    slot, and `server::connection::serve` completes the WebSocket handshake
-//!    and reads text frames, one request at a time.
+//! 1. [`server::run`]'s accept loop takes a socket permit, accepts the TCP
+//!    connection and gives it a client slot; `server::connection::serve`
+//!    completes the WebSocket handshake and reads text frames, one request
+//!    at a time, handing each to the connection's handler.
 //! 2. [`protocol::parse_request`] turns the frame into a
 //!    [`protocol::Command`]: the envelope and every param are checked here,
 //!    with the seed's exact error strings.
-//! 3. `server::handler::Session::apply` — one `match` over `Command` —
-//!    calls [`service::Service::checkpoint`], which enforces the input
-//!    limits of [`config`].
+//! 3. `server::handler::Handler::apply` (one handler per connection) — one
+//!    `match` over `Command` — calls [`service::Service::checkpoint`], which
+//!    enforces the input limits of [`config`]; the result is rendered by a
+//!    shape of [`protocol::reply`] (here [`protocol::reply::created`]).
 //! 4. [`storage::Store::put_checkpoint`] gathers the record, its indexes,
 //!    the counters and a `checkpoint_created` journal event, taking the next
 //!    global sequence number under the write lock; `Store::apply` writes
@@ -27,7 +29,8 @@
 //! 6. The same durable mark releases the journal event:
 //!    [`service::hub`]'s thread has been draining sled's `watch_prefix` on the events
 //!    tree, and now offers the event to each subscriber's bounded queue; the
-//!    connection's subscription task renders it with [`protocol::reply`].
+//!    handler's forwarding task for that subscription renders it with
+//!    [`protocol::render_event`] and queues it with the connection's replies.
 //!
 //! # Modules
 //!
@@ -37,8 +40,10 @@
 //! - [`storage`]: sled trees ([`storage::keys`] is the whole key schema),
 //!   the record codec, group commit, format version and migrations.
 //! - [`service`]: the operations and their rules; the event hub.
-//! - [`protocol`]: request parsing and reply/event rendering.
-//! - [`server`]: listener, connections, shutdown.
+//! - [`protocol`]: request parsing and reply/event rendering: every JSON
+//!   shape on the wire.
+//! - [`server`]: listener, connections, handlers, shutdown; it never builds
+//!   JSON itself.
 //! - [`client`]: a small async client for the protocol.
 //! - [`panics`]: panics caught around untrusted data, and one-line reports.
 //! - [`dump`]: the `checkpoint-dump` commands, read from a private copy of a

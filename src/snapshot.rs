@@ -56,15 +56,17 @@ const PAUSE_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a connection may stay silent before its first request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A line a copier sends on the control socket.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-enum Request {
+enum ControlRequest {
     Pause,
     Resume,
 }
 
+/// The server's answer, one line.
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Reply {
+struct ControlReply {
     #[serde(skip_serializing_if = "Option::is_none")]
     paused: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,9 +85,9 @@ struct Reply {
     error: Option<String>,
 }
 
-impl Reply {
-    fn error(message: impl Into<String>) -> Reply {
-        Reply { error: Some(message.into()), ..Reply::default() }
+impl ControlReply {
+    fn error(message: impl Into<String>) -> ControlReply {
+        ControlReply { error: Some(message.into()), ..ControlReply::default() }
     }
 }
 
@@ -192,37 +194,37 @@ async fn control_connection(
             // The copier went away: a pause it held ends here.
             return Ok(());
         }
-        let request = serde_json::from_str::<Request>(line.trim());
+        let request = serde_json::from_str::<ControlRequest>(line.trim());
         let reply = match (request, &state) {
-            (Err(e), _) => Reply::error(format!("bad request: {e}")),
-            (Ok(_), State::Expired) => Reply::error(format!(
+            (Err(e), _) => ControlReply::error(format!("bad request: {e}")),
+            (Ok(_), State::Expired) => ControlReply::error(format!(
                 "the pause ended before the copy did (it lasts at most {} s, and ends when the server shuts down); the copy is not consistent",
                 MAX_WRITE_PAUSE.as_secs()
             )),
-            (Ok(Request::Pause), State::Paused(..)) => Reply::error("already paused"),
-            (Ok(Request::Pause), State::Idle) if stopping => Reply::error("the server is shutting down"),
-            (Ok(Request::Pause), State::Idle) => match store.pause_writes().await {
+            (Ok(ControlRequest::Pause), State::Paused(..)) => ControlReply::error("already paused"),
+            (Ok(ControlRequest::Pause), State::Idle) if stopping => ControlReply::error("the server is shutting down"),
+            (Ok(ControlRequest::Pause), State::Idle) => match store.pause_writes().await {
                 Ok(held) => {
                     let m = held.metrics;
                     state = State::Paused(held, Instant::now());
                     tracing::info!("writes paused for a snapshot");
-                    Reply {
+                    ControlReply {
                         paused: Some(true),
                         global_sequence: Some(m.global_sequence),
                         event_sequence: Some(m.event_sequence),
                         checkpoints: Some(m.total_checkpoints),
                         sessions: Some(m.active_sessions),
-                        ..Reply::default()
+                        ..ControlReply::default()
                     }
                 }
-                Err(e) => Reply::error(e.to_string()),
+                Err(e) => ControlReply::error(e.to_string()),
             },
-            (Ok(Request::Resume), State::Idle) => Reply::error("not paused"),
-            (Ok(Request::Resume), State::Paused(_, since)) => {
+            (Ok(ControlRequest::Resume), State::Idle) => ControlReply::error("not paused"),
+            (Ok(ControlRequest::Resume), State::Paused(_, since)) => {
                 let paused_ms = since.elapsed().as_millis() as u64;
                 state = State::Idle;
                 tracing::info!(paused_ms, "writes resumed after a snapshot");
-                Reply { resumed: Some(true), paused_ms: Some(paused_ms), ..Reply::default() }
+                ControlReply { resumed: Some(true), paused_ms: Some(paused_ms), ..ControlReply::default() }
             }
         };
         let mut text = serde_json::to_string(&reply).map_err(std::io::Error::other)?;
@@ -314,9 +316,9 @@ pub fn copy_consistent(dir: &Path, dest: &Path) -> Result<Copied> {
     // sled never changes once written, are most of a large directory); the
     // pause only brings it up to date.
     dircopy::copy_dir(dir, dest, false).map_err(|e| cannot_copy(dir, e))?;
-    control.call(&Request::Pause, PAUSE_REPLY_TIMEOUT)?;
+    control.call(&ControlRequest::Pause, PAUSE_REPLY_TIMEOUT)?;
     let bytes = dircopy::refresh_copy(dir, dest).map_err(|e| cannot_copy(dir, e))?;
-    let resumed = control.call(&Request::Resume, REQUEST_TIMEOUT)?;
+    let resumed = control.call(&ControlRequest::Resume, REQUEST_TIMEOUT)?;
     let paused = Duration::from_millis(resumed.paused_ms.unwrap_or_default());
     Ok(Copied { bytes, consistency: Consistency::Paused { paused } })
 }
@@ -333,7 +335,7 @@ impl Control {
         Ok(Control { reader: BufReader::new(stream), writer })
     }
 
-    fn call(&mut self, request: &Request, timeout: Duration) -> Result<Reply> {
+    fn call(&mut self, request: &ControlRequest, timeout: Duration) -> Result<ControlReply> {
         let unreachable = |e: std::io::Error| Error::Unavailable(format!("the server's control socket: {e}"));
         let mut text = serde_json::to_string(request).map_err(|e| Error::Internal(e.to_string()))?;
         text.push('\n');
@@ -344,7 +346,7 @@ impl Control {
         if line.is_empty() {
             return Err(Error::Unavailable("the server closed its control socket (shutting down?)".into()));
         }
-        let reply: Reply = serde_json::from_str(line.trim())
+        let reply: ControlReply = serde_json::from_str(line.trim())
             .map_err(|e| Error::Internal(format!("the server's control socket answered {line:?}: {e}")))?;
         match reply.error {
             Some(e) => Err(Error::Unavailable(format!("the server refused the snapshot: {e}"))),

@@ -2,7 +2,7 @@
 //!
 //! Exit codes: 0 ok, 1 problems found or an error, 2 usage.
 
-use checkpointd::dump::{self, Command, Options};
+use checkpointd::dump::{self, Action, Options};
 use checkpointd::model::{CheckpointId, SessionId};
 use clap::{Parser, Subcommand};
 use std::io::{self, Write};
@@ -98,19 +98,19 @@ impl<W: Write> Write for Out<W> {
 fn main() -> ExitCode {
     checkpointd::panics::one_line("checkpoint-dump");
     let cli = Cli::parse();
-    let command = match cli.command {
-        Cmd::Summary => Command::Summary,
-        Cmd::Sessions => Command::Sessions,
-        Cmd::Checkpoints { session, with_state } => Command::Checkpoints { session, with_state },
-        Cmd::Checkpoint { id } => Command::Checkpoint { id },
-        Cmd::Events { since, limit } => Command::Events { since, limit },
-        Cmd::Verify => Command::Verify,
-        Cmd::Export => Command::Export,
-        Cmd::Backup { dest } => Command::Backup { dest },
+    let action = match cli.command {
+        Cmd::Summary => Action::Summary,
+        Cmd::Sessions => Action::Sessions,
+        Cmd::Checkpoints { session, with_state } => Action::Checkpoints { session, with_state },
+        Cmd::Checkpoint { id } => Action::Checkpoint { id },
+        Cmd::Events { since, limit } => Action::Events { since, limit },
+        Cmd::Verify => Action::Verify,
+        Cmd::Export => Action::Export,
+        Cmd::Backup { dest } => Action::Backup { dest },
     };
     let opts = Options { data_dir: cli.data_dir, json: cli.json, snapshot: cli.snapshot };
     let mut out = Out(io::BufWriter::new(io::stdout().lock()), false);
-    match dump::run(&opts, &command, &mut out) {
+    match dump::run(&opts, &action, &mut out) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

@@ -14,13 +14,13 @@ use std::process::ExitCode;
 #[command(version, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Option<Mode>,
     #[command(flatten)]
     serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
-enum Command {
+enum Mode {
     /// Serve (the default when no subcommand is given).
     Serve(ServeArgs),
     /// Load a `checkpoint-dump export` into an empty data directory, or a
@@ -95,8 +95,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Serve(args)) => serve(args),
-        Some(Command::Import(args)) => import(args),
+        Some(Mode::Serve(args)) => serve(args),
+        Some(Mode::Import(args)) => import(args),
         None => serve(cli.serve),
     };
     match result {

@@ -1,9 +1,19 @@
-//! Rendering: the seed's reply envelope (plus `code`), result shapes and
-//! pushed events. Results are serialised straight to text; client state
-//! passes through as the raw JSON it arrived as.
+//! Rendering: the seed's reply envelope (plus `code`), the result of every
+//! method and pushed events. Every shape the server sends is here: the
+//! server picks one and [`render_ok`] serialises it straight to text; client
+//! state passes through as the raw JSON it arrived as.
+//!
+//! The keys of the small results (`authenticated`, `subscribed`, `deleted`,
+//! `compact`, `validate`, `metrics`, `health`) are in alphabetical order, the
+//! order clients have always received (they began as `serde_json` maps, which
+//! sort their keys); keep new fields of these in that order.
 
 use crate::error::Error;
-use crate::model::{Annotation, Checkpoint, CheckpointSummary, EventKind, JournalEvent, RetentionPolicy, Session};
+use crate::model::{
+    Annotation, Checkpoint, CheckpointSummary, Compaction, EventKind, JournalEvent, Metrics, RetentionPolicy, Session,
+    SessionId, Validation,
+};
+use crate::service::Health;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -159,6 +169,138 @@ pub fn session(s: &Session, detailed: bool) -> SessionView<'_> {
     }
 }
 
+/// `list_sessions`.
+pub fn sessions(list: &[Session]) -> Vec<SessionView<'_>> {
+    list.iter().map(|s| session(s, false)).collect()
+}
+
+/// `set_retention`: the policy now in force, or null.
+pub fn retention(p: Option<&RetentionPolicy>) -> Option<PolicyView<'_>> {
+    p.map(policy)
+}
+
+/// `create_session` and `checkpoint`: the new id, as a bare string.
+pub fn created(id: impl std::fmt::Display) -> String {
+    id.to_string()
+}
+
+/// `authenticate`, when the token is right (or none is configured).
+#[derive(Serialize)]
+pub struct Authenticated {
+    authenticated: bool,
+}
+
+pub fn authenticated() -> Authenticated {
+    Authenticated { authenticated: true }
+}
+
+/// `subscribe` and `unsubscribe`.
+#[derive(Serialize)]
+pub struct SubscriptionView {
+    session_id: String,
+    subscribed: bool,
+}
+
+/// `subscribe`: sent before any of the subscription's events.
+pub fn subscribed(session_id: SessionId) -> SubscriptionView {
+    SubscriptionView { session_id: session_id.to_string(), subscribed: true }
+}
+
+pub fn unsubscribed(session_id: SessionId) -> SubscriptionView {
+    SubscriptionView { session_id: session_id.to_string(), subscribed: false }
+}
+
+/// `delete_checkpoint` and `delete_session`.
+#[derive(Serialize)]
+pub struct Deleted {
+    deleted: bool,
+}
+
+pub fn deleted() -> Deleted {
+    Deleted { deleted: true }
+}
+
+/// `compact`.
+#[derive(Serialize)]
+pub struct CompactionView {
+    remaining: u64,
+    removed: u64,
+}
+
+pub fn compacted(c: &Compaction) -> CompactionView {
+    CompactionView { remaining: c.remaining, removed: c.removed }
+}
+
+/// `validate`.
+#[derive(Serialize)]
+pub struct ValidationView {
+    invalid: u64,
+    invalid_ids: Vec<String>,
+    valid: u64,
+}
+
+pub fn validation(v: &Validation) -> ValidationView {
+    ValidationView {
+        invalid: v.invalid,
+        invalid_ids: v.invalid_ids.iter().map(ToString::to_string).collect(),
+        valid: v.valid,
+    }
+}
+
+/// `metrics`: the store's totals, and the server's connections and
+/// subscriptions.
+#[derive(Serialize)]
+pub struct MetricsView {
+    active_sessions: u64,
+    bytes_on_disk: u64,
+    connections: usize,
+    event_sequence: u64,
+    global_sequence: u64,
+    oldest_event: Option<u64>,
+    subscriptions: usize,
+    total_checkpoints: u64,
+    total_sessions_created: u64,
+}
+
+pub fn metrics(m: &Metrics, connections: usize, subscriptions: usize) -> MetricsView {
+    MetricsView {
+        active_sessions: m.active_sessions,
+        bytes_on_disk: m.bytes_on_disk,
+        connections,
+        event_sequence: m.event_sequence,
+        global_sequence: m.global_sequence,
+        oldest_event: m.oldest_event,
+        subscriptions,
+        total_checkpoints: m.total_checkpoints,
+        total_sessions_created: m.total_sessions_created,
+    }
+}
+
+/// `health`: the service's state, the server's connections, this build's
+/// version.
+#[derive(Serialize)]
+pub struct HealthView {
+    connections: usize,
+    durability: &'static str,
+    format_version: u32,
+    healthy: bool,
+    max_connections: usize,
+    subscriptions: usize,
+    version: &'static str,
+}
+
+pub fn health(h: &Health, connections: usize, max_connections: usize) -> HealthView {
+    HealthView {
+        connections,
+        durability: h.durability.as_str(),
+        format_version: h.format_version,
+        healthy: h.healthy,
+        max_connections,
+        subscriptions: h.subscriptions,
+        version: env!("CARGO_PKG_VERSION"),
+    }
+}
+
 #[derive(Serialize)]
 struct EventView<'a, D: Serialize> {
     event_type: &'a str,
@@ -237,5 +379,53 @@ mod tests {
             render_error("init", &Error::Capacity("Server at capacity".into())),
             r#"{"id":"init","success":false,"error":"Server at capacity","code":"capacity"}"#
         );
+    }
+
+    /// The bytes of the small results, as clients have always received them.
+    #[test]
+    fn small_results_keep_their_bytes() {
+        use crate::config::Durability;
+        use crate::model::CheckpointId;
+        use uuid::Uuid;
+        let sid = SessionId(Uuid::from_u128(1));
+        let s = "00000000-0000-0000-0000-000000000001";
+        let r = |result: String| format!(r#"{{"id":"1","success":true,"result":{result}}}"#);
+        assert_eq!(render_ok("1", authenticated()), r(r#"{"authenticated":true}"#.into()));
+        assert_eq!(render_ok("1", subscribed(sid)), r(format!(r#"{{"session_id":"{s}","subscribed":true}}"#)));
+        assert_eq!(render_ok("1", unsubscribed(sid)), r(format!(r#"{{"session_id":"{s}","subscribed":false}}"#)));
+        assert_eq!(render_ok("1", created(sid)), r(format!(r#""{s}""#)));
+        assert_eq!(render_ok("1", deleted()), r(r#"{"deleted":true}"#.into()));
+        assert_eq!(
+            render_ok("1", compacted(&Compaction { removed: 32, remaining: 12 })),
+            r(r#"{"remaining":12,"removed":32}"#.into())
+        );
+        let v = Validation { valid: 41, invalid: 1, invalid_ids: vec![CheckpointId(Uuid::from_u128(2))] };
+        assert_eq!(
+            render_ok("1", validation(&v)),
+            r(r#"{"invalid":1,"invalid_ids":["00000000-0000-0000-0000-000000000002"],"valid":41}"#.into())
+        );
+        let m = Metrics {
+            total_checkpoints: 1,
+            active_sessions: 2,
+            total_sessions_created: 3,
+            global_sequence: 4,
+            event_sequence: 5,
+            oldest_event: None,
+            bytes_on_disk: 6,
+        };
+        assert_eq!(
+            render_ok("1", metrics(&m, 7, 8)),
+            r(r#"{"active_sessions":2,"bytes_on_disk":6,"connections":7,"event_sequence":5,"global_sequence":4,"oldest_event":null,"subscriptions":8,"total_checkpoints":1,"total_sessions_created":3}"#.into())
+        );
+        let h = Health { healthy: true, durability: Durability::Sync, format_version: 1, subscriptions: 3 };
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            render_ok("1", health(&h, 1, 1024)),
+            r(format!(
+                r#"{{"connections":1,"durability":"sync","format_version":1,"healthy":true,"max_connections":1024,"subscriptions":3,"version":"{version}"}}"#
+            ))
+        );
+        assert_eq!(render_ok("1", retention(None)), r("null".into()));
+        assert_eq!(render_ok("1", sessions(&[])), r("[]".into()));
     }
 }

@@ -1,8 +1,10 @@
 //! One client: the handshake, then a loop that answers requests in order
 //! while subscription tasks push events through the same bounded queue.
 
-use super::handler::{Outcome, Session};
-use super::{HANDSHAKE_TIMEOUT, LINGER, OUTBOUND_QUEUE, SHUTDOWN_GRACE, Shared};
+use super::handler::Handler;
+use super::outbound::{Outcome, close};
+use super::settings::{HANDSHAKE_TIMEOUT, LINGER, OUTBOUND_QUEUE, SHUTDOWN_GRACE};
+use super::state::ServerState;
 use crate::error::Error;
 use crate::protocol::render_error;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -11,28 +13,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
-
-pub(crate) type Outbound = mpsc::Sender<Message>;
 
 /// Initial read buffer of a connection.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 type WebSocket = tokio_tungstenite::WebSocketStream<TcpStream>;
 
-pub(crate) fn close(code: CloseCode, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
-}
-
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     slot: Option<OwnedSemaphorePermit>,
-    shared: Arc<Shared>,
+    state: Arc<ServerState>,
     mut shutdown: broadcast::Receiver<()>,
 ) {
-    let limit = shared.config.max_message_bytes;
+    let limit = state.config.max_message_bytes;
     // tungstenite's write buffer keeps its default (no cap): with a cap, a
     // frame larger than it is refused outright, and a reply may well be
     // larger than any request (a record with many notes, a page of long
@@ -73,14 +69,14 @@ pub(crate) async fn serve(
     tracing::debug!(%peer, "connected");
     let (out, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let mut writer = tokio::spawn(write_loop(sink, out_rx));
-    let mut session = Session::new(Arc::clone(&shared), out.clone());
+    let mut handler = Handler::new(Arc::clone(&state), out.clone());
     // Every wait below also watches for shutdown: a client that stops
     // reading fills its queue, and must not keep the server from stopping.
     let mut shutting_down = false;
     // Keepalive: after `keepalive` of silence the client is pinged; after
     // another `keepalive` without any frame (a pong counts) it is closed, so a
     // half-open connection does not keep its slot forever.
-    let mut quiet_until = tokio::time::Instant::now() + shared.config.keepalive;
+    let mut quiet_until = tokio::time::Instant::now() + state.config.keepalive;
     let mut pinged = false;
     loop {
         let frame = tokio::select! {
@@ -91,7 +87,7 @@ pub(crate) async fn serve(
                 break;
             }
             frame = incoming.next() => {
-                quiet_until = tokio::time::Instant::now() + shared.config.keepalive;
+                quiet_until = tokio::time::Instant::now() + state.config.keepalive;
                 pinged = false;
                 frame
             }
@@ -102,14 +98,14 @@ pub(crate) async fn serve(
                     break;
                 }
                 pinged = true;
-                quiet_until = tokio::time::Instant::now() + shared.config.keepalive;
+                quiet_until = tokio::time::Instant::now() + state.config.keepalive;
                 let _ = out.try_send(Message::Ping(Default::default()));
                 continue;
             }
         };
         let outcome = match frame {
             None | Some(Ok(Message::Close(_))) => break,
-            Some(Ok(Message::Text(text))) => session.handle_text(text.as_str()).await,
+            Some(Ok(Message::Text(text))) => handler.handle_text(text.as_str()).await,
             Some(Ok(Message::Binary(_))) => {
                 let e = Error::InvalidJson("Invalid JSON: binary frames are not supported; send JSON text".into());
                 Outcome::Reply(render_error("unknown", &e))
@@ -152,7 +148,7 @@ pub(crate) async fn serve(
         }
         if let Some(sub) = subscription {
             // After its reply, so the reply precedes every event.
-            session.forward(sub);
+            handler.forward(sub);
         }
         if last {
             break;
@@ -160,7 +156,7 @@ pub(crate) async fn serve(
     }
     // Stop subscriptions, queue the Close frame after what is queued, and let
     // the writer drain it all — within the grace period, then drop the socket.
-    drop(session);
+    drop(handler);
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     if shutting_down {
         let _ = tokio::time::timeout_at(deadline, out.send(close(CloseCode::Away, "server shutting down"))).await;

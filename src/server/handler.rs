@@ -1,38 +1,32 @@
-//! Applies one parsed [`Command`] to the service: the single `match` that
-//! maps the wire onto the core.
+//! One client's [`Handler`]: it turns each text frame into a [`Command`] and
+//! applies it to the service — the single `match` that maps the wire onto
+//! the core — and forwards its subscriptions' events. It answers with an
+//! [`Outcome`]; the connection owns the socket.
 
-use super::connection::{Outbound, close};
-use super::{MAX_AUTH_FAILURES, MAX_SUBSCRIPTIONS_PER_CONNECTION, Shared};
+use super::outbound::{Outbound, Outcome, close};
+use super::settings::{MAX_AUTH_FAILURES, MAX_SUBSCRIPTIONS_PER_CONNECTION};
+use super::state::ServerState;
 use crate::error::{Error, Result};
 use crate::model::SessionId;
 use crate::protocol::{Command, render_error, render_event, render_lagged, render_ok, reply};
 use crate::service::hub::{Delivery, Subscription};
-use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-/// What the connection should do after a request.
-pub(crate) enum Outcome {
-    Reply(String),
-    /// The reply to `subscribe`; once it is queued, [`Session::forward`]
-    /// starts the events, so the reply precedes every one of them.
-    Subscribed(String, Subscription),
-    Close(Message),
-}
-
-/// Per-connection protocol state.
-pub(crate) struct Session {
-    shared: Arc<Shared>,
+/// One client's protocol state: whether it has authenticated, and its
+/// subscriptions (stopped when the handler is dropped).
+pub(crate) struct Handler {
+    state: Arc<ServerState>,
     out: Outbound,
     authenticated: bool,
     auth_failures: u32,
     subscriptions: HashMap<SessionId, JoinHandle<()>>,
 }
 
-impl Drop for Session {
+impl Drop for Handler {
     fn drop(&mut self) {
         for task in self.subscriptions.values() {
             task.abort();
@@ -40,10 +34,10 @@ impl Drop for Session {
     }
 }
 
-impl Session {
-    pub fn new(shared: Arc<Shared>, out: Outbound) -> Session {
-        let authenticated = shared.config.token.is_none();
-        Session { shared, out, authenticated, auth_failures: 0, subscriptions: HashMap::new() }
+impl Handler {
+    pub fn new(state: Arc<ServerState>, out: Outbound) -> Handler {
+        let authenticated = state.config.token.is_none();
+        Handler { state, out, authenticated, auth_failures: 0, subscriptions: HashMap::new() }
     }
 
     pub async fn handle_text(&mut self, text: &str) -> Outcome {
@@ -66,14 +60,14 @@ impl Session {
     }
 
     fn authenticate(&mut self, id: &str, token: Option<String>) -> Outcome {
-        let ok = match (&self.shared.config.token, token) {
+        let ok = match (&self.state.config.token, token) {
             (None, _) => true,
             (Some(expected), Some(given)) => constant_time_eq(expected.as_bytes(), given.as_bytes()),
             (Some(_), None) => false,
         };
         if ok {
             self.authenticated = true;
-            return Outcome::Reply(render_ok(id, json!({"authenticated": true})));
+            return Outcome::Reply(render_ok(id, reply::authenticated()));
         }
         self.auth_failures += 1;
         let reply = render_error(id, &Error::Unauthorized("Invalid authentication token".into()));
@@ -97,7 +91,7 @@ impl Session {
 
     /// The one `match` from wire commands to service calls.
     async fn apply(&mut self, id: &str, command: Command) -> Result<Outcome> {
-        let service = self.shared.service.clone();
+        let service = self.state.service.clone();
         Ok(Outcome::Reply(match command {
             Command::Authenticate { token } => return Ok(self.authenticate(id, token)),
             Command::Subscribe { session_id, since } => {
@@ -114,53 +108,28 @@ impl Session {
                 if let Some(old) = self.subscriptions.remove(&session_id) {
                     old.abort();
                 }
-                let reply = render_ok(id, json!({"subscribed": true, "session_id": session_id.to_string()}));
-                return Ok(Outcome::Subscribed(reply, sub));
+                return Ok(Outcome::Subscribed(render_ok(id, reply::subscribed(session_id)), sub));
             }
             Command::Unsubscribe { session_id } => {
                 if let Some(task) = self.subscriptions.remove(&session_id) {
                     task.abort();
                 }
-                render_ok(id, json!({"subscribed": false, "session_id": session_id.to_string()}))
+                render_ok(id, reply::unsubscribed(session_id))
             }
             Command::CreateSession { name, metadata } => {
-                render_ok(id, service.create_session(name, metadata).await?.id.to_string())
+                render_ok(id, reply::created(service.create_session(name, metadata).await?.id))
             }
             Command::ListCheckpoints { session_id, query } => {
                 render_ok(id, reply::summaries(&service.list_checkpoints(session_id, &query).await?))
             }
-            Command::Checkpoint(new) => render_ok(id, service.checkpoint(new).await?.id.to_string()),
+            Command::Checkpoint(new) => render_ok(id, reply::created(service.checkpoint(new).await?.id)),
             Command::Metrics => {
                 let m = service.metrics().await?;
-                render_ok(
-                    id,
-                    json!({
-                        "total_checkpoints": m.total_checkpoints,
-                        "active_sessions": m.active_sessions,
-                        "total_sessions_created": m.total_sessions_created,
-                        "global_sequence": m.global_sequence,
-                        "event_sequence": m.event_sequence,
-                        "oldest_event": m.oldest_event,
-                        "bytes_on_disk": m.bytes_on_disk,
-                        "connections": self.shared.connections(),
-                        "subscriptions": service.health().subscriptions,
-                    }),
-                )
+                render_ok(id, reply::metrics(&m, self.state.connections(), service.health().subscriptions))
             }
             Command::Health => {
                 let h = service.health();
-                render_ok(
-                    id,
-                    json!({
-                        "healthy": h.healthy,
-                        "durability": h.durability.as_str(),
-                        "format_version": h.format_version,
-                        "connections": self.shared.connections(),
-                        "max_connections": self.shared.config.max_connections,
-                        "subscriptions": h.subscriptions,
-                        "version": env!("CARGO_PKG_VERSION"),
-                    }),
-                )
+                render_ok(id, reply::health(&h, self.state.connections(), self.state.config.max_connections))
             }
             Command::GetCheckpoint { checkpoint_id } => {
                 render_ok(id, reply::checkpoint(&service.get_checkpoint(checkpoint_id).await?))
@@ -170,35 +139,29 @@ impl Session {
             }
             Command::DeleteCheckpoint { checkpoint_id, session_id } => {
                 service.delete_checkpoint(checkpoint_id, session_id).await?;
-                render_ok(id, json!({"deleted": true}))
+                render_ok(id, reply::deleted())
             }
             Command::Compact { session_id, policy } => {
-                let c = service.compact(session_id, policy).await?;
-                render_ok(id, json!({"removed": c.removed, "remaining": c.remaining}))
+                render_ok(id, reply::compacted(&service.compact(session_id, policy).await?))
             }
             Command::SetRetention { session_id, policy } => {
-                render_ok(id, service.set_retention(session_id, policy).await?.as_ref().map(reply::policy))
+                render_ok(id, reply::retention(service.set_retention(session_id, policy).await?.as_ref()))
             }
             Command::ListSessions { limit, after } => {
-                let sessions = service.list_sessions(after, limit).await?;
-                render_ok(id, sessions.iter().map(|s| reply::session(s, false)).collect::<Vec<_>>())
+                render_ok(id, reply::sessions(&service.list_sessions(after, limit).await?))
             }
             Command::GetSession { session_id } => {
                 render_ok(id, reply::session(&service.get_session(session_id).await?, true))
             }
             Command::DeleteSession { session_id } => {
                 service.delete_session(session_id).await?;
-                render_ok(id, json!({"deleted": true}))
+                render_ok(id, reply::deleted())
             }
             Command::Annotate { checkpoint_id, note, severity } => {
                 let a = service.annotate(checkpoint_id, note, severity).await?;
                 render_ok(id, reply::annotation(&a, Some(checkpoint_id.to_string())))
             }
-            Command::Validate { session_id } => {
-                let v = service.validate(session_id).await?;
-                let ids: Vec<String> = v.invalid_ids.iter().map(ToString::to_string).collect();
-                render_ok(id, json!({"valid": v.valid, "invalid": v.invalid, "invalid_ids": ids}))
-            }
+            Command::Validate { session_id } => render_ok(id, reply::validation(&service.validate(session_id).await?)),
         }))
     }
 }

@@ -1,75 +1,42 @@
-//! The WebSocket server: an accept loop that bounds connections, one
-//! `connection` task per client, and a broadcast shutdown that waits for
-//! every handler before flushing the store.
+//! The WebSocket server, in the shape of tokio's mini-redis: an accept loop
+//! that takes a permit before `accept`, one connection task per client with
+//! one handler applying its commands, and a broadcast shutdown that waits
+//! for every handler before flushing the store.
+//!
+//! Each module uses only those below it:
+//!
+//! - this file: the listener ([`run`]), socket budget, exposure check;
+//! - `connection`: one client's socket — handshake, reader loop, writer
+//!   task, keepalive, Close;
+//! - `handler`: one client's protocol state (authentication,
+//!   subscriptions) and the one `match` from [`Command`](crate::protocol::Command)
+//!   to the service;
+//! - `outbound`: what a handler hands its connection (the outgoing queue,
+//!   Close frames, the outcome of a request);
+//! - `state`: what every connection shares; `settings`: [`ServerConfig`] and
+//!   the server's limits and timeouts.
 
 mod connection;
 mod handler;
+mod outbound;
+mod settings;
+mod state;
+
+pub use settings::{
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES, HANDSHAKE_TIMEOUT, KEEPALIVE, LINGER, MAX_AUTH_FAILURES,
+    MAX_SUBSCRIPTIONS_PER_CONNECTION, OUTBOUND_QUEUE, REJECT_SLOTS, RESERVED_FDS, SHUTDOWN_GRACE, ServerConfig,
+};
 
 use crate::error::{Error, Result};
 use crate::service::Service;
 use crate::snapshot::ControlSocket;
+use state::ServerState;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, mpsc};
-
-/// Default `--max-connections`.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-/// Default `--max-message-bytes`: the largest frame or message accepted; a
-/// larger one closes the connection with code 1009.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
-/// A client must finish the WebSocket handshake within this time.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Failed `authenticate` attempts before the connection is closed (1008).
-pub const MAX_AUTH_FAILURES: u32 = 5;
-/// Messages (replies and events) queued for one client's socket. When it is
-/// full, replies wait and subscriptions fall behind until they lag.
-pub const OUTBOUND_QUEUE: usize = 256;
-/// Connections over capacity that may be in their handshake at once, to be
-/// told "Server at capacity". Beyond this, extra sockets wait in the kernel's
-/// backlog.
-pub const REJECT_SLOTS: usize = 64;
-/// How long shutdown waits for clients to receive their Close frame.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-/// After the server sends a Close frame (capacity, failed authentication,
-/// shutdown, ...), how long it keeps reading for the client's Close before it
-/// drops the socket: dropping it with unread data would reset the connection
-/// and could destroy what was sent just before.
-pub const LINGER: Duration = Duration::from_secs(1);
-/// Default [`ServerConfig::keepalive`]: a client silent this long is pinged;
-/// silent twice this long, closed (1001).
-pub const KEEPALIVE: Duration = Duration::from_secs(60);
-/// Sessions one connection may be subscribed to at once.
-pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 1024;
-/// File descriptors never used for client sockets: the store needs a few
-/// more than it holds (fsync of new blob files and directories), and running
-/// out there fails it closed. Client sockets (admitted plus being rejected)
-/// are capped at the open-files limit minus this.
-pub const RESERVED_FDS: usize = 64;
-
-/// Settings of the WebSocket front.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Clients must `authenticate` with this token first.
-    pub token: Option<String>,
-    pub max_connections: usize,
-    pub max_message_bytes: usize,
-    /// Silence before a client is pinged, and again before it is closed.
-    pub keepalive: Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            token: None,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            keepalive: KEEPALIVE,
-        }
-    }
-}
 
 /// Refuses to expose an unauthenticated server beyond loopback.
 pub fn check_exposure(addr: SocketAddr, token: Option<&str>, allow_unauthenticated: bool) -> Result<()> {
@@ -119,20 +86,6 @@ fn socket_budget(max_connections: usize, open_files: Option<usize>) -> (usize, u
     (max_connections.min(budget - reject), reject)
 }
 
-/// What every connection task shares.
-pub(crate) struct Shared {
-    pub service: Service,
-    pub config: ServerConfig,
-    /// One permit per admitted client; taken before the handshake.
-    pub slots: Arc<Semaphore>,
-}
-
-impl Shared {
-    pub fn connections(&self) -> usize {
-        self.config.max_connections - self.slots.available_permits()
-    }
-}
-
 /// Serves `listener` until `shutdown` completes, then closes every client
 /// with a Close frame, waits for in-flight commands, and flushes the store.
 pub async fn run(
@@ -151,8 +104,11 @@ pub async fn run(
         );
         config.max_connections = admitted;
     }
-    let shared =
-        Arc::new(Shared { slots: Arc::new(Semaphore::new(config.max_connections)), service: service.clone(), config });
+    let state = Arc::new(ServerState {
+        slots: Arc::new(Semaphore::new(config.max_connections)),
+        service: service.clone(),
+        config,
+    });
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     // The local control socket, for consistent snapshots of the live data.
@@ -165,7 +121,7 @@ pub async fn run(
         }
     };
     tokio::select! {
-        () = accept_loop(&listener, &shared, reject_slots, &notify_shutdown, &done_tx) => {}
+        () = accept_loop(&listener, &state, reject_slots, &notify_shutdown, &done_tx) => {}
         _ = shutdown => tracing::info!("shutting down"),
     }
     // Closing the broadcast tells every handler (and ends any snapshot
@@ -186,13 +142,13 @@ pub async fn run(
 
 async fn accept_loop(
     listener: &TcpListener,
-    shared: &Arc<Shared>,
+    state: &Arc<ServerState>,
     reject_slots: usize,
     notify: &broadcast::Sender<()>,
     done: &mpsc::Sender<()>,
 ) {
     // Bounds open sockets (admitted + being rejected) before `accept`.
-    let sockets = Arc::new(Semaphore::new(shared.config.max_connections + reject_slots));
+    let sockets = Arc::new(Semaphore::new(state.config.max_connections + reject_slots));
     let mut backoff = Duration::from_millis(5);
     loop {
         let Ok(socket_permit) = Arc::clone(&sockets).acquire_owned().await else { return };
@@ -210,12 +166,12 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let slot = Arc::clone(&shared.slots).try_acquire_owned().ok();
-        let shared = Arc::clone(shared);
+        let slot = Arc::clone(&state.slots).try_acquire_owned().ok();
+        let state = Arc::clone(state);
         let shutdown = notify.subscribe();
         let done = done.clone();
         tokio::spawn(async move {
-            connection::serve(stream, peer, slot, shared, shutdown).await;
+            connection::serve(stream, peer, slot, state, shutdown).await;
             drop(socket_permit);
             drop(done);
         });

@@ -1,0 +1,22 @@
+//! What the server shares with every connection.
+
+use super::settings::ServerConfig;
+use crate::service::Service;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// The server's state, shared by every connection task: the service, the
+/// settings, and the client slots.
+pub(crate) struct ServerState {
+    pub service: Service,
+    pub config: ServerConfig,
+    /// One permit per admitted client; taken before the handshake.
+    pub slots: Arc<Semaphore>,
+}
+
+impl ServerState {
+    /// Clients admitted now.
+    pub fn connections(&self) -> usize {
+        self.config.max_connections - self.slots.available_permits()
+    }
+}
