@@ -17,14 +17,17 @@
 //!    with the seed's exact error strings.
 //! 3. `server::handler::Handler::apply` (one handler per connection) — one
 //!    `match` over `Command` — calls [`service::Service::checkpoint`], which
-//!    enforces the input limits of [`config`]; the result is rendered by a
-//!    shape of [`protocol::reply`] (here [`protocol::reply::created`]).
-//! 4. [`storage::Store::put_checkpoint`] gathers the record, its indexes,
-//!    the counters and a `checkpoint_created` journal event, taking the next
-//!    global sequence number under the write lock; `Store::apply` writes
-//!    them atomically (one intent record, then each key).
+//!    checks the input against [`rules`] and calls the store through the
+//!    storage interface, [`storage::Backend::put_checkpoint`]; the result is
+//!    rendered by a shape of [`protocol::reply`] (here
+//!    [`protocol::reply::created`]).
+//! 4. The sled [`storage::Store`] takes its write lock and runs
+//!    [`storage::writes`]' `put_checkpoint`, which gathers the record, its
+//!    indexes, the counters and a `checkpoint_created` journal event into one
+//!    [`storage::change`], taking the next global sequence number; the change
+//!    is applied atomically (one intent record, then each key).
 //! 5. The write returns a ticket; [`storage::commit`] (group commit) flushes
-//!    sled and `fdatasync`s its file, shared by every writer waiting at that
+//!    sled and `fdatasync`s its files, shared by every writer waiting at that
 //!    moment, and only then wakes the writer: the reply is sent.
 //! 6. The same durable mark releases the journal event:
 //!    [`service::hub`]'s thread has been draining sled's `watch_prefix` on the events
@@ -37,9 +40,11 @@
 //! - [`config`]: durability levels, limits, defaults — every tunable number.
 //! - [`error`]: one error enum; each variant has a stable wire code.
 //! - [`model`]: sessions, checkpoints, events as the service hands them out.
-//! - [`storage`]: sled trees ([`storage::keys`] is the whole key schema),
-//!   the record codec, group commit, format version and migrations.
-//! - [`service`]: the operations and their rules; the event hub.
+//! - [`rules`]: the input rules, for live operations and import alike.
+//! - [`storage`]: the storage interface ([`storage::Backend`], its contract)
+//!   and its sled implementation: trees ([`storage::keys`] is the whole key
+//!   schema), atomic changes, one read path, group commit, format versions.
+//! - [`service`]: the operations, over the storage interface; the event hub.
 //! - [`protocol`]: request parsing and reply/event rendering: every JSON
 //!   shape on the wire.
 //! - [`server`]: listener, connections, handlers, shutdown; it never builds

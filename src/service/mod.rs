@@ -1,7 +1,7 @@
 //! The operations checkpointd offers. The server maps wire requests onto
 //! these methods; tests and tools may call them directly. Each checks its
 //! input against [`rules`](crate::rules) and its limits, then calls the
-//! store through the storage interface ([`Backend`]): a write returns only
+//! store through the storage interface ([`Backend`](crate::storage::Backend)): a write returns only
 //! once it is durable, a read answers only with durable data (the
 //! interface's contract). Events reach subscribers through the [`hub`].
 

@@ -1,10 +1,10 @@
 //! The atomic change: how one write's keys reach sled together.
 //!
-//! A write gathers its puts and removals into a [`Change`] (the operations
-//! of `writes` build them), then [`apply`] writes the whole change first as
+//! A write gathers its puts and removals into a `Change` (the operations
+//! of `writes` build them), then `apply` writes the whole change first as
 //! one *intent* record (a single sled insert, atomic by itself), then key by
 //! key. sled recovers a prefix of its log, so after a crash either the intent
-//! is missing (and so is every later key) or it is present and [`replay`]
+//! is missing (and so is every later key) or it is present and `replay`
 //! re-applies it when the directory is opened; re-applying is idempotent.
 //! This costs one extra insert where a sled transaction or batch would roll
 //! sled's I/O buffer twice (two extra `pwrite` + `sync_file_range` per write,
@@ -12,7 +12,7 @@
 //!
 //! Keys are applied in an order that keeps every index entry pointing at a
 //! record for concurrent readers too: new records before their indexes,
-//! removed indexes before their records ([`Op::phase`]).
+//! removed indexes before their records (`Op::phase`).
 
 use super::codec;
 use super::error::{Result, StorageError};

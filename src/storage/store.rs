@@ -1,7 +1,7 @@
 //! The sled store: the [`Backend`] on a local data directory.
 //!
 //! **Writes.** Every write runs one operation of `writes` under the
-//! store's write lock to build a [`Change`], applies it atomically
+//! store's write lock to build a `Change`, applies it atomically
 //! (`change`), and returns a ticket; the group commit (`commit`) makes it
 //! durable and only then is the write acknowledged. A refused write changes
 //! nothing and consumes no sequence number. After an I/O error the store

@@ -1,12 +1,12 @@
 //! The operations that build changes. Each gathers every key one write
 //! touches (record, indexes, session, counters, journal event) into a
-//! [`Change`], reading what it needs through a [`Reader`]; the store
+//! `Change`, reading what it needs through a `Reader`; the store
 //! applies the change atomically under its write lock (`store`), so what an
 //! operation read cannot change before its change is applied. An operation
 //! that returns an error has applied nothing.
 //!
-//! Import builds its changes with the same functions ([`store_checkpoint`],
-//! [`store_annotation`], [`put_session`]).
+//! Import builds its changes with the same functions (`store_checkpoint`,
+//! `store_annotation`, `put_session`).
 
 use super::change::Change;
 use super::codec;
