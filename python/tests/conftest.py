@@ -11,6 +11,7 @@ import queue
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import IO, Protocol
@@ -44,6 +45,15 @@ def server_binary() -> Path:
     if not path.is_file():
         pytest.fail(f"no checkpointd binary at {path}: run `cargo build --release` or set CHECKPOINTD_BIN")
     return path
+
+
+def _stopped(task: Path) -> bool:
+    """Whether the thread /proc/PID/task/TID is stopped by a signal (state ``T``)."""
+    try:
+        stat = (task / "stat").read_text()
+    except FileNotFoundError:  # The thread has exited.
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
 
 
 def _forward_lines(stream: IO[str], lines: queue.SimpleQueue[str | None]) -> None:
@@ -118,9 +128,17 @@ class Server:
         self.start()
 
     def pause(self) -> None:
-        """SIGSTOP: the server holds its connections but answers nothing."""
+        """SIGSTOP: the server holds its connections but answers nothing.
+
+        Returns once every thread of the process is stopped (signals are
+        delivered asynchronously).
+        """
         assert self.process is not None
         self.process.send_signal(signal.SIGSTOP)
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        deadline = time.monotonic() + STEP
+        while not all(_stopped(task) for task in tasks.iterdir()):
+            assert time.monotonic() < deadline, "checkpointd did not stop on SIGSTOP"
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`."""

@@ -69,11 +69,9 @@ class Link:
         try:
             await self._ws.send(text)
         except ConnectionClosed:
-            self._pending.pop(request_id, None)
-            # The reader sees the same close and records why.
+            # The reader sees the same close and fails every waiting reply,
+            # this one included, with the reason.
             await asyncio.shield(self._reader)
-            assert self.lost is not None
-            raise self.lost from None
         try:
             return await reply
         finally:
