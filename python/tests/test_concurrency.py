@@ -83,3 +83,12 @@ def test_sync_errors_are_typed(server: Server) -> None:
         assert caught.value.code == "not_found"
     with pytest.raises(ConnectionLost, match="closed"):
         client.metrics()
+
+
+def test_closing_the_sync_client_ends_its_subscriptions(server: Server) -> None:
+    client = Client.connect(server.url, timeout=STEP)
+    events = client.subscribe(client.create_session("closing"))
+    client.close()
+    with pytest.raises(StopIteration):
+        events.get(STEP)
+    events.close()

@@ -59,8 +59,11 @@ async def test_subscribe_errors(client: AsyncClient, start_server: StartServer) 
     newest = (await client.metrics()).event_sequence
     with pytest.raises(Conflict):
         await client.subscribe(session_id, since=newest + 1000).start()
+    missing = client.subscribe(str(uuid.uuid4()), since=0)
     with pytest.raises(NotFound):
-        await client.subscribe(str(uuid.uuid4()), since=0).start()
+        await missing.start()
+    with pytest.raises(NotFound):  # Iterating a subscription that failed to start repeats why.
+        await anext(missing)
 
     short = start_server("--event-retention", "2")
     async with AsyncClient.connect(short.url, timeout=STEP) as small:

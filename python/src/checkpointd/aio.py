@@ -112,8 +112,8 @@ class AsyncClient:
 
     async def open(self) -> None:
         """Opens the first connection; failures are raised, not retried."""
-        if self._supervisor is not None:
-            raise RuntimeError("the client is already open")
+        if self._closed or self._supervisor is not None:
+            raise RuntimeError("a client is opened once")
         self._attach(*await self._dial())
         self._supervisor = asyncio.create_task(self._supervise(), name="checkpointd-supervisor")
 
@@ -434,7 +434,7 @@ class _Connecting:
         await self._client.close()
 
 
-class _End:
+class Ended:
     """Queued after a subscription's last event: why it ended (``None``: closed)."""
 
     def __init__(self, error: BaseException | None) -> None:
@@ -458,7 +458,7 @@ class Subscription:
         self.last_seq: int | None = since
         """The seq of the last event received (where a resumption starts)."""
         self._client = client
-        self._events: asyncio.Queue[Event | _End] = asyncio.Queue()
+        self._events: asyncio.Queue[Event | Ended] = asyncio.Queue()
         self._started = False
         self._ended = False
 
@@ -467,7 +467,11 @@ class Subscription:
         if self._started:
             raise RuntimeError(f"the subscription to {self.session_id} has already started")
         self._started = True
-        await self._client._start(self)
+        try:
+            await self._client._start(self)
+        except Exception as error:
+            self._end(error)  # Iterating again raises it again.
+            raise
         return self
 
     async def aclose(self) -> None:
@@ -489,7 +493,7 @@ class Subscription:
         if not self._started:
             await self.start()
         item = await self._events.get()
-        if isinstance(item, _End):
+        if isinstance(item, Ended):
             self._events.put_nowait(item)  # Every later call ends the same way.
             if item.error is not None:
                 raise item.error
@@ -507,4 +511,4 @@ class Subscription:
     def _end(self, error: BaseException | None) -> None:
         if not self._ended:
             self._ended = True
-            self._events.put_nowait(_End(error))
+            self._events.put_nowait(Ended(error))

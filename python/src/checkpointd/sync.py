@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from .aio import AsyncClient, Subscription
+from .aio import AsyncClient, Ended, Subscription
 from .errors import ConnectionLost
 from .models import Event
 
@@ -54,6 +54,8 @@ class Client:
         self._loop = loop
         self._thread = thread
         self._closed = False
+        self._pumps: set[asyncio.Task[None]] = set()
+        """Tasks moving subscription events to threads; they end with their subscription."""
 
     @classmethod
     def connect(
@@ -86,7 +88,7 @@ class Client:
         if self._closed:
             return
         try:
-            self._run(self._client.close())
+            self._run(self._close())
         finally:
             self._closed = True
             self._stop_loop()
@@ -131,15 +133,15 @@ class Client:
         Without ``callback``, iterate over it (or call
         :meth:`SyncSubscription.get` with a timeout). With ``callback``, a
         thread of its own calls it for each event in order until the
-        subscription ends. ``since`` is as in :meth:`AsyncClient.subscribe`.
+        subscription ends (then do not iterate as well). ``since`` is as in :meth:`AsyncClient.subscribe`.
         """
-        events: queue.SimpleQueue[Event | _Ended] = queue.SimpleQueue()
-        subscription, pump = self._run(self._start_pump(session_id, since, events))
-        return SyncSubscription(self, subscription, pump, events, callback)
+        events: queue.SimpleQueue[Event | Ended] = queue.SimpleQueue()
+        subscription = self._run(self._start_pump(session_id, since, events))
+        return SyncSubscription(self, subscription, events, callback)
 
     async def _start_pump(
-        self, session_id: str, since: int | None, events: queue.SimpleQueue[Event | _Ended]
-    ) -> tuple[Subscription, asyncio.Task[None]]:
+        self, session_id: str, since: int | None, events: queue.SimpleQueue[Event | Ended]
+    ) -> Subscription:
         """Starts a subscription, and a task that moves its events into ``events`` until it ends."""
         subscription = await self._client.subscribe(session_id, since=since).start()
 
@@ -148,11 +150,19 @@ class Client:
                 async for event in subscription:
                     events.put(event)
             except Exception as error:
-                events.put(_Ended(error))
+                events.put(Ended(error))
             else:
-                events.put(_Ended(None))
+                events.put(Ended(None))
 
-        return subscription, asyncio.create_task(pump(), name=f"checkpointd-pump-{session_id}")
+        task = asyncio.create_task(pump(), name=f"checkpointd-pump-{session_id}")
+        self._pumps.add(task)
+        task.add_done_callback(self._pumps.discard)
+        return subscription
+
+    async def _close(self) -> None:
+        await self._client.close()
+        # Closing ended every subscription: let each tell its thread so.
+        await asyncio.gather(*self._pumps)
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Runs ``coroutine`` on the client's loop and waits for its outcome."""
@@ -169,13 +179,6 @@ class Client:
             self._loop.close()
 
 
-class _Ended:
-    """Put after a subscription's last event: why it ended (``None``: closed)."""
-
-    def __init__(self, error: Exception | None) -> None:
-        self.error = error
-
-
 class SyncSubscription:
     """A subscription for synchronous code: an iterator of events, or a callback thread.
 
@@ -186,17 +189,15 @@ class SyncSubscription:
         self,
         client: Client,
         subscription: Subscription,
-        pump: asyncio.Task[None],
-        events: queue.SimpleQueue[Event | _Ended],
+        events: queue.SimpleQueue[Event | Ended],
         callback: Callable[[Event], None] | None,
     ) -> None:
         """Use :meth:`Client.subscribe`."""
         self.session_id = subscription.session_id
         self._client = client
         self._subscription = subscription
-        self._pump = pump  # Held here: the loop keeps only weak references to tasks.
         self._events = events
-        self._ended: _Ended | None = None
+        self._ended: Ended | None = None
         self._callback_error: BaseException | None = None
         self._thread: threading.Thread | None = None
         if callback is not None:
