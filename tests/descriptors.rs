@@ -3,9 +3,12 @@
 //! failing the store closed. Runs in a child process (this test binary,
 //! re-executed), because it lowers the open-files limit of its process.
 
+mod common;
+
 use checkpointd::config::StoreConfig;
 use checkpointd::model::{NewCheckpoint, json_empty_object};
 use checkpointd::storage::{Backend, Store};
+use common::child::this_test_binary;
 use std::time::Duration;
 
 const CHILD_ENV: &str = "CHECKPOINTD_FD_CHILD_DIR";
@@ -13,11 +16,7 @@ const CHILD_ENV: &str = "CHECKPOINTD_FD_CHILD_DIR";
 #[test]
 fn a_flush_out_of_descriptors_waits_instead_of_failing_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "fd_child", "--include-ignored", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, dir.path())
-        .output()
-        .unwrap();
+    let out = this_test_binary("fd_child").env(CHILD_ENV, dir.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "child failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("fd_child: done"), "the child did not run its checks:\n{stdout}");
