@@ -3,16 +3,19 @@
 //! parent kills it with SIGKILL at a random moment, reopens the directory and
 //! checks that every acknowledged write is there, intact.
 
+mod common;
+
 use checkpointd::config::{Durability, StoreConfig};
 use checkpointd::model::{CheckpointId, EventKind, NewCheckpoint, SessionId, Trigger};
 use checkpointd::service::Service;
 use checkpointd::storage::{Backend, StorageError, Store};
+use common::child::this_test_binary;
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -123,8 +126,7 @@ fn run_child_and_kill(
     durability: Durability,
     want: usize,
 ) -> (Vec<Ack>, Vec<CheckpointId>) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--nocapture", "--include-ignored"])
+    let mut child = this_test_binary("crash_child")
         .env(DIR_ENV, data_dir)
         .env(ROUND_ENV, round.to_string())
         .env(DURABILITY_ENV, durability.as_str())

@@ -6,19 +6,20 @@
 //! real server first (states over 128 KiB, so sled writes blob files), then
 //! damaged on disk.
 
-mod dumpkit;
+mod common;
 
 use checkpointd::client::Client;
 use checkpointd::storage::codec;
 use checkpointd::storage::keys;
 use checkpointd::storage::records::Counters;
-use dumpkit::{DEADLINE, DUMP, SERVER, copy_dir, wait_output, wait_unlocked};
+use common::child::{CHECKPOINTD, DEADLINE, DUMP, Daemon, command, wait_output};
+use common::fs::{copy_dir, open_sled, wait_unlocked};
 use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::mpsc;
 use tempfile::TempDir;
 
@@ -26,52 +27,10 @@ use tempfile::TempDir;
 const BIG: usize = 3;
 const SMALL: usize = 150;
 
-/// Environment variables the binaries read; cleared so the caller's cannot
-/// change a test.
-const ENV: [&str; 5] =
-    ["CHECKPOINTD_DATA_DIR", "CHECKPOINTD_TOKEN", "CHECKPOINTD_LISTEN", "RUST_LOG", "RUST_BACKTRACE"];
-
-fn command(bin: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for var in ENV {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
-/// Starts the server on `dir`; returns it once it listens.
-fn start(dir: &Path) -> (Child, String) {
-    let mut child = command(SERVER, &["--listen", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn checkpointd");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(url) = line.strip_prefix("listening on ") {
-                let _ = tx.send(url.to_string());
-            }
-        }
-    });
-    match rx.recv_timeout(DEADLINE) {
-        Ok(url) => (child, url),
-        Err(_) => {
-            let _ = child.kill();
-            panic!("checkpointd did not come up on {}", dir.display());
-        }
-    }
-}
-
 /// SIGTERM, and the exit (bounded): a clean stop.
-fn stop(child: Child) {
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: kill only sends a signal to the child we started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let out = wait_output(child);
-    assert!(out.status.success(), "checkpointd did not stop cleanly: {:?}", out.status);
+fn stop(mut server: Daemon) {
+    let status = server.terminate();
+    assert!(status.success(), "checkpointd did not stop cleanly: {status:?}");
 }
 
 /// A data directory written by the server and stopped, and a copy of it
@@ -92,10 +51,10 @@ fn written() -> Written {
     // Readable by the unprivileged user of the permission test.
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
     let fresh = root.join("fresh");
-    let (child, url) = start(&fresh);
+    let server = Daemon::serve(&fresh, &[]);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (session, checkpoint) = rt.block_on(async {
-        let mut c = tokio::time::timeout(DEADLINE, Client::connect(&url)).await.unwrap().unwrap();
+        let mut c = tokio::time::timeout(DEADLINE, Client::connect(server.url())).await.unwrap().unwrap();
         let s = c.create_session("damaged").await.unwrap();
         let mut first = String::new();
         for i in 0..BIG + SMALL {
@@ -107,12 +66,11 @@ fn written() -> Written {
         }
         (s, first)
     });
-    stop(child);
+    stop(server);
     assert!(std::fs::read_dir(fresh.join("blobs")).unwrap().count() >= BIG, "sled wrote no blob files");
     let restarted = root.join("restarted");
     copy_dir(&fresh, &restarted);
-    let (child, _) = start(&restarted);
-    stop(child);
+    stop(Daemon::serve(&restarted, &[]));
     let forge = root.join("forge-empty.json");
     std::fs::write(&forge, r#"{"checkpoints":[],"global_sequence":0}"#).unwrap();
     Written { _root: tmp, root, fresh, restarted, session, checkpoint, forge }
@@ -124,8 +82,8 @@ fn invocations(w: &Written) -> Vec<(&'static str, Vec<String>, Vec<String>)> {
     let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     let forge = w.forge.to_str().unwrap();
     let mut all = vec![
-        (SERVER, s(&["--listen", "127.0.0.1:0", "--data-dir"]), vec![]),
-        (SERVER, s(&["import", "--data-dir"]), s(&["--forge-export", forge])),
+        (CHECKPOINTD, s(&["--listen", "127.0.0.1:0", "--data-dir"]), vec![]),
+        (CHECKPOINTD, s(&["import", "--data-dir"]), s(&["--forge-export", forge])),
     ];
     let commands: Vec<Vec<&str>> = vec![
         vec!["summary"],
@@ -146,7 +104,7 @@ fn invocations(w: &Written) -> Vec<(&'static str, Vec<String>, Vec<String>)> {
 
 /// What a refusal must look like.
 fn check_refusal(bin: &str, args: &[String], out: &Output, expect: &[&str]) {
-    let program = if bin == SERVER { "checkpointd" } else { "checkpoint-dump" };
+    let program = if bin == CHECKPOINTD { "checkpointd" } else { "checkpoint-dump" };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let what = format!("{program} {args:?}\nstdout: {stdout}\nstderr: {stderr}");
@@ -165,7 +123,7 @@ fn check_refusal(bin: &str, args: &[String], out: &Output, expect: &[&str]) {
     // Anything before the error line is the server's log (one line each).
     for line in &lines[..lines.len() - 1] {
         assert!(
-            bin == SERVER && ["WARN", "ERROR", "INFO"].iter().any(|level| line.contains(level)),
+            bin == CHECKPOINTD && ["WARN", "ERROR", "INFO"].iter().any(|level| line.contains(level)),
             "more than one line: {what}"
         );
     }
@@ -279,8 +237,7 @@ fn overwrite(path: &Path, offset: u64, bytes: &[u8]) {
 
 /// Rewrites the counters record through sled (the directory is closed).
 fn edit_counters(dir: &Path, edit: impl Fn(&mut Counters), clear: &[&str]) {
-    wait_unlocked(dir);
-    let db = sled::Config::new().path(dir).flush_every_ms(None).open().unwrap();
+    let db = open_sled(dir);
     let meta = db.open_tree("meta").unwrap();
     let mut c: Counters = codec::decode(&meta.get(keys::META_COUNTERS).unwrap().unwrap(), "counters").unwrap();
     edit(&mut c);
@@ -456,7 +413,7 @@ fn conf_is_garbage() {
 fn a_foreign_sled_database() {
     let w = written();
     let bare = w.root.join("bare");
-    drop(sled::Config::new().path(&bare).flush_every_ms(None).open().unwrap());
+    drop(open_sled(&bare));
     wait_unlocked(&bare);
     refused(&w, &bare, |_| {}, &["without a checkpointd format version"]);
 }

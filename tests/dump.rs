@@ -2,13 +2,15 @@
 //! the directory unchanged byte for byte after each command, the lock of a
 //! running server, `--snapshot`, `verify` finding damage, exit codes.
 
-mod dumpkit;
+mod common;
 
 use checkpointd::client::Client;
 use checkpointd::storage::codec;
 use checkpointd::storage::keys;
 use checkpointd::storage::records::Counters;
-use dumpkit::*;
+use common::child::{DUMP, Daemon, dump, dump_ok, json_lines, run};
+use common::fixtures::populate;
+use common::fs::{files, open_sled, wait_unlocked};
 use serde_json::json;
 use std::path::Path;
 use tempfile::TempDir;
@@ -119,7 +121,7 @@ fn a_directory_without_a_format_version_is_refused_and_nothing_is_created() {
     // sled files but no checkpointd format version: not ours, or damaged
     // beyond what sled could recover. Either way, it is refused in one line.
     let dir = tmp.path().join("bare");
-    drop(sled::Config::new().path(&dir).flush_every_ms(None).open().unwrap());
+    drop(open_sled(&dir));
     wait_unlocked(&dir);
     for args in [&["--json", "summary"][..], &["verify"][..], &["export"][..]] {
         let out = dump_unchanged(&dir, args);
@@ -147,10 +149,10 @@ fn a_directory_without_a_format_version_is_refused_and_nothing_is_created() {
 fn a_running_server_holds_the_lock_and_snapshot_reads_a_copy() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().join("live");
-    let server = Server::start(&dir);
+    let server = Daemon::serve(&dir, &[]);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (session, checkpoint) = rt.block_on(async {
-        let mut c = Client::connect(&server.url).await.unwrap();
+        let mut c = Client::connect(server.url()).await.unwrap();
         let s = c.create_session("live-one").await.unwrap();
         let id = c.checkpoint(&s, "while serving", json!({"n": 1}), json!({"tags": ["t"]})).await.unwrap();
         (s, id)
@@ -181,7 +183,7 @@ fn verify_reports_each_kind_of_damage() {
     let dir = tmp.path().join("data");
     let p = populate(&dir);
     {
-        let db = sled::Config::new().path(&dir).flush_every_ms(None).open().unwrap();
+        let db = open_sled(&dir);
         let meta = db.open_tree("meta").unwrap();
         // Nothing pending to re-apply over the damage.
         meta.remove(keys::META_INTENT).unwrap();

@@ -2,20 +2,24 @@
 //! directory reads back identically and numbers on above every imported
 //! sequence; forge-reasoning exports become `forge:<id>` sessions.
 
-mod dumpkit;
+mod common;
 
 use checkpointd::config::StoreConfig;
 use checkpointd::model::{NewCheckpoint, SessionId, Trigger};
 use checkpointd::service::Service;
-use dumpkit::*;
+use common::child::{CHECKPOINTD, dump_ok, json_lines, run};
+use common::fixtures::{fixture_file, populate};
+use common::fs::wait_unlocked;
+use common::inproc::open_store;
 use serde_json::{Value, json};
 use std::path::Path;
+use std::sync::Arc;
 use tempfile::TempDir;
 
 fn import(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
     let mut all = vec!["import", "--data-dir", dir.to_str().unwrap()];
     all.extend_from_slice(args);
-    run(SERVER, &all, stdin)
+    run(CHECKPOINTD, &all, stdin)
 }
 
 fn text(out: &[u8]) -> String {
@@ -26,7 +30,7 @@ fn text(out: &[u8]) -> String {
 fn next_checkpoint(dir: &Path, session: SessionId) -> u64 {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let seq = rt.block_on(async {
-        let svc = Service::open(StoreConfig::new(dir)).unwrap();
+        let svc = Service::new(Arc::new(open_store(&StoreConfig::new(dir))));
         let new = NewCheckpoint {
             session_id: session,
             message: "after import".into(),

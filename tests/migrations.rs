@@ -7,7 +7,7 @@
 //! Regenerate the fixture (only while format 1 is current) with
 //! `CHECKPOINTD_WRITE_FIXTURES=1 cargo test --release --test migrations make_v1_fixture`.
 
-mod dumpkit;
+mod common;
 
 use checkpointd::config::StoreConfig;
 use checkpointd::model::{ListQuery, SessionId};
@@ -15,16 +15,14 @@ use checkpointd::protocol::reply;
 use checkpointd::storage::migrate::{self, CURRENT_FORMAT, Migrated, Step, StepWrite};
 use checkpointd::storage::records::SessionRecord;
 use checkpointd::storage::{Backend, StorageError, Store, codec};
-use dumpkit::*;
+use common::child::{CHECKPOINTD, dump, dump_ok, json_lines, run, this_test_binary, wait_output};
+use common::fixtures::{fixture, fixture_file, populate};
+use common::fs::{copy_dir, open_sled, wait_unlocked};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::path::Path;
 use tempfile::TempDir;
-
-fn open_sled(dir: &Path) -> sled::Db {
-    sled::Config::new().path(dir).flush_every_ms(None).open().expect("open sled")
-}
 
 fn version(db: &sled::Db) -> Option<u32> {
     migrate::read_version(&db.open_tree("meta").unwrap()).unwrap()
@@ -231,7 +229,7 @@ fn a_step_is_applied_once_with_a_backup_and_its_version_recorded() {
     assert_eq!(json_lines(&dump_ok(&dir, &["--json", "summary"]))[0]["format_version"], 2);
 
     // This checkpointd (format 1) refuses the newer directory, naming both.
-    let out = run(SERVER, &["--listen", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()], None);
+    let out = run(CHECKPOINTD, &["--listen", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()], None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {err}");
     assert!(err.contains("format version 2") && err.contains("version 1"), "{err}");
@@ -288,8 +286,7 @@ fn a_crash_mid_migration_resumes_at_the_first_unrecorded_step() {
     let before = session_names(&db);
     drop(db);
     wait_unlocked(&dir);
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_migrates_then_crashes", "--ignored", "--test-threads=1"])
+    let child = this_test_binary("child_migrates_then_crashes")
         .env("DUMPKIT_MIGRATE_DIR", &dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -319,7 +316,7 @@ fn a_crash_mid_migration_resumes_at_the_first_unrecorded_step() {
 
 #[test]
 fn serve_documents_no_backup() {
-    let out = run(SERVER, &["--help"], None);
+    let out = run(CHECKPOINTD, &["--help"], None);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--no-backup"));
 }

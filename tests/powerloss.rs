@@ -16,7 +16,7 @@
 //! printed); `CHECKPOINTD_POWERLOSS_CUTS=100` makes a long run. LazyFS:
 //! tests/powerkit/mod.rs.
 
-mod dumpkit;
+mod common;
 mod powerkit;
 
 use checkpointd::client::{Client, ClientResult};
@@ -652,7 +652,7 @@ struct Journal {
 }
 
 fn read_journal(dir: &Path, since: u64, f: &mut Findings) -> Journal {
-    let out = dumpkit::dump(dir, &["--json", "events", "--since", &since.to_string()]);
+    let out = common::child::dump(dir, &["--json", "events", "--since", &since.to_string()]);
     let mut j = Journal::default();
     if !out.status.success() {
         f.violation("checkpoint-dump fails", format!("events: {}", gist(&String::from_utf8_lossy(&out.stderr))));
@@ -683,7 +683,7 @@ fn read_journal(dir: &Path, since: u64, f: &mut Findings) -> Journal {
 /// `checkpoint-dump verify` of the directory as it is; a violation unless it
 /// exits 0.
 fn verify(dir: &Path, when: &str, f: &mut Findings) {
-    let out = dumpkit::dump(dir, &["verify"]);
+    let out = common::child::dump(dir, &["verify"]);
     if !out.status.success() {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         f.violation("verify fails", format!("checkpoint-dump verify {when}: {}: {}", out.status, gist(&text)));
@@ -1044,7 +1044,7 @@ fn run(plan: &Plan) -> Option<Outcome> {
         let crash_image = fs.backing().join(data.file_name().unwrap());
         let image = keep.as_ref().map(|k| k.join(format!("{}-seed{seed}-cut{n}", plan.name)));
         if let Some(image) = &image {
-            checkpointd::storage::dircopy::copy_dir(&crash_image, image, false).expect("keep the image");
+            common::fs::copy_dir(&crash_image, image);
         }
         verify(&crash_image, "of the crash image", &mut f);
         let journal = read_journal(&crash_image, life.since, &mut f);

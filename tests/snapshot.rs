@@ -3,10 +3,12 @@
 //! 100 B to 300 KiB, delete and compact; the pause a copier holds, and what
 //! happens when it goes away.
 
-mod dumpkit;
+mod common;
 
 use checkpointd::client::Client;
-use dumpkit::{DUMP, Server, dump, dump_ok, json_lines, run};
+use common::child::{DUMP, Daemon, dump, dump_ok, json_lines, run};
+use common::fixtures::populate;
+use common::fs::wait_unlocked;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
@@ -97,12 +99,13 @@ fn check_backup(dest: &Path, before: &Acked, after: &Acked) {
 fn snapshots_and_backups_under_write_load_are_consistent_and_complete() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().join("data");
-    let server = Server::start(&dir);
+    let server = Daemon::serve(&dir, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let acked = Arc::new(Mutex::new(Acked::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> =
-        (0..WRITERS).map(|w| rt.spawn(writer(server.url.clone(), w, Arc::clone(&acked), Arc::clone(&stop)))).collect();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| rt.spawn(writer(server.url().to_string(), w, Arc::clone(&acked), Arc::clone(&stop))))
+        .collect();
     // Let every writer have written something of each size.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while acked.lock().unwrap().live.values().map(BTreeMap::len).sum::<usize>() < WRITERS * SIZES.len() {
@@ -138,9 +141,9 @@ fn snapshots_and_backups_under_write_load_are_consistent_and_complete() {
 
     // A backup is a data directory checkpointd serves as it is.
     let (dest, before, after) = last_backup.unwrap();
-    let served = Server::start(&dest);
+    let served = Daemon::serve(&dest, &[]);
     rt.block_on(async {
-        let mut c = Client::connect(&served.url).await.unwrap();
+        let mut c = Client::connect(served.url()).await.unwrap();
         let (session, ids) = before.live.iter().find(|(_, ids)| !ids.is_empty()).unwrap();
         for (id, &n) in ids.iter().filter(|(id, _)| !after.doomed.contains(*id) && !after.gone.contains(*id)) {
             let w: usize = session_writer(&mut c, session).await;
@@ -181,9 +184,9 @@ impl Copier {
 fn a_pause_holds_writes_until_the_copier_resumes_or_goes_away() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().join("data");
-    let server = Server::start(&dir);
+    let server = Daemon::serve(&dir, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut c = rt.block_on(Client::connect(&server.url)).unwrap();
+    let mut c = rt.block_on(Client::connect(server.url())).unwrap();
     let session = rt.block_on(c.create_session("paused")).unwrap();
     assert_eq!(
         std::fs::metadata(dir.join("control.sock"))
@@ -202,7 +205,7 @@ fn a_pause_holds_writes_until_the_copier_resumes_or_goes_away() {
         // Reads go on; a write waits.
         let sessions = rt.block_on(c.call("list_sessions", json!({}))).unwrap();
         assert_eq!(sessions.as_array().unwrap().len(), 1);
-        let url = server.url.clone();
+        let url = server.url().to_string();
         let s = session.clone();
         let write = rt.spawn(async move {
             let mut w = Client::connect(&url).await.unwrap();
@@ -234,8 +237,8 @@ fn a_pause_holds_writes_until_the_copier_resumes_or_goes_away() {
 fn backup_refuses_a_destination_that_is_not_empty_and_works_without_a_server() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().join("data");
-    dumpkit::populate(&dir);
-    dumpkit::wait_unlocked(&dir);
+    populate(&dir);
+    wait_unlocked(&dir);
     let busy = tmp.path().join("busy");
     std::fs::create_dir(&busy).unwrap();
     std::fs::write(busy.join("keep.txt"), "mine").unwrap();
