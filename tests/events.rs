@@ -248,3 +248,37 @@ fn writers_never_wait_for_a_starved_event_dispatcher() {
     });
     close(service);
 }
+
+/// On one connection, the reply to a write comes before every event that
+/// write caused, so a client that reads one reply per request never meets
+/// its own write's event first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writes_reply_precedes_its_events_on_the_same_connection() {
+    use tokio_tungstenite::tungstenite::Message;
+    let server = TestServer::start().await;
+    let mut c = server.connect().await;
+    let sid = wire::session(&mut c, "s").await;
+    ok(&mut c, "subscribe", json!({"session_id": sid})).await;
+    let writes = 60;
+    for i in 0..writes {
+        let req = json!({"id": format!("w{i}"), "method": "checkpoint",
+            "params": {"session_id": sid, "message": format!("{i}"), "state": {"i": i}}});
+        bounded("send", c.send_text(req.to_string())).await.unwrap();
+    }
+    let mut replied = std::collections::HashSet::new();
+    let (mut replies, mut events) = (0, 0);
+    while replies < writes || events < writes {
+        let Message::Text(text) = bounded("message", c.next_message()).await.unwrap() else { continue };
+        let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+        if v.get("event_type").is_some() {
+            let id = s(&v["data"]["checkpoint_id"]).to_string();
+            assert!(replied.contains(&id), "event for checkpoint {id} before its reply: {v}");
+            events += 1;
+        } else {
+            assert_eq!(v["success"], true, "{v}");
+            replied.insert(s(&v["result"]).to_string());
+            replies += 1;
+        }
+    }
+    assert_eq!((replies, events), (writes, writes));
+}

@@ -40,6 +40,21 @@ pub enum Command {
     Validate { session_id: Option<SessionId> },
 }
 
+impl Command {
+    /// Whether the command may journal events (a subscriber on the same
+    /// connection must see its reply first).
+    pub fn journals_events(&self) -> bool {
+        matches!(
+            self,
+            Command::Checkpoint(_)
+                | Command::Restore { .. }
+                | Command::DeleteCheckpoint { .. }
+                | Command::Compact { .. }
+                | Command::DeleteSession { .. }
+        )
+    }
+}
+
 #[derive(Deserialize)]
 struct Envelope {
     id: String,

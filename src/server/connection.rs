@@ -103,9 +103,14 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        let mut hold = None;
         let outcome = match frame {
             None | Some(Ok(Message::Close(_))) => break,
-            Some(Ok(Message::Text(text))) => handler.handle_text(text.as_str()).await,
+            Some(Ok(Message::Text(text))) => {
+                let (outcome, held) = handler.handle_text(text.as_str()).await;
+                hold = held;
+                outcome
+            }
             Some(Ok(Message::Binary(_))) => {
                 let e = Error::InvalidJson("Invalid JSON: binary frames are not supported; send JSON text".into());
                 Outcome::Reply(render_error("unknown", &e))
@@ -146,6 +151,8 @@ pub(crate) async fn serve(
                 break;
             }
         }
+        // The reply is queued: the events a write caused may follow it.
+        drop(hold);
         if let Some(sub) = subscription {
             // After its reply, so the reply precedes every event.
             handler.forward(sub);

@@ -3,7 +3,7 @@
 //! the core — and forwards its subscriptions' events. It answers with an
 //! [`Outcome`]; the connection owns the socket.
 
-use super::outbound::{Outbound, Outcome, close};
+use super::outbound::{Outbound, Outcome, ReplyGate, ReplyHold, close};
 use super::settings::{MAX_AUTH_FAILURES, MAX_SUBSCRIPTIONS_PER_CONNECTION};
 use super::state::ServerState;
 use crate::error::{Error, Result};
@@ -24,6 +24,7 @@ pub(crate) struct Handler {
     authenticated: bool,
     auth_failures: u32,
     subscriptions: HashMap<SessionId, JoinHandle<()>>,
+    gate: ReplyGate,
 }
 
 impl Drop for Handler {
@@ -37,26 +38,35 @@ impl Drop for Handler {
 impl Handler {
     pub fn new(state: Arc<ServerState>, out: Outbound) -> Handler {
         let authenticated = state.config.token.is_none();
-        Handler { state, out, authenticated, auth_failures: 0, subscriptions: HashMap::new() }
+        let gate = ReplyGate::default();
+        Handler { state, out, authenticated, auth_failures: 0, subscriptions: HashMap::new(), gate }
     }
 
-    pub async fn handle_text(&mut self, text: &str) -> Outcome {
+    /// Answers one text frame. For a write, also the hold on this
+    /// connection's events, to be dropped once the reply is queued.
+    pub async fn handle_text(&mut self, text: &str) -> (Outcome, Option<ReplyHold>) {
         let request = match crate::protocol::parse_request(text) {
             Ok(request) => request,
-            Err(e) => return Outcome::Reply(render_error("unknown", &e)),
+            Err(e) => return (Outcome::Reply(render_error("unknown", &e)), None),
         };
         let id = request.id;
         if !self.authenticated && request.method != "authenticate" {
-            return Outcome::Reply(render_error(&id, &Error::Unauthorized("Authentication required".into())));
+            let e = Error::Unauthorized("Authentication required".into());
+            return (Outcome::Reply(render_error(&id, &e)), None);
         }
         let command = match request.command {
             Ok(command) => command,
-            Err(e) => return Outcome::Reply(render_error(&id, &e)),
+            Err(e) => return (Outcome::Reply(render_error(&id, &e)), None),
         };
-        match self.apply(&id, command).await {
+        let hold = match command.journals_events() {
+            true => Some(std::sync::Arc::clone(&self.gate).write_owned().await),
+            false => None,
+        };
+        let outcome = match self.apply(&id, command).await {
             Ok(outcome) => outcome,
             Err(e) => Outcome::Reply(render_error(&id, &e)),
-        }
+        };
+        (outcome, hold)
     }
 
     fn authenticate(&mut self, id: &str, token: Option<String>) -> Outcome {
@@ -83,7 +93,7 @@ impl Handler {
     /// subscription of this connection to the same session.
     pub fn forward(&mut self, sub: Subscription) {
         let session_id = sub.session_id();
-        let task = tokio::spawn(forward(sub, self.out.clone()));
+        let task = tokio::spawn(forward(sub, self.out.clone(), std::sync::Arc::clone(&self.gate)));
         if let Some(old) = self.subscriptions.insert(session_id, task) {
             old.abort();
         }
@@ -167,13 +177,15 @@ impl Handler {
 }
 
 /// Pushes one subscription's events into the client's queue until it ends.
-async fn forward(mut sub: Subscription, out: Outbound) {
+async fn forward(mut sub: Subscription, out: Outbound, gate: ReplyGate) {
     let session_id = sub.session_id().to_string();
     while let Some(delivery) = sub.next().await {
         let text = match delivery {
             Delivery::Event(event) => render_event(&event),
             Delivery::Lagged { last_seq } => render_lagged(&session_id, last_seq),
         };
+        // Not while a write's reply is on its way (see `ReplyGate`).
+        let _open = gate.read().await;
         if out.send(Message::text(text)).await.is_err() {
             return;
         }

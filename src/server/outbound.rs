@@ -11,6 +11,15 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 /// pings, the Close frame), drained by the connection's writer task.
 pub(crate) type Outbound = mpsc::Sender<Message>;
 
+/// Holds a connection's events back while a reply is on its way: the
+/// handler takes it whole for a write, until the write's reply is queued;
+/// each event is queued under it shared. So on one connection the reply to
+/// a write precedes every event the write caused.
+pub(crate) type ReplyGate = std::sync::Arc<tokio::sync::RwLock<()>>;
+
+/// The gate held for one write (see [`ReplyGate`]).
+pub(crate) type ReplyHold = tokio::sync::OwnedRwLockWriteGuard<()>;
+
 /// A Close frame.
 pub(crate) fn close(code: CloseCode, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame { code, reason: reason.into() }))
