@@ -285,3 +285,35 @@ async fn keepalive_closes_silent_clients_only() {
     ok(&mut reader, "health", json!({})).await;
     drop(silent);
 }
+
+/// A request over `--max-message-bytes` (and under twice it) is refused with
+/// `too_large`, answered under its own id; the connection carries on, and so
+/// do the requests sent after it on it. `health` says the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_limit_is_refused_and_the_connection_carries_on() {
+    let limit = 64 * 1024;
+    let config = ServerConfig { max_message_bytes: limit, ..ServerConfig::default() };
+    let server = TestServer::with(config, |_| {}).await;
+    let mut c = server.connect().await;
+    assert_eq!(u(&ok(&mut c, "health", json!({})).await["max_message_bytes"]), limit as u64);
+    let sid = session(&mut c, "s").await;
+    let before = stored(&mut c).await;
+    let over = json!({"id": "big", "method": "checkpoint",
+        "params": {"session_id": sid, "state": "z".repeat(limit + limit / 2)}});
+    let after = json!({"id": "after", "method": "checkpoint", "params": {"session_id": sid, "state": 1}});
+    bounded("send", c.send_text(over.to_string())).await.unwrap();
+    bounded("send", c.send_text(after.to_string())).await.unwrap();
+    let refused = bounded("reply", c.next_reply()).await.unwrap();
+    assert_eq!((refused["id"].as_str(), refused["code"].as_str()), (Some("big"), Some("too_large")), "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("--max-message-bytes"), "{refused}");
+    let next = bounded("reply", c.next_reply()).await.unwrap();
+    assert_eq!((next["id"].as_str(), next["success"].as_bool()), (Some("after"), Some(true)), "{next}");
+    assert_eq!(u(&stored(&mut c).await["total_checkpoints"]), u(&before["total_checkpoints"]) + 1);
+
+    // Over the hard cap (twice the limit) the connection closes with 1009.
+    let mut c2 = server.connect().await;
+    let huge = json!({"id": "huge", "method": "checkpoint",
+        "params": {"session_id": sid, "state": "z".repeat(2 * limit)}});
+    bounded("send", c2.send_text(huge.to_string())).await.unwrap();
+    assert_eq!(expect_close(&mut c2).await, 1009);
+}

@@ -285,17 +285,19 @@ pub struct HealthView {
     format_version: u32,
     healthy: bool,
     max_connections: usize,
+    max_message_bytes: usize,
     subscriptions: usize,
     version: &'static str,
 }
 
-pub fn health(h: &Health, connections: usize, max_connections: usize) -> HealthView {
+pub fn health(h: &Health, connections: usize, max_connections: usize, max_message_bytes: usize) -> HealthView {
     HealthView {
         connections,
         durability: h.durability.as_str(),
         format_version: h.format_version,
         healthy: h.healthy,
         max_connections,
+        max_message_bytes,
         subscriptions: h.subscriptions,
         version: env!("CARGO_PKG_VERSION"),
     }
@@ -420,9 +422,9 @@ mod tests {
         let h = Health { healthy: true, durability: Durability::Sync, format_version: 1, subscriptions: 3 };
         let version = env!("CARGO_PKG_VERSION");
         assert_eq!(
-            render_ok("1", health(&h, 1, 1024)),
+            render_ok("1", health(&h, 1, 1024, 4096)),
             r(format!(
-                r#"{{"connections":1,"durability":"sync","format_version":1,"healthy":true,"max_connections":1024,"subscriptions":3,"version":"{version}"}}"#
+                r#"{{"connections":1,"durability":"sync","format_version":1,"healthy":true,"max_connections":1024,"max_message_bytes":4096,"subscriptions":3,"version":"{version}"}}"#
             ))
         );
         assert_eq!(render_ok("1", retention(None)), r("null".into()));

@@ -85,6 +85,16 @@ pub const METHODS: [&str; 18] = [
     "health",
 ];
 
+/// The `id` of a request that is not parsed further (one refused for its
+/// size): the reply names it when the text is an envelope, else `"unknown"`.
+pub fn request_id(text: &str) -> String {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: String,
+    }
+    serde_json::from_str::<IdOnly>(text).map_or_else(|_| "unknown".to_string(), |r| r.id)
+}
+
 /// Parses one text frame. Text that is not a request envelope is an error
 /// answered with id `"unknown"`, as the seed did. An unknown method is
 /// reported as such whatever its params (the seed never looked at them).

@@ -3,10 +3,10 @@
 
 use super::handler::Handler;
 use super::outbound::{Outcome, close};
-use super::settings::{HANDSHAKE_TIMEOUT, LINGER, OUTBOUND_QUEUE, SHUTDOWN_GRACE};
+use super::settings::{HANDSHAKE_TIMEOUT, LINGER, MESSAGE_CAP_FACTOR, OUTBOUND_QUEUE, SHUTDOWN_GRACE};
 use super::state::ServerState;
 use crate::error::Error;
-use crate::protocol::render_error;
+use crate::protocol::{render_error, request_id};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
@@ -37,10 +37,13 @@ pub(crate) async fn serve(
     // The read buffer is allocated (and zeroed) per connection: tungstenite's
     // 128 KiB default made 1,000 idle clients cost 145 MiB; 8 KiB makes it
     // 24 MiB (benches/scale.rs). Larger messages grow it as they arrive.
+    // Up to the hard cap a message is read whole, so that one over the limit
+    // is refused with `too_large` and the connection carries on.
+    let cap = limit.saturating_mul(MESSAGE_CAP_FACTOR);
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit));
+        .max_message_size(Some(cap))
+        .max_frame_size(Some(cap));
     // A socket that never finishes its handshake must not hold up shutdown.
     let handshake =
         tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)));
@@ -106,6 +109,13 @@ pub(crate) async fn serve(
         let mut hold = None;
         let outcome = match frame {
             None | Some(Ok(Message::Close(_))) => break,
+            Some(Ok(Message::Text(text))) if text.len() > limit => {
+                let e = Error::TooLarge(format!(
+                    "the message is {} bytes, over the limit of {limit} (--max-message-bytes)",
+                    text.len()
+                ));
+                Outcome::Reply(render_error(&request_id(text.as_str()), &e))
+            }
             Some(Ok(Message::Text(text))) => {
                 let (outcome, held) = handler.handle_text(text.as_str()).await;
                 hold = held;

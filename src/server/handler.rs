@@ -139,7 +139,11 @@ impl Handler {
             }
             Command::Health => {
                 let h = service.health();
-                render_ok(id, reply::health(&h, self.state.connections(), self.state.config.max_connections))
+                let config = &self.state.config;
+                render_ok(
+                    id,
+                    reply::health(&h, self.state.connections(), config.max_connections, config.max_message_bytes),
+                )
             }
             Command::GetCheckpoint { checkpoint_id } => {
                 render_ok(id, reply::checkpoint(&service.get_checkpoint(checkpoint_id).await?))

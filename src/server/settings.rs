@@ -5,9 +5,14 @@ use std::time::Duration;
 
 /// Default `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-/// Default `--max-message-bytes`: the largest frame or message accepted; a
-/// larger one closes the connection with code 1009.
+/// Default `--max-message-bytes`: the largest message a request may be. A
+/// larger one, up to [`MESSAGE_CAP_FACTOR`] times the limit, is read and
+/// refused with `too_large` (the connection and the requests after it carry
+/// on); a larger one still closes the connection with code 1009.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// See [`DEFAULT_MAX_MESSAGE_BYTES`]: the hard cap on a message is this
+/// many times the limit (so a connection's read buffer stays bounded).
+pub const MESSAGE_CAP_FACTOR: usize = 2;
 /// A client must finish the WebSocket handshake within this time.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Failed `authenticate` attempts before the connection is closed (1008).
