@@ -90,12 +90,15 @@ pub(crate) fn write_blob<T: Serialize>(
     io_fail!(config, "write_blob write kind_byte");
     f.write_all(kind_buf)?;
     io_fail!(config, "write_blob write buf");
-    f.write_all(&data)
-        .map(|r| {
-            trace!("successfully wrote blob at {:?}", path);
-            r
-        })
-        .map_err(|e| e.into())
+    f.write_all(&data)?;
+    // checkpointd: the blob is durable before the log entry that points to
+    // it can be. The log may reach the disk with any later fsync of `db`
+    // (also one for other writers), and a log entry whose blob is torn ends
+    // sled's recovery there (or panics it): every acknowledged write after
+    // it would be lost.
+    f.sync_data()?;
+    trace!("successfully wrote blob at {:?}", path);
+    Ok(())
 }
 
 pub(crate) fn gc_blobs(config: &Config, stable_lsn: Lsn) -> Result<()> {
