@@ -6,6 +6,9 @@
 //! flushed, so a power loss can still take them. After each flush this thread
 //! therefore calls `fdatasync` on sled's data file, and on any new blob files
 //! sled wrote beside it (sled writes large nodes there without syncing them).
+//! That is sled as published; the vendored sled (`vendor/README.md`) also
+//! fdatasyncs its log buffers and blob files itself, so what follows is now
+//! a second line, kept until the power-loss tests show it can go.
 //!
 //! Writers take a ticket after their transaction is applied in memory; one
 //! thread flushes everything applied so far and publishes the highest ticket
