@@ -1,10 +1,11 @@
 //! The on-disk format's upgrade steps, run in order by `storage::migrate`
 //! when checkpointd opens a data directory written by an older version.
 //!
-//! Format 1 is the first released format and nothing has changed since, so
-//! there is no step yet. The runner itself is proven by `tests/migrations.rs`
-//! with test-only steps, and `tests/fixtures/v1/` is a directory written in
-//! format 1 that every later version must open intact.
+//! Format 1 was the first released format; format 2 added client keys,
+//! namespaces and external ids (`v0001_to_v0002_namespaces_and_keys`). The
+//! runner itself is proven by `tests/migrations.rs` with test-only steps,
+//! and `tests/fixtures/v1/` is a directory written in format 1 that every
+//! later version must open intact.
 //!
 //! # Changing the format
 //!
@@ -27,5 +28,7 @@
 
 use super::Step;
 
+mod v0001_to_v0002_namespaces_and_keys;
+
 /// Every step, in order: `STEPS[i].from == i + 1`.
-pub static STEPS: &[Step] = &[];
+pub static STEPS: &[Step] = &[v0001_to_v0002_namespaces_and_keys::STEP];

@@ -10,6 +10,8 @@ pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 pub const MAX_TAGS: usize = 64;
 /// Longest tag, in bytes. Tags must not be empty.
 pub const MAX_TAG_BYTES: usize = 256;
+/// Longest client key of a session, namespace, or external checkpoint id.
+pub const MAX_KEY_BYTES: usize = 1024;
 /// Largest `metadata` object (session or checkpoint), as JSON text.
 pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 /// Most annotations one checkpoint can carry.

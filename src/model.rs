@@ -152,6 +152,8 @@ impl RetentionPolicy {
 #[derive(Debug, Clone)]
 pub struct Session {
     pub id: SessionId,
+    /// The client's key for it, unique among sessions (see `open_session`).
+    pub key: Option<String>,
     pub name: String,
     pub created_at: DateTime<Utc>,
     /// A JSON object, as JSON text.
@@ -167,6 +169,10 @@ pub struct Session {
 pub struct CheckpointSummary {
     pub id: CheckpointId,
     pub session_id: SessionId,
+    /// `""` unless the client named one (a subgraph's checkpoints).
+    pub namespace: String,
+    /// The client's id for it, unique within (session, namespace).
+    pub external_id: Option<String>,
     pub sequence_number: u64,
     pub timestamp: DateTime<Utc>,
     pub message: String,
@@ -199,12 +205,19 @@ pub struct Annotation {
 #[derive(Debug, Clone)]
 pub struct NewCheckpoint {
     pub session_id: SessionId,
+    /// `""` for the root (the default).
+    pub namespace: String,
+    /// The client's id for it: a repeated put of one id in (session,
+    /// namespace) stores nothing new and answers what the first stored.
+    pub external_id: Option<String>,
     pub message: String,
     pub tags: Vec<String>,
     pub trigger: Trigger,
     pub state: Option<Box<RawValue>>,
     pub metadata: Option<Box<RawValue>>,
     pub parent_id: Option<CheckpointId>,
+    /// The parent by its external id, in the same (session, namespace).
+    pub parent_external_id: Option<String>,
 }
 
 impl NewCheckpoint {
@@ -213,12 +226,15 @@ impl NewCheckpoint {
     pub fn new(session_id: SessionId, message: impl Into<String>) -> NewCheckpoint {
         NewCheckpoint {
             session_id,
+            namespace: String::new(),
+            external_id: None,
             message: message.into(),
             tags: Vec::new(),
             trigger: Trigger::Manual,
             state: None,
             metadata: None,
             parent_id: None,
+            parent_external_id: None,
         }
     }
 }
@@ -226,6 +242,8 @@ impl NewCheckpoint {
 /// Which page of one session's checkpoints to list. Bounds are exclusive.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
+    /// Only the checkpoints of this namespace.
+    pub namespace: Option<String>,
     pub limit: Option<usize>,
     pub after: Option<u64>,
     pub before: Option<u64>,

@@ -3,7 +3,7 @@
 //! (`transfer`) check their input here before it reaches storage; the
 //! protocol parser only checks shapes (types, ids, required params).
 
-use crate::config::{MAX_METADATA_BYTES, MAX_TAG_BYTES, MAX_TAGS, MAX_TEXT_BYTES};
+use crate::config::{MAX_KEY_BYTES, MAX_METADATA_BYTES, MAX_TAG_BYTES, MAX_TAGS, MAX_TEXT_BYTES};
 use crate::error::{Error, Result};
 use crate::model::{CheckpointId, RetentionPolicy, json_empty_object};
 use crate::storage::ImportBatch;
@@ -22,6 +22,15 @@ fn check_len(what: &str, text: &str, max: usize) -> Result<()> {
         return Err(Error::TooLarge(format!("{what} is longer than {max} bytes")));
     }
     Ok(())
+}
+
+/// A client key, namespace or external id: at most [`MAX_KEY_BYTES`], and
+/// not empty unless allowed (the root namespace is `""`).
+pub fn check_key(field: &str, value: &str, allow_empty: bool) -> Result<()> {
+    if value.is_empty() && !allow_empty {
+        return Err(Error::invalid(format!("{field} must not be empty")));
+    }
+    check_len(field, value, MAX_KEY_BYTES)
 }
 
 /// One tag: not empty, at most [`MAX_TAG_BYTES`].
@@ -102,6 +111,9 @@ pub fn check_import(batch: &ImportBatch) -> Result<()> {
         }
         check_len("session name", &s.name, MAX_TEXT_BYTES)?;
         check_object("session metadata", &s.metadata)?;
+        if let Some(key) = &s.key {
+            check_key("session key", key, false)?;
+        }
     }
     for c in &batch.checkpoints {
         if c.sequence_number == 0 {
@@ -110,6 +122,10 @@ pub fn check_import(batch: &ImportBatch) -> Result<()> {
         check_len("message", &c.message, MAX_TEXT_BYTES)?;
         check_imported_tags(c.id, &c.tags)?;
         check_object("checkpoint metadata", &c.metadata)?;
+        check_key("namespace", &c.namespace, true)?;
+        if let Some(external) = &c.external_id {
+            check_key("external id", external, false)?;
+        }
     }
     for a in &batch.annotations {
         check_len("annotation note", &a.annotation.note, MAX_TEXT_BYTES)?;

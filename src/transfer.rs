@@ -65,6 +65,9 @@ struct SessionLine {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     metadata_text: Option<String>,
     retention: Option<RetentionPolicy>,
+    /// Since format 2; absent when the session has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -84,6 +87,12 @@ struct CheckpointLine {
     state: Box<RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     state_text: Option<String>,
+    /// Since format 2; absent for the root namespace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    namespace: String,
+    /// Since format 2; absent when the checkpoint has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    external_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -156,6 +165,7 @@ pub fn export(ins: &Inspector, out: &mut dyn Write) -> Result<ImportCounts> {
                 metadata,
                 metadata_text,
                 retention: s.retention,
+                key: s.key,
             },
         )?;
         counts.sessions += 1;
@@ -180,6 +190,8 @@ pub fn export(ins: &Inspector, out: &mut dyn Write) -> Result<ImportCounts> {
                     metadata_text,
                     state,
                     state_text,
+                    namespace: c.namespace,
+                    external_id: c.external_id,
                 },
             )?;
             counts.checkpoints += 1;
@@ -272,6 +284,7 @@ pub async fn import(store: &Store, input: impl BufRead) -> Result<ImportCounts> 
                     created_at: s.created_at,
                     metadata: join_raw(s.metadata, s.metadata_text, "metadata").map_err(at)?,
                     retention: s.retention,
+                    key: s.key,
                 });
             }
             "checkpoint" => {
@@ -288,6 +301,8 @@ pub async fn import(store: &Store, input: impl BufRead) -> Result<ImportCounts> 
                     metadata: join_raw(c.metadata, c.metadata_text, "metadata").map_err(at)?,
                     parent_id: c.parent_id,
                     state: join_raw(c.state, c.state_text, "state").map_err(at)?,
+                    namespace: c.namespace,
+                    external_id: c.external_id,
                 });
             }
             "annotation" => {
@@ -449,6 +464,8 @@ pub async fn import_forge(store: &Store, text: &str, keep_state: bool) -> Result
             metadata: RawValue::from_string(metadata).expect("serde_json renders JSON"),
             parent_id: None,
             state: if keep_state { c.state } else { json_null() },
+            namespace: String::new(),
+            external_id: None,
         });
     }
     let mut batch = ImportBatch { global_seq_floor: export.global_sequence, ..ImportBatch::default() };
@@ -468,6 +485,7 @@ pub async fn import_forge(store: &Store, text: &str, keep_state: bool) -> Result
                 metadata: RawValue::from_string(r#"{"imported_from":"forge-reasoning"}"#.to_string())
                     .expect("literal JSON"),
                 retention: None,
+                key: None,
             });
         }
     }

@@ -59,6 +59,11 @@ pub struct SummaryView<'a> {
     tags: &'a [String],
     has_notes: bool,
     parent_id: Option<String>,
+    /// Only when not the root `""` (so the seed's replies keep their bytes).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    namespace: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external_id: Option<&'a str>,
 }
 
 impl<'a> From<&'a CheckpointSummary> for SummaryView<'a> {
@@ -73,6 +78,8 @@ impl<'a> From<&'a CheckpointSummary> for SummaryView<'a> {
             tags: &s.tags,
             has_notes: s.has_notes,
             parent_id: s.parent_id.map(|p| p.to_string()),
+            namespace: &s.namespace,
+            external_id: s.external_id.as_deref(),
         }
     }
 }
@@ -155,6 +162,9 @@ pub struct SessionView<'a> {
     metadata: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retention: Option<Option<PolicyView<'a>>>,
+    /// Only when the session has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
 }
 
 pub fn session(s: &Session, detailed: bool) -> SessionView<'_> {
@@ -166,7 +176,20 @@ pub fn session(s: &Session, detailed: bool) -> SessionView<'_> {
         last_sequence: s.last_sequence,
         metadata: detailed.then_some(&*s.metadata),
         retention: detailed.then(|| s.retention.as_ref().map(policy)),
+        key: s.key.as_deref(),
     }
+}
+
+/// `open_session`: the session (as `get_session` shows it) and whether this
+/// call created it.
+#[derive(Serialize)]
+pub struct OpenedView<'a> {
+    created: bool,
+    session: SessionView<'a>,
+}
+
+pub fn opened(s: &Session, created: bool) -> OpenedView<'_> {
+    OpenedView { created, session: session(s, true) }
 }
 
 /// `list_sessions`.

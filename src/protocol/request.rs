@@ -29,11 +29,15 @@ pub enum Command {
     Metrics,
     Health,
     GetCheckpoint { checkpoint_id: CheckpointId },
+    /// By external id in (session, namespace), or the newest there.
+    GetCheckpointIn { session_id: SessionId, namespace: String, external_id: Option<String> },
+    OpenSession { key: String, name: Option<String>, metadata: Option<Box<RawValue>> },
+    GetSessionByKey { key: String },
     Restore { session_id: SessionId, checkpoint_id: CheckpointId },
     DeleteCheckpoint { checkpoint_id: CheckpointId, session_id: Option<SessionId> },
     Compact { session_id: SessionId, policy: RetentionPolicy },
     SetRetention { session_id: SessionId, policy: Option<RetentionPolicy> },
-    ListSessions { limit: Option<usize>, after: Option<SessionId> },
+    ListSessions { limit: Option<usize>, after: Option<SessionId>, key_prefix: Option<String> },
     GetSession { session_id: SessionId },
     DeleteSession { session_id: SessionId },
     Annotate { checkpoint_id: CheckpointId, note: String, severity: Option<Severity> },
@@ -64,7 +68,7 @@ struct Envelope {
 }
 
 /// Every method the server answers, as the wire spells it.
-pub const METHODS: [&str; 18] = [
+pub const METHODS: [&str; 19] = [
     "authenticate",
     "create_session",
     "list_checkpoints",
@@ -83,6 +87,7 @@ pub const METHODS: [&str; 18] = [
     "validate",
     "unsubscribe",
     "health",
+    "open_session",
 ];
 
 /// The `id` of a request that is not parsed further (one refused for its
@@ -165,6 +170,7 @@ impl Params {
             "list_checkpoints" => Command::ListCheckpoints {
                 session_id: p.seed_session_id()?,
                 query: ListQuery {
+                    namespace: p.opt("namespace")?,
                     limit: p.opt("limit")?,
                     after: p.opt("after")?,
                     before: p.opt("before")?,
@@ -180,6 +186,9 @@ impl Params {
             },
             "checkpoint" => Command::Checkpoint(NewCheckpoint {
                 session_id: p.seed_session_id()?,
+                namespace: p.opt("namespace")?.unwrap_or_default(),
+                external_id: p.opt("external_id")?,
+                parent_external_id: p.opt("parent_external_id")?,
                 message: p.opt("message")?.unwrap_or_else(|| "Checkpoint".to_string()),
                 tags: p.opt("tags")?.unwrap_or_default(),
                 trigger: match p.opt::<String>("trigger")? {
@@ -194,7 +203,20 @@ impl Params {
             "unsubscribe" => Command::Unsubscribe { session_id: p.seed_session_id()? },
             "metrics" => Command::Metrics,
             "health" => Command::Health,
-            "get_checkpoint" => Command::GetCheckpoint { checkpoint_id: p.id("checkpoint_id")? },
+            // By id; or in (session, namespace) by external id, or the newest.
+            "get_checkpoint" if p.has("checkpoint_id") || !p.has("session_id") => {
+                Command::GetCheckpoint { checkpoint_id: p.id("checkpoint_id")? }
+            }
+            "get_checkpoint" => Command::GetCheckpointIn {
+                session_id: p.seed_session_id()?,
+                namespace: p.opt("namespace")?.unwrap_or_default(),
+                external_id: p.opt("external_id")?,
+            },
+            "open_session" => Command::OpenSession {
+                key: p.opt("key")?.ok_or_else(|| Error::invalid("Missing key parameter"))?,
+                name: p.opt("name")?,
+                metadata: p.raw_object("metadata")?,
+            },
             "restore" => Command::Restore { session_id: p.seed_session_id()?, checkpoint_id: p.id("checkpoint_id")? },
             "delete_checkpoint" => {
                 Command::DeleteCheckpoint { checkpoint_id: p.id("checkpoint_id")?, session_id: p.opt_id("session_id")? }
@@ -207,7 +229,14 @@ impl Params {
                     policy: (!policy.is_empty()).then_some(policy),
                 }
             }
-            "list_sessions" => Command::ListSessions { limit: p.opt("limit")?, after: p.opt_id("after")? },
+            "list_sessions" => Command::ListSessions {
+                limit: p.opt("limit")?,
+                after: p.opt_id("after")?,
+                key_prefix: p.opt("key_prefix")?,
+            },
+            "get_session" if p.has("key") && !p.has("session_id") => {
+                Command::GetSessionByKey { key: p.opt("key")?.ok_or_else(|| Error::invalid("Missing key parameter"))? }
+            }
             "get_session" => Command::GetSession { session_id: p.seed_session_id()? },
             "delete_session" => Command::DeleteSession { session_id: p.seed_session_id()? },
             "annotate" => Command::Annotate {
@@ -221,6 +250,11 @@ impl Params {
             "validate" => Command::Validate { session_id: p.opt_id("session_id")? },
             other => return Err(Error::UnknownMethod(format!("Unknown method: {other}"))),
         })
+    }
+
+    /// Whether param `name` is given (not absent, not `null`).
+    fn has(&self, name: &str) -> bool {
+        self.0.get(name).is_some_and(|raw| raw.get() != "null")
     }
 
     /// An optional param of type `T`; JSON `null` counts as absent.

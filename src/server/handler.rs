@@ -148,6 +148,10 @@ impl Handler {
             Command::GetCheckpoint { checkpoint_id } => {
                 render_ok(id, reply::checkpoint(&service.get_checkpoint(checkpoint_id).await?))
             }
+            Command::GetCheckpointIn { session_id, namespace, external_id } => {
+                let found = service.get_checkpoint_in(session_id, &namespace, external_id.as_deref()).await?;
+                render_ok(id, reply::checkpoint(&found))
+            }
             Command::Restore { session_id, checkpoint_id } => {
                 render_ok(id, reply::restored(&service.restore(session_id, checkpoint_id).await?))
             }
@@ -161,11 +165,18 @@ impl Handler {
             Command::SetRetention { session_id, policy } => {
                 render_ok(id, reply::retention(service.set_retention(session_id, policy).await?.as_ref()))
             }
-            Command::ListSessions { limit, after } => {
-                render_ok(id, reply::sessions(&service.list_sessions(after, limit).await?))
+            Command::ListSessions { limit, after, key_prefix } => {
+                render_ok(id, reply::sessions(&service.list_sessions(after, key_prefix.as_deref(), limit).await?))
             }
             Command::GetSession { session_id } => {
                 render_ok(id, reply::session(&service.get_session(session_id).await?, true))
+            }
+            Command::GetSessionByKey { key } => {
+                render_ok(id, reply::session(&service.get_session_by_key(&key).await?, true))
+            }
+            Command::OpenSession { key, name, metadata } => {
+                let (session, created) = service.open_session(key, name, metadata).await?;
+                render_ok(id, reply::opened(&session, created))
             }
             Command::DeleteSession { session_id } => {
                 service.delete_session(session_id).await?;

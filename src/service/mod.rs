@@ -13,7 +13,7 @@ use crate::model::{
     Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, ListQuery, Metrics, NewCheckpoint,
     RetentionPolicy, Session, SessionId, Severity, Validation,
 };
-use crate::rules::{check_metadata, check_policy, check_tag, check_tags, check_text};
+use crate::rules::{check_key, check_metadata, check_policy, check_tag, check_tags, check_text};
 use crate::storage::{SharedBackend, Store};
 use hub::{Hub, Subscription};
 use serde_json::value::RawValue;
@@ -66,12 +66,40 @@ impl Service {
         Ok(self.store.create_session(name, metadata).await?)
     }
 
+    /// The session with client key `key`, created when there is none (see
+    /// [`Backend::open_session`](crate::storage::Backend::open_session)).
+    pub async fn open_session(
+        &self,
+        key: String,
+        name: Option<String>,
+        metadata: Option<Box<RawValue>>,
+    ) -> Result<(Session, bool)> {
+        check_key("key", &key, false)?;
+        let name = name.unwrap_or_else(|| DEFAULT_SESSION_NAME.to_string());
+        check_text("name", &name, false)?;
+        let metadata = check_metadata(metadata)?;
+        Ok(self.store.open_session(key, name, metadata).await?)
+    }
+
     pub async fn get_session(&self, id: SessionId) -> Result<Session> {
         Ok(self.store.session(id).await?)
     }
 
-    pub async fn list_sessions(&self, after: Option<SessionId>, limit: Option<usize>) -> Result<Vec<Session>> {
-        Ok(self.store.list_sessions(after, limit.unwrap_or(MAX_PAGE).min(MAX_PAGE)).await?)
+    pub async fn get_session_by_key(&self, key: &str) -> Result<Session> {
+        check_key("key", key, false)?;
+        Ok(self.store.session_by_key(key).await?)
+    }
+
+    pub async fn list_sessions(
+        &self,
+        after: Option<SessionId>,
+        key_prefix: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Session>> {
+        if let Some(prefix) = key_prefix {
+            check_key("key_prefix", prefix, true)?;
+        }
+        Ok(self.store.list_sessions(after, key_prefix, limit.unwrap_or(MAX_PAGE).min(MAX_PAGE)).await?)
     }
 
     pub async fn delete_session(&self, id: SessionId) -> Result<u64> {
@@ -80,6 +108,12 @@ impl Service {
 
     pub async fn checkpoint(&self, mut new: NewCheckpoint) -> Result<CheckpointSummary> {
         check_text("message", &new.message, true)?;
+        check_key("namespace", &new.namespace, true)?;
+        for (field, id) in [("external_id", &new.external_id), ("parent_external_id", &new.parent_external_id)] {
+            if let Some(id) = id {
+                check_key(field, id, false)?;
+            }
+        }
         new.tags = check_tags("tags", new.tags)?;
         new.metadata = Some(check_metadata(new.metadata)?);
         Ok(self.store.put_checkpoint(new).await?.0)
@@ -89,9 +123,27 @@ impl Service {
         Ok(self.store.checkpoint(id).await?)
     }
 
+    /// The checkpoint with external id `external` in (session, namespace),
+    /// or with `None` the newest there.
+    pub async fn get_checkpoint_in(
+        &self,
+        session: SessionId,
+        namespace: &str,
+        external: Option<&str>,
+    ) -> Result<Checkpoint> {
+        check_key("namespace", namespace, true)?;
+        if let Some(external) = external {
+            check_key("external_id", external, false)?;
+        }
+        Ok(self.store.checkpoint_in(session, namespace, external).await?)
+    }
+
     pub async fn list_checkpoints(&self, session: SessionId, query: &ListQuery) -> Result<Vec<CheckpointSummary>> {
         if let Some(tag) = &query.tag {
             check_tag("tag", tag)?;
+        }
+        if let Some(namespace) = &query.namespace {
+            check_key("namespace", namespace, true)?;
         }
         Ok(self.store.list_checkpoints(session, query, MAX_PAGE).await?)
     }

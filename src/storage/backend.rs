@@ -68,6 +68,10 @@ pub trait Backend: Send + Sync + 'static {
     // ----- writes: atomic, acknowledged once durable ------------------------
 
     async fn create_session(&self, name: String, metadata: Box<RawValue>) -> Result<Session>;
+    /// The session with client key `key`, created with `name` and
+    /// `metadata` when there is none; and whether it was created. Atomic:
+    /// two clients racing for one key get the same session.
+    async fn open_session(&self, key: String, name: String, metadata: Box<RawValue>) -> Result<(Session, bool)>;
     /// Deletes a session with all its checkpoints; returns how many.
     async fn delete_session(&self, id: SessionId) -> Result<u64>;
     /// Sets (or with `None` clears) the policy applied as checkpoints are added.
@@ -91,10 +95,18 @@ pub trait Backend: Send + Sync + 'static {
     // ----- reads: only what is durable --------------------------------------
 
     async fn session(&self, id: SessionId) -> Result<Session>;
-    /// Sessions in creation order, starting after session `after`.
-    async fn list_sessions(&self, after: Option<SessionId>, limit: usize) -> Result<Vec<Session>>;
+    /// The session with client key `key` (`NotFound` if none).
+    async fn session_by_key(&self, key: &str) -> Result<Session>;
+    /// Sessions in creation order, starting after session `after`; with
+    /// `key_prefix`, those whose key starts with it, in key order.
+    async fn list_sessions(&self, after: Option<SessionId>, key_prefix: Option<&str>, limit: usize)
+    -> Result<Vec<Session>>;
     /// The full checkpoint: state, metadata and annotations.
     async fn checkpoint(&self, id: CheckpointId) -> Result<Checkpoint>;
+    /// The checkpoint with the client's id `external` in (session,
+    /// namespace), or with `None` the newest there (`NotFound` if none).
+    async fn checkpoint_in(&self, session: SessionId, namespace: &str, external: Option<&str>)
+    -> Result<Checkpoint>;
     /// One page of a session's checkpoints, at most `max` long.
     async fn list_checkpoints(&self, session: SessionId, q: &ListQuery, max: usize) -> Result<Vec<CheckpointSummary>>;
     /// Checkpoints of every session by global sequence, after `after`.

@@ -27,6 +27,8 @@ pub struct ImportSession {
     /// A JSON object.
     pub metadata: Box<RawValue>,
     pub retention: Option<RetentionPolicy>,
+    /// The client's key for it (unique).
+    pub key: Option<String>,
 }
 
 /// A checkpoint to store as it was, in a session that exists or is created
@@ -45,6 +47,9 @@ pub struct ImportCheckpoint {
     /// May name a checkpoint that no longer exists (deleted or compacted).
     pub parent_id: Option<CheckpointId>,
     pub state: Box<RawValue>,
+    pub namespace: String,
+    /// The client's id for it, unique within (session, namespace).
+    pub external_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +113,7 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
     let mut counts = ImportCounts::default();
     let mut touched: HashMap<SessionId, SessionRecord> = HashMap::new();
     let mut new_ordinals = HashSet::new();
+    let mut new_keys = HashSet::new();
     for s in batch.sessions {
         if r.contains_session(s.id)? || touched.contains_key(&s.id) {
             return Err(StorageError::Conflict(format!("session {} already exists", s.id)));
@@ -115,6 +121,11 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
         let ordinal = s.ordinal.unwrap_or(c.counters.sessions_created.saturating_add(1));
         if ordinal == 0 || !new_ordinals.insert(ordinal) || r.ordinal_in_use(ordinal)? {
             return Err(StorageError::Conflict(format!("session {}: ordinal {ordinal} is taken", s.id)));
+        }
+        if let Some(key) = &s.key
+            && (!new_keys.insert(key.clone()) || r.session_by_key(key)?.is_some())
+        {
+            return Err(StorageError::Conflict(format!("session {}: key {key:?} is taken", s.id)));
         }
         c.counters.sessions_created = c.counters.sessions_created.max(ordinal);
         c.counters.active_sessions += 1;
@@ -127,6 +138,7 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
             retention: s.retention.filter(|p| !p.is_empty()),
             checkpoint_count: 0,
             last_sequence: None,
+            key: s.key,
         };
         writes::store_session(c, &rec);
         touched.insert(rec.id, rec);
@@ -134,6 +146,7 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
     }
     let mut new_ids: HashMap<CheckpointId, SessionId> = HashMap::new();
     let mut new_seqs = HashSet::new();
+    let mut new_externals = HashSet::new();
     for cp in batch.checkpoints {
         let id = cp.id;
         let seq = cp.sequence_number;
@@ -142,6 +155,15 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
         }
         if !new_seqs.insert(seq) || r.sequence_in_use(seq)? {
             return Err(StorageError::Conflict(format!("checkpoint {id}: sequence {seq} is taken")));
+        }
+        if let Some(external) = &cp.external_id
+            && (!new_externals.insert((cp.session_id, cp.namespace.clone(), external.clone()))
+                || r.checkpoint_by_external_id(cp.session_id, &cp.namespace, external)?.is_some())
+        {
+            return Err(StorageError::Conflict(format!(
+                "checkpoint {id}: external id {external:?} is taken in namespace {:?}",
+                cp.namespace
+            )));
         }
         if let Some(parent) = cp.parent_id {
             let owner = match new_ids.get(&parent) {
@@ -171,6 +193,8 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
             metadata: cp.metadata.get().as_bytes().to_vec(),
             parent_id: cp.parent_id,
             state_crc: crc32fast::hash(cp.state.get().as_bytes()),
+            namespace: cp.namespace,
+            external_id: cp.external_id,
         };
         writes::store_checkpoint(c, &rec, &cp.state);
         new_ids.insert(id, rec.session_id);

@@ -14,6 +14,12 @@
 //! | `tags`          | session id (16) · tag len (2) · tag · sequence (8) | empty                |
 //! | `annotations`   | checkpoint id (16) · index (4)           | annotation record              |
 //! | `events`        | event sequence (8)                       | journal event record           |
+//! | `session_keys`  | client key                               | session id (16)                |
+//! | `namespaces`    | session id (16) · namespace len (2) · namespace · sequence (8) | empty    |
+//! | `external_ids`  | session id (16) · namespace len (2) · namespace · external id | sequence (8) |
+//!
+//! Format 2 added the last three (format 1 directories are migrated: every
+//! checkpoint there is in namespace `""`, without an external id).
 //!
 //! [`Counters`]: super::records::Counters
 
@@ -33,9 +39,12 @@ pub enum TreeId {
     Tags,
     Annotations,
     Events,
+    SessionKeys,
+    Namespaces,
+    ExternalIds,
 }
 
-pub const TREE_COUNT: usize = 10;
+pub const TREE_COUNT: usize = 13;
 
 impl TreeId {
     /// Trees holding records that index entries point at.
@@ -55,6 +64,9 @@ pub const TREE_NAMES: [&str; TREE_COUNT] = [
     "tags",
     "annotations",
     "events",
+    "session_keys",
+    "namespaces",
+    "external_ids",
 ];
 
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
@@ -181,14 +193,68 @@ pub fn decode_sequence_value(v: &[u8]) -> Option<(SessionId, CheckpointId)> {
     Some((SessionId(s), CheckpointId(c)))
 }
 
-/// Prefix of every `tags` key of one (session, tag).
-pub fn tag_prefix(session: SessionId, tag: &str) -> Vec<u8> {
-    let len = u16::try_from(tag.len()).expect("tags are at most MAX_TAG_BYTES long");
-    let mut k = Vec::with_capacity(16 + 2 + tag.len() + 8);
+/// Session id · length (2) · text: the prefix of every `tags` key of one
+/// (session, tag), and of `namespaces` and `external_ids` keys of one
+/// (session, namespace).
+fn session_text_prefix(session: SessionId, text: &str) -> Vec<u8> {
+    let len = u16::try_from(text.len()).expect("tags and namespaces are shorter than 64 KiB");
+    let mut k = Vec::with_capacity(16 + 2 + text.len() + 8);
     k.extend_from_slice(session.as_bytes());
     k.extend_from_slice(&len.to_be_bytes());
-    k.extend_from_slice(tag.as_bytes());
+    k.extend_from_slice(text.as_bytes());
     k
+}
+
+/// Prefix of every `tags` key of one (session, tag).
+pub fn tag_prefix(session: SessionId, tag: &str) -> Vec<u8> {
+    session_text_prefix(session, tag)
+}
+
+/// `namespaces` key: a checkpoint's place in its (session, namespace).
+pub fn namespace_key(session: SessionId, namespace: &str, seq: u64) -> Vec<u8> {
+    let mut k = session_text_prefix(session, namespace);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The sequence at the end of a `namespaces` key.
+pub fn namespace_key_sequence(k: &[u8]) -> Option<u64> {
+    tag_key_sequence(k)
+}
+
+/// Splits a `namespaces` key into session, namespace and sequence.
+pub fn decode_namespace_key(k: &[u8]) -> Option<(SessionId, String, u64)> {
+    decode_tag_key(k)
+}
+
+/// `external_ids` key: the client's id of a checkpoint in (session, namespace).
+pub fn external_id_key(session: SessionId, namespace: &str, external_id: &str) -> Vec<u8> {
+    let mut k = session_text_prefix(session, namespace);
+    k.extend_from_slice(external_id.as_bytes());
+    k
+}
+
+/// Splits an `external_ids` key into session, namespace and external id.
+pub fn decode_external_id_key(k: &[u8]) -> Option<(SessionId, String, String)> {
+    let session = uuid::Uuid::from_slice(k.get(..16)?).ok()?;
+    let len = usize::from(u16::from_be_bytes(k.get(16..18)?.try_into().ok()?));
+    let namespace = std::str::from_utf8(k.get(18..18 + len)?).ok()?.to_string();
+    let external = std::str::from_utf8(&k[18 + len..]).ok()?.to_string();
+    Some((SessionId(session), namespace, external))
+}
+
+/// `external_ids` value, also a `sequences` key.
+pub fn external_id_value(seq: u64) -> [u8; 8] {
+    u64_key(seq)
+}
+
+pub fn decode_external_id_value(v: &[u8]) -> Option<u64> {
+    decode_u64(v).filter(|_| v.len() == 8)
+}
+
+/// `session_keys` key.
+pub fn session_key_key(key: &str) -> &[u8] {
+    key.as_bytes()
 }
 
 pub fn tag_key(session: SessionId, tag: &str, seq: u64) -> Vec<u8> {

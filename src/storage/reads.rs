@@ -108,6 +108,12 @@ impl Reader {
         Ok(self.tree(TreeId::Sessions).contains_key(keys::session_key(id))?)
     }
 
+    /// The session with client key `key`.
+    pub fn session_by_key(&self, key: &str) -> Result<Option<SessionId>> {
+        let Some(id) = self.tree(TreeId::SessionKeys).get(keys::session_key_key(key))? else { return Ok(None) };
+        keys::decode_session_key(&id).map(Some).ok_or_else(|| StorageError::corrupt("bad session_keys entry"))
+    }
+
     /// Whether a session has creation ordinal `ordinal`.
     pub(crate) fn ordinal_in_use(&self, ordinal: u64) -> Result<bool> {
         Ok(self.tree(TreeId::SessionOrder).contains_key(keys::ordinal_key(ordinal))?)
@@ -139,8 +145,18 @@ impl Reader {
         })
     }
 
-    /// One page of sessions in creation order, starting after session `after`.
-    pub fn list_sessions(&self, after: Option<SessionId>, limit: usize) -> Result<Vec<Session>> {
+    /// One page of sessions in creation order, starting after session
+    /// `after`. With `key_prefix`, only the sessions whose key starts with
+    /// it, in key order, after the key of `after`.
+    pub fn list_sessions(
+        &self,
+        after: Option<SessionId>,
+        key_prefix: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Session>> {
+        if let Some(prefix) = key_prefix {
+            return self.sessions_by_key_prefix(prefix, after, limit);
+        }
         let from = match after {
             Some(id) => match self.session_record(id)?.ordinal.checked_add(1) {
                 Some(next) => next,
@@ -149,6 +165,32 @@ impl Reader {
             None => 0,
         };
         self.session_records(from).take(limit).map(|rec| rec?.to_model()).collect()
+    }
+
+    fn sessions_by_key_prefix(&self, prefix: &str, after: Option<SessionId>, limit: usize) -> Result<Vec<Session>> {
+        let keys = self.tree(TreeId::SessionKeys);
+        let entries = match after {
+            Some(id) => {
+                let rec = self.session_record(id)?;
+                let Some(key) = rec.key.filter(|k| k.starts_with(prefix)) else { return Ok(Vec::new()) };
+                let from = (std::ops::Bound::Excluded(keys::session_key_key(&key).to_vec()), std::ops::Bound::Unbounded);
+                keys.range(from)
+            }
+            None => keys.range(keys::session_key_key(prefix).to_vec()..),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let (k, id) = entry?;
+            if out.len() >= limit || !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            let id = keys::decode_session_key(&id).ok_or_else(|| StorageError::corrupt("bad session_keys entry"))?;
+            // Deleted between the two reads: skipped.
+            if let Some(bytes) = self.tree(TreeId::Sessions).get(keys::session_key(id))? {
+                out.push(codec::decode::<SessionRecord>(&bytes, "session")?.to_model()?);
+            }
+        }
+        Ok(out)
     }
 
     // ----- checkpoints --------------------------------------------------------
@@ -201,6 +243,40 @@ impl Reader {
         Ok(rec.summary(self.has_notes(rec.id)?))
     }
 
+    /// The checkpoint with the client's id `external` in (session, namespace).
+    pub fn checkpoint_by_external_id(
+        &self,
+        session: SessionId,
+        namespace: &str,
+        external: &str,
+    ) -> Result<Option<CheckpointSummary>> {
+        let key = keys::external_id_key(session, namespace, external);
+        let Some(seq) = self.tree(TreeId::ExternalIds).get(key)? else { return Ok(None) };
+        let seq = keys::decode_external_id_value(&seq).ok_or_else(|| StorageError::corrupt("bad external_ids entry"))?;
+        self.summary_at(session, seq)
+    }
+
+    /// The newest checkpoint of (session, namespace).
+    pub fn latest_in(&self, session: SessionId, namespace: &str) -> Result<Option<CheckpointSummary>> {
+        self.session_record(session)?;
+        let range = keys::namespace_key(session, namespace, 0)..=keys::namespace_key(session, namespace, u64::MAX);
+        for k in self.tree(TreeId::Namespaces).range(range).keys().rev() {
+            let seq = keys::namespace_key_sequence(&k?).ok_or_else(|| StorageError::corrupt("bad namespaces key"))?;
+            // An index entry without its record is `verify`'s business.
+            if let Some(summary) = self.summary_at(session, seq)? {
+                return Ok(Some(summary));
+            }
+        }
+        Ok(None)
+    }
+
+    fn summary_at(&self, session: SessionId, seq: u64) -> Result<Option<CheckpointSummary>> {
+        match self.tree(TreeId::Checkpoints).get(keys::checkpoint_key(session, seq))? {
+            Some(bytes) => Ok(Some(self.summary(&decode_checkpoint(&bytes)?)?)),
+            None => Ok(None),
+        }
+    }
+
     /// A checkpoint's state, checked against the CRC its record carries.
     pub(crate) fn state(&self, rec: &CheckpointRecord) -> Result<Box<RawValue>> {
         let key = keys::checkpoint_key(rec.session_id, rec.sequence_number);
@@ -248,41 +324,49 @@ impl Reader {
             return Ok(Vec::new());
         }
         let checkpoints = self.tree(TreeId::Checkpoints);
-        let mut out = Vec::with_capacity(limit.min(1024));
-        let mut text_bytes = 0;
-        // Adds a row; false once the page holds MAX_PAGE_BYTES of text.
-        let mut push = |bytes: &[u8]| -> Result<bool> {
-            let rec = decode_checkpoint(bytes)?;
-            text_bytes += rec.message.len() + rec.tags.iter().map(String::len).sum::<usize>();
-            out.push(self.summary(&rec)?);
-            Ok(text_bytes < MAX_PAGE_BYTES)
-        };
         let ordered = |range: sled::Iter| -> Box<dyn Iterator<Item = Entry>> {
             if q.newest_first { Box::new(range.rev()) } else { Box::new(range) }
         };
-        match &q.tag {
-            None => {
-                for entry in ordered(checkpoints.range(keys::session_checkpoints(session, low..=high))).take(limit) {
-                    if !push(&entry?.1)? {
-                        break;
-                    }
-                }
-            }
-            Some(tag) => {
-                let tags =
-                    self.tree(TreeId::Tags).range(keys::tag_key(session, tag, low)..=keys::tag_key(session, tag, high));
-                for entry in ordered(tags).take(limit) {
+        // The records in order, from the narrowest index: a namespace's
+        // (a tag then filters), a tag's, or the session's range itself.
+        let record_at = |k: &[u8], seq: Option<u64>| -> Result<Option<IVec>> {
+            let seq = seq.ok_or_else(|| StorageError::corrupt(format!("bad index key {k:?}")))?;
+            Ok(checkpoints.get(keys::checkpoint_key(session, seq))?)
+        };
+        let records: Box<dyn Iterator<Item = Result<Option<IVec>>>> = match (&q.namespace, &q.tag) {
+            (Some(namespace), _) => {
+                let range = keys::namespace_key(session, namespace, low)..=keys::namespace_key(session, namespace, high);
+                Box::new(ordered(self.tree(TreeId::Namespaces).range(range)).map(move |entry| {
                     let (k, _) = entry?;
-                    let seq = keys::tag_key_sequence(&k).ok_or_else(|| StorageError::corrupt("bad tag index entry"))?;
-                    // An index entry without its record would be corruption;
-                    // `verify` reports it, listing skips it.
-                    if let Some(bytes) = checkpoints.get(keys::checkpoint_key(session, seq))?
-                        && !push(&bytes)?
-                    {
-                        break;
-                    }
-                }
+                    record_at(&k, keys::namespace_key_sequence(&k))
+                }))
             }
+            (None, Some(tag)) => {
+                let range = keys::tag_key(session, tag, low)..=keys::tag_key(session, tag, high);
+                Box::new(ordered(self.tree(TreeId::Tags).range(range)).map(move |entry| {
+                    let (k, _) = entry?;
+                    record_at(&k, keys::tag_key_sequence(&k))
+                }))
+            }
+            (None, None) => Box::new(
+                ordered(checkpoints.range(keys::session_checkpoints(session, low..=high))).map(|e| Ok(Some(e?.1))),
+            ),
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut text_bytes = 0;
+        for record in records {
+            if out.len() >= limit || text_bytes >= MAX_PAGE_BYTES {
+                break;
+            }
+            // An index entry without its record would be corruption;
+            // `verify` reports it, listing skips it.
+            let Some(bytes) = record? else { continue };
+            let rec = decode_checkpoint(&bytes)?;
+            if q.tag.as_ref().is_some_and(|t| !rec.tags.contains(t)) {
+                continue;
+            }
+            text_bytes += rec.message.len() + rec.tags.iter().map(String::len).sum::<usize>();
+            out.push(self.summary(&rec)?);
         }
         Ok(out)
     }

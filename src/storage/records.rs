@@ -81,12 +81,15 @@ pub struct SessionRecord {
     pub retention: Option<RetentionPolicy>,
     pub checkpoint_count: u64,
     pub last_sequence: Option<u64>,
+    /// Since format 2.
+    pub key: Option<String>,
 }
 
 impl SessionRecord {
     pub fn to_model(&self) -> Result<Session> {
         Ok(Session {
             id: self.id,
+            key: self.key.clone(),
             name: self.name.clone(),
             created_at: from_micros(self.created_at),
             metadata: raw_json(self.metadata.clone(), "session metadata")?,
@@ -111,6 +114,10 @@ pub struct CheckpointRecord {
     /// CRC-32 of the state bytes in the `states` tree, so a flipped byte
     /// there is caught too.
     pub state_crc: u32,
+    /// Since format 2.
+    pub namespace: String,
+    /// Since format 2.
+    pub external_id: Option<String>,
 }
 
 impl CheckpointRecord {
@@ -118,6 +125,8 @@ impl CheckpointRecord {
         CheckpointSummary {
             id: self.id,
             session_id: self.session_id,
+            namespace: self.namespace.clone(),
+            external_id: self.external_id.clone(),
             sequence_number: self.sequence_number,
             timestamp: from_micros(self.timestamp),
             message: self.message.clone(),

@@ -204,6 +204,10 @@ impl Backend for Store {
         self.write(|c, _| writes::create_session(c, name, &metadata)).await
     }
 
+    async fn open_session(&self, key: String, name: String, metadata: Box<RawValue>) -> Result<(Session, bool)> {
+        self.write(|c, r| writes::open_session(c, r, key, name, &metadata)).await
+    }
+
     async fn delete_session(&self, id: SessionId) -> Result<u64> {
         // In several changes when the session is large (see
         // `writes::delete_session_step`); acknowledged with the last.
@@ -253,12 +257,40 @@ impl Backend for Store {
         self.settled(self.read.session(id)).await
     }
 
-    async fn list_sessions(&self, after: Option<SessionId>, limit: usize) -> Result<Vec<Session>> {
-        self.settled(self.read.list_sessions(after, limit)).await
+    async fn session_by_key(&self, key: &str) -> Result<Session> {
+        let found = self.read.session_by_key(key).and_then(|id| match id {
+            Some(id) => self.read.session(id),
+            None => Err(StorageError::NotFound(format!("no session has key {key:?}"))),
+        });
+        self.settled(found).await
+    }
+
+    async fn list_sessions(
+        &self,
+        after: Option<SessionId>,
+        key_prefix: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Session>> {
+        self.settled(self.read.list_sessions(after, key_prefix, limit)).await
     }
 
     async fn checkpoint(&self, id: CheckpointId) -> Result<Checkpoint> {
         self.settled(self.read.checkpoint(id)).await
+    }
+
+    async fn checkpoint_in(&self, session: SessionId, namespace: &str, external: Option<&str>) -> Result<Checkpoint> {
+        let found = match external {
+            Some(external) => self.read.checkpoint_by_external_id(session, namespace, external),
+            None => self.read.latest_in(session, namespace),
+        };
+        let found = found.and_then(|summary| match summary {
+            Some(summary) => self.read.checkpoint(summary.id),
+            None => Err(StorageError::NotFound(match external {
+                Some(external) => format!("checkpoint {external:?} not found in namespace {namespace:?} of session {session}"),
+                None => format!("no checkpoint in namespace {namespace:?} of session {session}"),
+            })),
+        });
+        self.settled(found).await
     }
 
     async fn list_checkpoints(&self, session: SessionId, q: &ListQuery, max: usize) -> Result<Vec<CheckpointSummary>> {

@@ -128,6 +128,23 @@ impl Verify<'_> {
         for id in sessions.keys().filter(|id| !ordered.contains(id)) {
             v.problem(format!("session {id} is missing from session_order"));
         }
+        for (id, rec) in &sessions {
+            if let Some(key) = &rec.key
+                && self.read.session_by_key(key)? != Some(*id)
+            {
+                v.problem(format!("session_keys: key {key:?} of session {id} does not name it"));
+            }
+        }
+        for entry in self.tree(TreeId::SessionKeys).iter() {
+            let (k, id) = entry?;
+            let Some(id) = keys::decode_session_key(&id) else {
+                v.problem(format!("session_keys: undecodable entry {k:?}"));
+                continue;
+            };
+            if sessions.get(&id).and_then(|rec| rec.key.as_deref()).map(str::as_bytes) != Some(&k[..]) {
+                v.problem(format!("session_keys: {:?} names session {id}, whose key it is not", String::from_utf8_lossy(&k)));
+            }
+        }
         Ok(sessions)
     }
 
@@ -194,6 +211,15 @@ impl Verify<'_> {
                     v.problem(format!("tags: {tag:?} of checkpoint {id} is missing"));
                 }
             }
+            if !self.tree(TreeId::Namespaces).contains_key(keys::namespace_key(session, &rec.namespace, seq))? {
+                v.problem(format!("namespaces: checkpoint {id} (namespace {:?}) is missing", rec.namespace));
+            }
+            if let Some(external) = &rec.external_id {
+                match self.read.checkpoint_by_external_id(session, &rec.namespace, external) {
+                    Ok(Some(at)) if at.id == id => {}
+                    _ => v.problem(format!("external_ids: {external:?} of checkpoint {id} does not name it")),
+                }
+            }
             if let Some(parent) = rec.parent_id {
                 found.parents.push((id, parent, session));
             }
@@ -254,6 +280,40 @@ impl Verify<'_> {
             };
             if found.ids.get(&id) != Some(&(session, seq)) {
                 v.problem(format!("sequences: {seq} names checkpoint {id}, which is not stored there"));
+            }
+        }
+        for k in self.tree(TreeId::Namespaces).iter().keys() {
+            let k = k?;
+            let Some((session, namespace, seq)) = keys::decode_namespace_key(&k) else {
+                v.problem(format!("namespaces: undecodable key {k:?}"));
+                continue;
+            };
+            let named = match checkpoints.get(keys::checkpoint_key(session, seq))? {
+                Some(bytes) => decode_checkpoint(&bytes).map(|r| r.namespace == namespace).unwrap_or(true),
+                None => false,
+            };
+            if !named {
+                v.problem(format!("namespaces: {namespace:?} at session {session} sequence {seq} has no such checkpoint"));
+            }
+        }
+        for entry in self.tree(TreeId::ExternalIds).iter() {
+            let (k, at) = entry?;
+            let (Some((session, namespace, external)), Some(seq)) =
+                (keys::decode_external_id_key(&k), keys::decode_external_id_value(&at))
+            else {
+                v.problem(format!("external_ids: undecodable entry {k:?}"));
+                continue;
+            };
+            let named = match checkpoints.get(keys::checkpoint_key(session, seq))? {
+                Some(bytes) => decode_checkpoint(&bytes)
+                    .map(|r| r.namespace == namespace && r.external_id.as_deref() == Some(external.as_str()))
+                    .unwrap_or(true),
+                None => false,
+            };
+            if !named {
+                v.problem(format!(
+                    "external_ids: {external:?} in namespace {namespace:?} of session {session} names sequence {seq}, which is not it"
+                ));
             }
         }
         for k in self.tree(TreeId::Tags).iter().keys() {

@@ -25,10 +25,13 @@ pub(crate) fn put_session(c: &mut Change, rec: &SessionRecord) {
     c.put(TreeId::Sessions, keys::session_key(rec.id), codec::encode(rec));
 }
 
-/// Stores a session record and its place in creation order.
+/// Stores a session record, its place in creation order and its key.
 pub(crate) fn store_session(c: &mut Change, rec: &SessionRecord) {
     put_session(c, rec);
     c.put(TreeId::SessionOrder, keys::ordinal_key(rec.ordinal), keys::session_key(rec.id));
+    if let Some(key) = &rec.key {
+        c.put(TreeId::SessionKeys, keys::session_key_key(key), keys::session_key(rec.id));
+    }
 }
 
 /// Stores a checkpoint's record, state and every index entry of it.
@@ -40,6 +43,11 @@ pub(crate) fn store_checkpoint(c: &mut Change, rec: &CheckpointRecord, state: &R
     c.put(TreeId::Sequences, keys::sequence_key(rec.sequence_number), keys::sequence_value(rec.session_id, rec.id));
     for tag in &rec.tags {
         c.put(TreeId::Tags, keys::tag_key(rec.session_id, tag, rec.sequence_number), []);
+    }
+    c.put(TreeId::Namespaces, keys::namespace_key(rec.session_id, &rec.namespace, rec.sequence_number), []);
+    if let Some(external) = &rec.external_id {
+        let key = keys::external_id_key(rec.session_id, &rec.namespace, external);
+        c.put(TreeId::ExternalIds, key, keys::external_id_value(rec.sequence_number));
     }
 }
 
@@ -57,6 +65,10 @@ pub(crate) fn remove_checkpoint(c: &mut Change, r: &Reader, rec: &CheckpointReco
     for tag in &rec.tags {
         c.del(TreeId::Tags, keys::tag_key(rec.session_id, tag, rec.sequence_number));
     }
+    c.del(TreeId::Namespaces, keys::namespace_key(rec.session_id, &rec.namespace, rec.sequence_number));
+    if let Some(external) = &rec.external_id {
+        c.del(TreeId::ExternalIds, keys::external_id_key(rec.session_id, &rec.namespace, external));
+    }
     for index in r.annotation_indexes(rec.id)? {
         c.del(TreeId::Annotations, keys::annotation_key(rec.id, index));
     }
@@ -68,6 +80,26 @@ pub(crate) fn remove_checkpoint(c: &mut Change, r: &Reader, rec: &CheckpointReco
 // ----- sessions ---------------------------------------------------------------
 
 pub(crate) fn create_session(c: &mut Change, name: String, metadata: &RawValue) -> Result<Session> {
+    new_session(c, None, name, metadata)
+}
+
+/// The session with client key `key`, created (with `name` and
+/// `metadata`) when there is none; and whether it was created. Two clients
+/// racing for one key get the same session: writes are serialised.
+pub(crate) fn open_session(
+    c: &mut Change,
+    r: &Reader,
+    key: String,
+    name: String,
+    metadata: &RawValue,
+) -> Result<(Session, bool)> {
+    if let Some(id) = r.session_by_key(&key)? {
+        return Ok((r.session(id)?, false));
+    }
+    Ok((new_session(c, Some(key), name, metadata)?, true))
+}
+
+fn new_session(c: &mut Change, key: Option<String>, name: String, metadata: &RawValue) -> Result<Session> {
     c.counters.sessions_created += 1;
     c.counters.active_sessions += 1;
     let rec = SessionRecord {
@@ -79,6 +111,7 @@ pub(crate) fn create_session(c: &mut Change, name: String, metadata: &RawValue) 
         retention: None,
         checkpoint_count: 0,
         last_sequence: None,
+        key,
     };
     store_session(c, &rec);
     rec.to_model()
@@ -110,6 +143,9 @@ pub(crate) fn delete_session_step(
     }
     c.del(TreeId::Sessions, keys::session_key(id));
     c.del(TreeId::SessionOrder, keys::ordinal_key(rec.ordinal));
+    if let Some(key) = &rec.key {
+        c.del(TreeId::SessionKeys, keys::session_key_key(key));
+    }
     c.counters.active_sessions = c.counters.active_sessions.saturating_sub(1);
     c.event(id, EventKind::SessionDeleted { removed: removed_before + chunk });
     Ok((chunk, true))
@@ -131,14 +167,35 @@ pub(crate) fn set_retention(
 
 /// Stores a checkpoint with the next global sequence number, then applies
 /// the session's retention policy (never to the new checkpoint itself). A
-/// parent must belong to the same session.
+/// parent must belong to the same session. A checkpoint whose external id
+/// is already stored in its (session, namespace) is not stored again: the
+/// answer is the stored one, and nothing changes.
 pub(crate) fn put_checkpoint(
     c: &mut Change,
     r: &Reader,
     new: NewCheckpoint,
 ) -> Result<(CheckpointSummary, Option<Compaction>)> {
     let mut session = r.session_record(new.session_id)?;
-    if let Some(parent) = new.parent_id {
+    if let Some(external) = &new.external_id
+        && let Some(stored) = r.checkpoint_by_external_id(new.session_id, &new.namespace, external)?
+    {
+        return Ok((stored, None));
+    }
+    let parent_id = match (&new.parent_id, &new.parent_external_id) {
+        (Some(parent), _) => Some(*parent),
+        (None, Some(external)) => {
+            let parent = r.checkpoint_by_external_id(new.session_id, &new.namespace, external)?;
+            let parent = parent.ok_or_else(|| {
+                StorageError::NotFound(format!(
+                    "parent checkpoint {external:?} not found in namespace {:?} of session {}",
+                    new.namespace, new.session_id
+                ))
+            })?;
+            Some(parent.id)
+        }
+        (None, None) => None,
+    };
+    if let Some(parent) = parent_id {
         let (owner, _) = r.locate(parent)?;
         if owner != new.session_id {
             return Err(StorageError::Conflict(format!("parent checkpoint {parent} belongs to another session")));
@@ -157,8 +214,10 @@ pub(crate) fn put_checkpoint(
         tags: new.tags,
         trigger: new.trigger,
         metadata: new.metadata.map_or_else(|| b"{}".to_vec(), |m| m.get().as_bytes().to_vec()),
-        parent_id: new.parent_id,
+        parent_id,
         state_crc: crc32fast::hash(state.get().as_bytes()),
+        namespace: new.namespace,
+        external_id: new.external_id,
     };
     store_checkpoint(c, &rec, &state);
     session.checkpoint_count += 1;
