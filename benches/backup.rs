@@ -50,6 +50,9 @@ fn main() {
                 state: Some(raw(&format!("{{\"n\":{n},\"f\":\"{filler}\"}}"))),
                 metadata: None,
                 parent_id: None,
+                namespace: String::new(),
+                external_id: None,
+                parent_external_id: None,
             };
             store.put_checkpoint(new).await.expect("fill");
         }

@@ -134,6 +134,9 @@ fn populate(dir: &Path, big: u64, small: u64) -> Populated {
                     state: Some(state.clone()),
                     metadata: None,
                     parent_id: None,
+                    namespace: String::new(),
+                    external_id: None,
+                    parent_external_id: None,
                 };
                 store.put_checkpoint(new).await.expect("put");
                 if (i + 1) % 100_000 == 0 {
@@ -208,7 +211,7 @@ fn open_child() {
     let after_open = status_kb("self", "VmRSS").unwrap_or(0);
     let hwm_open = status_kb("self", "VmHWM").unwrap_or(0);
     let start = Instant::now();
-    if let Some(session) = store.reader().list_sessions(None, 1).expect("list sessions").first() {
+    if let Some(session) = store.reader().list_sessions(None, None, 1).expect("list sessions").first() {
         let q = ListQuery { limit: Some(PAGE), ..ListQuery::default() };
         store.reader().list_checkpoints(session.id, &q, MAX_PAGE).expect("list");
     }

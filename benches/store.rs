@@ -99,6 +99,9 @@ impl Fixture {
             state: Some(self.state.clone()),
             metadata: None,
             parent_id: None,
+            namespace: String::new(),
+            external_id: None,
+            parent_external_id: None,
         }
     }
 

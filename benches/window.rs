@@ -49,6 +49,9 @@ fn main() {
                         state: Some(state(size, n)),
                         metadata: None,
                         parent_id: None,
+                        namespace: String::new(),
+                        external_id: None,
+                        parent_external_id: None,
                     };
                     store.put_checkpoint(new).await.expect("write");
                     n += 1;

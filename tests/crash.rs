@@ -69,6 +69,9 @@ async fn crash_child() {
                         state: Some(RawValue::from_string(state_for(round, w, i)).unwrap()),
                         metadata: None,
                         parent_id: parent,
+                        namespace: String::new(),
+                        external_id: None,
+                        parent_external_id: None,
                     })
                     .await
                     .unwrap();
@@ -206,7 +209,7 @@ fn check_consistent(store: &Store) {
     assert_eq!(m.total_checkpoints, all.len() as u64, "checkpoint counter agrees with the records");
     assert_eq!(v.valid, all.len() as u64);
     assert!(all.last().is_none_or(|c| c.sequence_number <= m.global_sequence));
-    let sessions = block(store.list_sessions(None, usize::MAX)).unwrap();
+    let sessions = block(store.list_sessions(None, None, usize::MAX)).unwrap();
     assert_eq!(m.active_sessions, sessions.len() as u64);
     let mut per_session: HashMap<SessionId, Vec<u64>> = HashMap::new();
     for c in &all {

@@ -56,7 +56,7 @@ fn every_command_reads_without_changing_a_byte() {
     let out = |args: &str| &outputs.iter().find(|(a, _)| a == args).unwrap_or_else(|| panic!("{args}")).1;
 
     let summary = &json_lines(out("--json summary"))[0];
-    assert_eq!(summary["format_version"], 1);
+    assert_eq!(summary["format_version"], checkpointd::storage::migrate::CURRENT_FORMAT);
     assert_eq!(
         (&summary["sessions"], &summary["checkpoints"], &summary["annotations"], &summary["events"]),
         (&json!(2), &json!(3), &json!(3), &json!(11))

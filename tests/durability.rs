@@ -43,6 +43,9 @@ async fn restart_keeps_everything() {
             state: Some(raw(state1)),
             metadata: Some(raw(r#"{"step": 1, "host": null}"#)),
             parent_id: None,
+            namespace: String::new(),
+            external_id: None,
+            parent_external_id: None,
         })
         .await
         .unwrap();
@@ -55,6 +58,9 @@ async fn restart_keeps_everything() {
             state: Some(raw(r#""just a string with \n newline""#)),
             metadata: None,
             parent_id: Some(c1.id),
+            namespace: String::new(),
+            external_id: None,
+            parent_external_id: None,
         })
         .await
         .unwrap();
@@ -67,6 +73,9 @@ async fn restart_keeps_everything() {
             state: None,
             metadata: None,
             parent_id: None,
+            namespace: String::new(),
+            external_id: None,
+            parent_external_id: None,
         })
         .await
         .unwrap();

@@ -39,6 +39,9 @@ fn next_checkpoint(dir: &Path, session: SessionId) -> u64 {
             state: None,
             metadata: None,
             parent_id: None,
+            namespace: String::new(),
+            external_id: None,
+            parent_external_id: None,
         };
         let seq = svc.checkpoint(new).await.unwrap().sequence_number;
         svc.close();

@@ -258,7 +258,7 @@ proptest! {
             other => prop_assert!(false, "delete_checkpoint: {other:?}"),
         }
         match parse("list_sessions", json!({"limit": keep_recent, "after": session.to_string()})) {
-            Ok(Command::ListSessions { limit, after }) => {
+            Ok(Command::ListSessions { limit, after, key_prefix: None }) => {
                 prop_assert_eq!(limit.map(|l| l as u64), Some(keep_recent));
                 prop_assert_eq!(after.map(|s| s.0), Some(session));
             }
@@ -349,9 +349,10 @@ fn session_record() -> impl Strategy<Value = SessionRecord> {
         prop::option::of(retention()),
         any::<u64>(),
         prop::option::of(any::<u64>()),
+        prop::option::of(any::<String>()),
     )
-        .prop_map(|(id, ordinal, name, created_at, metadata, retention, checkpoint_count, last_sequence)| {
-            SessionRecord { id, ordinal, name, created_at, metadata, retention, checkpoint_count, last_sequence }
+        .prop_map(|(id, ordinal, name, created_at, metadata, retention, checkpoint_count, last_sequence, key)| {
+            SessionRecord { id, ordinal, name, created_at, metadata, retention, checkpoint_count, last_sequence, key }
         })
 }
 
@@ -360,12 +361,14 @@ fn checkpoint_record() -> impl Strategy<Value = CheckpointRecord> {
         (checkpoint_id(), session_id(), any::<u64>(), any::<i64>()),
         (any::<String>(), prop::collection::vec(any::<String>(), 0..5), trigger()),
         (any::<Vec<u8>>(), prop::option::of(checkpoint_id()), any::<u32>()),
+        (any::<String>(), prop::option::of(any::<String>())),
     )
         .prop_map(
             |(
                 (id, session_id, sequence_number, timestamp),
                 (message, tags, trigger),
                 (metadata, parent_id, state_crc),
+                (namespace, external_id),
             )| {
                 CheckpointRecord {
                     id,
@@ -378,6 +381,8 @@ fn checkpoint_record() -> impl Strategy<Value = CheckpointRecord> {
                     metadata,
                     parent_id,
                     state_crc,
+                    namespace,
+                    external_id,
                 }
             },
         )

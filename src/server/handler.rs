@@ -166,7 +166,11 @@ impl Handler {
                 render_ok(id, reply::retention(service.set_retention(session_id, policy).await?.as_ref()))
             }
             Command::ListSessions { limit, after, key_prefix } => {
-                render_ok(id, reply::sessions(&service.list_sessions(after, key_prefix.as_deref(), limit).await?))
+                let sessions = match key_prefix {
+                    Some(prefix) => service.list_sessions_by_key(&prefix, after, limit).await?,
+                    None => service.list_sessions(after, limit).await?,
+                };
+                render_ok(id, reply::sessions(&sessions))
             }
             Command::GetSession { session_id } => {
                 render_ok(id, reply::session(&service.get_session(session_id).await?, true))

@@ -90,16 +90,20 @@ impl Service {
         Ok(self.store.session_by_key(key).await?)
     }
 
-    pub async fn list_sessions(
+    pub async fn list_sessions(&self, after: Option<SessionId>, limit: Option<usize>) -> Result<Vec<Session>> {
+        Ok(self.store.list_sessions(after, None, limit.unwrap_or(MAX_PAGE).min(MAX_PAGE)).await?)
+    }
+
+    /// Sessions whose client key starts with `prefix`, in key order, after
+    /// session `after`.
+    pub async fn list_sessions_by_key(
         &self,
+        prefix: &str,
         after: Option<SessionId>,
-        key_prefix: Option<&str>,
         limit: Option<usize>,
     ) -> Result<Vec<Session>> {
-        if let Some(prefix) = key_prefix {
-            check_key("key_prefix", prefix, true)?;
-        }
-        Ok(self.store.list_sessions(after, key_prefix, limit.unwrap_or(MAX_PAGE).min(MAX_PAGE)).await?)
+        check_key("key_prefix", prefix, true)?;
+        Ok(self.store.list_sessions(after, Some(prefix), limit.unwrap_or(MAX_PAGE).min(MAX_PAGE)).await?)
     }
 
     pub async fn delete_session(&self, id: SessionId) -> Result<u64> {

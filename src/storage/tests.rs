@@ -54,6 +54,9 @@ async fn open_completes_a_change_cut_short() {
         state: Some(state),
         metadata: None,
         parent_id: None,
+        namespace: String::new(),
+        external_id: None,
+        parent_external_id: None,
     };
     let (created, _) = store.put_checkpoint(new).await.unwrap();
     let intent = store.trees().get(TreeId::Meta).get(keys::META_INTENT).unwrap().unwrap();
@@ -174,6 +177,9 @@ async fn deleting_a_large_session_leaves_nothing() {
         state: None,
         metadata: None,
         parent_id: None,
+        namespace: String::new(),
+        external_id: None,
+        parent_external_id: None,
     };
     for _ in 0..n {
         store.put_checkpoint(new(big)).await.unwrap();

@@ -50,6 +50,9 @@ pub fn populate(dir: &Path) -> Populated {
             state: state.map(raw),
             metadata: Some(raw(r#"{"host":"fixture","attempt":1}"#)),
             parent_id,
+            namespace: String::new(),
+            external_id: None,
+            parent_external_id: None,
         };
         let agent = svc.create_session(Some("agent-a".into()), Some(raw(r#"{"owner":"ops","n":1}"#))).await.unwrap();
         let batch = svc.create_session(Some("batch-b".into()), None).await.unwrap();

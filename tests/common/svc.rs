@@ -39,6 +39,9 @@ pub fn new_cp(session: SessionId, message: &str, tags: &[&str]) -> NewCheckpoint
         state: Some(raw(&format!(r#"{{"message":{}}}"#, serde_json::to_string(message).unwrap()))),
         metadata: None,
         parent_id: None,
+        namespace: String::new(),
+        external_id: None,
+        parent_external_id: None,
     }
 }
 
