@@ -2,7 +2,8 @@
 //! checkpoints (the LangGraph checkpointer's needs, issue 10).
 //!
 //! A session record gains `key` (none for every existing session), and a
-//! checkpoint record `namespace` (`""`) and `external_id` (none). Records
+//! checkpoint record `namespace` (`""`), `external_id` and
+//! `parent_external_id` (none). The new `writes` tree starts empty. Records
 //! are positional (bincode), so every one is rewritten. Every checkpoint
 //! also gets its entry in the new `namespaces` index; the new
 //! `session_keys` and `external_ids` indexes start empty.
@@ -80,6 +81,7 @@ fn run(w: &mut StepWrite<'_>) -> Result<()> {
             c.parent_id,
             c.state_crc,
             String::new(),
+            None::<String>,
             None::<String>,
         )))?;
         w.put("namespaces", index, [])?;

@@ -347,6 +347,10 @@ fn event_row(e: &JournalEvent) -> Vec<String> {
         }
         EventKind::CheckpointsCompacted { removed, remaining } => (None, None, Some(*removed), Some(*remaining)),
         EventKind::SessionDeleted { removed } => (None, None, Some(*removed), None),
+        EventKind::WritesStored { external_id, stored, .. } => (Some(external_id.clone()), None, None, Some(*stored)),
+        EventKind::SessionCopied { source_session_id, copied } => {
+            (Some(source_session_id.to_string()), None, None, Some(*copied))
+        }
     };
     vec![
         e.seq.to_string(),

@@ -179,6 +179,8 @@ pub struct CheckpointSummary {
     pub tags: Vec<String>,
     pub trigger: Trigger,
     pub parent_id: Option<CheckpointId>,
+    /// The parent's external id, when it has one.
+    pub parent_external_id: Option<String>,
     pub has_notes: bool,
 }
 
@@ -306,6 +308,10 @@ pub enum EventKind {
     CheckpointDeleted { checkpoint_id: CheckpointId, sequence_number: u64 },
     CheckpointsCompacted { removed: u64, remaining: u64 },
     SessionDeleted { removed: u64 },
+    /// Since format 2.
+    WritesStored { namespace: String, external_id: String, task_id: String, stored: u64 },
+    /// Since format 2: the session received a copy of another.
+    SessionCopied { source_session_id: SessionId, copied: u64 },
 }
 
 impl EventKind {
@@ -316,6 +322,8 @@ impl EventKind {
             EventKind::CheckpointDeleted { .. } => "checkpoint_deleted",
             EventKind::CheckpointsCompacted { .. } => "checkpoints_compacted",
             EventKind::SessionDeleted { .. } => "session_deleted",
+            EventKind::WritesStored { .. } => "writes_stored",
+            EventKind::SessionCopied { .. } => "session_copied",
         }
     }
 }

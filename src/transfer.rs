@@ -93,6 +93,9 @@ struct CheckpointLine {
     /// Since format 2; absent when the checkpoint has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     external_id: Option<String>,
+    /// Since format 2; absent when the parent has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parent_external_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -192,6 +195,7 @@ pub fn export(ins: &Inspector, out: &mut dyn Write) -> Result<ImportCounts> {
                     state_text,
                     namespace: c.namespace,
                     external_id: c.external_id,
+                    parent_external_id: c.parent_external_id,
                 },
             )?;
             counts.checkpoints += 1;
@@ -303,6 +307,7 @@ pub async fn import(store: &Store, input: impl BufRead) -> Result<ImportCounts> 
                     state: join_raw(c.state, c.state_text, "state").map_err(at)?,
                     namespace: c.namespace,
                     external_id: c.external_id,
+                    parent_external_id: c.parent_external_id,
                 });
             }
             "annotation" => {
@@ -466,6 +471,7 @@ pub async fn import_forge(store: &Store, text: &str, keep_state: bool) -> Result
             state: if keep_state { c.state } else { json_null() },
             namespace: String::new(),
             external_id: None,
+            parent_external_id: None,
         });
     }
     let mut batch = ImportBatch { global_seq_floor: export.global_sequence, ..ImportBatch::default() };

@@ -64,6 +64,8 @@ pub struct SummaryView<'a> {
     namespace: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     external_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_external_id: Option<&'a str>,
 }
 
 impl<'a> From<&'a CheckpointSummary> for SummaryView<'a> {
@@ -80,6 +82,7 @@ impl<'a> From<&'a CheckpointSummary> for SummaryView<'a> {
             parent_id: s.parent_id.map(|p| p.to_string()),
             namespace: &s.namespace,
             external_id: s.external_id.as_deref(),
+            parent_external_id: s.parent_external_id.as_deref(),
         }
     }
 }
@@ -334,7 +337,7 @@ struct EventView<'a, D: Serialize> {
 }
 
 #[derive(Serialize)]
-struct EventData {
+struct EventData<'a> {
     session_id: String,
     timestamp: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -345,6 +348,18 @@ struct EventData {
     removed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     remaining: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stored: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_session_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    copied: Option<u64>,
 }
 
 /// A journal event as pushed to subscribers.
@@ -356,6 +371,12 @@ pub fn render_event(e: &JournalEvent) -> String {
         sequence_number: None,
         removed: None,
         remaining: None,
+        namespace: None,
+        external_id: None,
+        task_id: None,
+        stored: None,
+        source_session_id: None,
+        copied: None,
     };
     match &e.kind {
         EventKind::CheckpointCreated { checkpoint_id, sequence_number }
@@ -369,6 +390,16 @@ pub fn render_event(e: &JournalEvent) -> String {
             data.remaining = Some(*remaining);
         }
         EventKind::SessionDeleted { removed } => data.removed = Some(*removed),
+        EventKind::WritesStored { namespace, external_id, task_id, stored } => {
+            data.namespace = Some(namespace);
+            data.external_id = Some(external_id);
+            data.task_id = Some(task_id);
+            data.stored = Some(*stored);
+        }
+        EventKind::SessionCopied { source_session_id, copied } => {
+            data.source_session_id = Some(source_session_id.to_string());
+            data.copied = Some(*copied);
+        }
     }
     serde_json::to_string(&EventView { event_type: e.kind.name(), data, seq: e.seq }).expect("events serialise")
 }

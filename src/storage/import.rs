@@ -50,6 +50,8 @@ pub struct ImportCheckpoint {
     pub namespace: String,
     /// The client's id for it, unique within (session, namespace).
     pub external_id: Option<String>,
+    /// The parent's external id, when it has one.
+    pub parent_external_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +197,7 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
             state_crc: crc32fast::hash(cp.state.get().as_bytes()),
             namespace: cp.namespace,
             external_id: cp.external_id,
+            parent_external_id: cp.parent_external_id,
         };
         writes::store_checkpoint(c, &rec, &cp.state);
         new_ids.insert(id, rec.session_id);

@@ -17,8 +17,9 @@
 //! | `session_keys`  | client key                               | session id (16)                |
 //! | `namespaces`    | session id (16) · namespace len (2) · namespace · sequence (8) | empty    |
 //! | `external_ids`  | session id (16) · namespace len (2) · namespace · external id | sequence (8) |
+//! | `writes`        | session id (16) · namespace len (2) · namespace · external id len (2) · external id · task id len (2) · task id · idx (4, sign bit flipped) | write record |
 //!
-//! Format 2 added the last three (format 1 directories are migrated: every
+//! Format 2 added the last four (format 1 directories are migrated: every
 //! checkpoint there is in namespace `""`, without an external id).
 //!
 //! [`Counters`]: super::records::Counters
@@ -42,9 +43,10 @@ pub enum TreeId {
     SessionKeys,
     Namespaces,
     ExternalIds,
+    Writes,
 }
 
-pub const TREE_COUNT: usize = 13;
+pub const TREE_COUNT: usize = 14;
 
 impl TreeId {
     /// Trees holding records that index entries point at.
@@ -67,6 +69,7 @@ pub const TREE_NAMES: [&str; TREE_COUNT] = [
     "session_keys",
     "namespaces",
     "external_ids",
+    "writes",
 ];
 
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
@@ -302,4 +305,57 @@ pub fn decode_annotation_key(k: &[u8]) -> Option<(CheckpointId, u32)> {
     }
     let id = uuid::Uuid::from_slice(&k[..16]).ok()?;
     Some((CheckpointId(id), annotation_index(k)?))
+}
+
+/// Prefix of every `writes` key of one checkpoint (session, namespace,
+/// external id); the session id alone prefixes all of a session's.
+pub fn writes_prefix(session: SessionId, namespace: &str, external_id: &str) -> Vec<u8> {
+    let mut k = session_text_prefix(session, namespace);
+    push_text(&mut k, external_id);
+    k
+}
+
+/// `writes` key.
+pub fn write_key(session: SessionId, namespace: &str, external_id: &str, task_id: &str, idx: i32) -> Vec<u8> {
+    let mut k = writes_prefix(session, namespace, external_id);
+    push_text(&mut k, task_id);
+    // Sign bit flipped: byte order is numeric order, negatives first.
+    k.extend_from_slice(&((idx as u32) ^ 0x8000_0000).to_be_bytes());
+    k
+}
+
+fn push_text(k: &mut Vec<u8>, text: &str) {
+    let len = u16::try_from(text.len()).expect("ids are shorter than 64 KiB");
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(text.as_bytes());
+}
+
+/// The parts of a `writes` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteKey {
+    pub session: SessionId,
+    pub namespace: String,
+    pub external_id: String,
+    pub task_id: String,
+    pub idx: i32,
+}
+
+/// Splits a `writes` key.
+pub fn decode_write_key(k: &[u8]) -> Option<WriteKey> {
+    fn text<'a>(k: &'a [u8], at: &mut usize) -> Option<&'a str> {
+        let len = usize::from(u16::from_be_bytes(k.get(*at..*at + 2)?.try_into().ok()?));
+        let s = std::str::from_utf8(k.get(*at + 2..*at + 2 + len)?).ok()?;
+        *at += 2 + len;
+        Some(s)
+    }
+    let session = SessionId(uuid::Uuid::from_slice(k.get(..16)?).ok()?);
+    let mut at = 16;
+    let namespace = text(k, &mut at)?.to_string();
+    let external_id = text(k, &mut at)?.to_string();
+    let task_id = text(k, &mut at)?.to_string();
+    if k.len() != at + 4 {
+        return None;
+    }
+    let idx = (u32::from_be_bytes(k[at..].try_into().ok()?) ^ 0x8000_0000) as i32;
+    Some(WriteKey { session, namespace, external_id, task_id, idx })
 }

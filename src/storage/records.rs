@@ -118,6 +118,8 @@ pub struct CheckpointRecord {
     pub namespace: String,
     /// Since format 2.
     pub external_id: Option<String>,
+    /// The parent's external id, when it has one. Since format 2.
+    pub parent_external_id: Option<String>,
 }
 
 impl CheckpointRecord {
@@ -133,6 +135,7 @@ impl CheckpointRecord {
             tags: self.tags.clone(),
             trigger: self.trigger.clone(),
             parent_id: self.parent_id,
+            parent_external_id: self.parent_external_id.clone(),
             has_notes,
         }
     }
@@ -149,6 +152,16 @@ impl AnnotationRecord {
     pub fn to_model(&self) -> Annotation {
         Annotation { note: self.note.clone(), severity: self.severity, timestamp: from_micros(self.timestamp) }
     }
+}
+
+/// One pending write (`writes` tree); its key holds the session,
+/// namespace, checkpoint external id, task id and idx. Since format 2.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteRecord {
+    pub task_path: String,
+    pub channel: String,
+    /// The client's JSON, exactly as sent.
+    pub value: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

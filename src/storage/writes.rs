@@ -181,8 +181,14 @@ pub(crate) fn put_checkpoint(
     {
         return Ok((stored, None));
     }
-    let parent_id = match (&new.parent_id, &new.parent_external_id) {
-        (Some(parent), _) => Some(*parent),
+    let parent = match (&new.parent_id, &new.parent_external_id) {
+        (Some(parent), _) => {
+            let (rec, _) = r.checkpoint_record(*parent)?;
+            if rec.session_id != new.session_id {
+                return Err(StorageError::Conflict(format!("parent checkpoint {parent} belongs to another session")));
+            }
+            Some((rec.id, rec.external_id))
+        }
         (None, Some(external)) => {
             let parent = r.checkpoint_by_external_id(new.session_id, &new.namespace, external)?;
             let parent = parent.ok_or_else(|| {
@@ -191,16 +197,11 @@ pub(crate) fn put_checkpoint(
                     new.namespace, new.session_id
                 ))
             })?;
-            Some(parent.id)
+            Some((parent.id, parent.external_id))
         }
         (None, None) => None,
     };
-    if let Some(parent) = parent_id {
-        let (owner, _) = r.locate(parent)?;
-        if owner != new.session_id {
-            return Err(StorageError::Conflict(format!("parent checkpoint {parent} belongs to another session")));
-        }
-    }
+    let (parent_id, parent_external_id) = parent.unzip();
     c.counters.global_seq += 1;
     c.counters.checkpoints += 1;
     let seq = c.counters.global_seq;
@@ -218,6 +219,7 @@ pub(crate) fn put_checkpoint(
         state_crc: crc32fast::hash(state.get().as_bytes()),
         namespace: new.namespace,
         external_id: new.external_id,
+        parent_external_id: parent_external_id.flatten(),
     };
     store_checkpoint(c, &rec, &state);
     session.checkpoint_count += 1;
