@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import WebSocketException
@@ -19,9 +19,12 @@ from .models import (
     Checkpoint,
     CheckpointSummary,
     Compaction,
+    CopiedSession,
+    DeletedCheckpoints,
     Event,
     Health,
     Metrics,
+    OpenedSession,
     Restored,
     RetentionPolicy,
     Session,
@@ -186,39 +189,151 @@ class AsyncClient:
         metadata: dict[str, JSON] | None = None,
         parent_id: str | None = None,
         trigger: str | None = None,
+        namespace: str | None = None,
+        external_id: str | None = None,
+        parent_external_id: str | None = None,
     ) -> str:
         """Stores a checkpoint and returns its id.
 
         ``state`` is any JSON value, stored and returned exactly (``None``
         stores JSON ``null``); ``trigger`` is ``"manual"`` (the default),
-        ``"scheduled"``, ``"auto"`` or ``"auto:<kind>"``.
+        ``"scheduled"``, ``"auto"`` or ``"auto:<kind>"``. ``namespace``
+        (default ``""``) files it under a namespace of the session;
+        ``external_id`` is the caller's id for it, unique within (session,
+        namespace): storing the same external id again stores nothing and
+        returns the stored checkpoint's id. ``parent_external_id`` names the
+        parent by its external id in the same namespace.
         """
         params = _params(
-            session_id=session_id, message=message, tags=tags, metadata=metadata, parent_id=parent_id, trigger=trigger
+            session_id=session_id,
+            message=message,
+            tags=tags,
+            metadata=metadata,
+            parent_id=parent_id,
+            trigger=trigger,
+            namespace=namespace,
+            external_id=external_id,
+            parent_external_id=parent_external_id,
         )
         params["state"] = state
         result: str = await self.call("checkpoint", params)
         return result
+
+    @overload
+    async def list_checkpoints(
+        self,
+        session_id: str,
+        *,
+        limit: int | None = None,
+        after: int | str | None = None,
+        before: int | str | None = None,
+        tag: str | None = None,
+        order: Literal["asc", "desc"] | None = None,
+        namespace: str | None = None,
+        metadata: dict[str, JSON] | None = None,
+        full: Literal[False] = False,
+    ) -> list[CheckpointSummary]: ...
+
+    @overload
+    async def list_checkpoints(
+        self,
+        session_id: str,
+        *,
+        limit: int | None = None,
+        after: int | str | None = None,
+        before: int | str | None = None,
+        tag: str | None = None,
+        order: Literal["asc", "desc"] | None = None,
+        namespace: str | None = None,
+        metadata: dict[str, JSON] | None = None,
+        full: Literal[True],
+    ) -> list[Checkpoint]: ...
 
     async def list_checkpoints(
         self,
         session_id: str,
         *,
         limit: int | None = None,
-        after: int | None = None,
-        before: int | None = None,
+        after: int | str | None = None,
+        before: int | str | None = None,
         tag: str | None = None,
         order: Literal["asc", "desc"] | None = None,
-    ) -> list[CheckpointSummary]:
+        namespace: str | None = None,
+        metadata: dict[str, JSON] | None = None,
+        full: bool = False,
+    ) -> list[CheckpointSummary] | list[Checkpoint]:
         """One page of a session's checkpoints, by sequence number.
 
-        ``after`` / ``before`` are exclusive sequence numbers; page on with
-        ``after`` = the last one (``before`` with ``order="desc"``). A page
-        holds at most ``limit`` (at most 10,000) rows and 4 MiB of messages
-        and tags.
+        ``after`` / ``before`` are exclusive bounds: sequence numbers, or
+        external ids (resolved in ``namespace``, else ``""``). Page on with
+        ``after`` = the last row's ``sequence_number`` (``before`` with
+        ``order="desc"``). ``namespace`` keeps one namespace (default: all);
+        ``metadata`` keeps the checkpoints whose metadata has each of its
+        top-level keys with an equal value. With ``full=True`` the rows are
+        full records (:class:`Checkpoint`, with state and pending writes). A
+        page holds at most ``limit`` (at most 10,000) rows, and ends at 4 MiB
+        of messages and tags (of records, with ``full``).
         """
-        params = _params(session_id=session_id, limit=limit, after=after, before=before, tag=tag, order=order)
-        return [CheckpointSummary.from_wire(row) for row in await self.call("list_checkpoints", params)]
+        params = _params(
+            session_id=session_id,
+            limit=limit,
+            after=after,
+            before=before,
+            tag=tag,
+            order=order,
+            namespace=namespace,
+            metadata=metadata,
+            full=True if full else None,
+        )
+        rows = await self.call("list_checkpoints", params)
+        if full:
+            return [Checkpoint.from_wire(row) for row in rows]
+        return [CheckpointSummary.from_wire(row) for row in rows]
+
+    @overload
+    async def search_checkpoints(
+        self,
+        *,
+        metadata: dict[str, JSON] | None = None,
+        namespace: str | None = None,
+        limit: int | None = None,
+        before: int | None = None,
+        full: Literal[False] = False,
+    ) -> list[CheckpointSummary]: ...
+
+    @overload
+    async def search_checkpoints(
+        self,
+        *,
+        metadata: dict[str, JSON] | None = None,
+        namespace: str | None = None,
+        limit: int | None = None,
+        before: int | None = None,
+        full: Literal[True],
+    ) -> list[Checkpoint]: ...
+
+    async def search_checkpoints(
+        self,
+        *,
+        metadata: dict[str, JSON] | None = None,
+        namespace: str | None = None,
+        limit: int | None = None,
+        before: int | None = None,
+        full: bool = False,
+    ) -> list[CheckpointSummary] | list[Checkpoint]:
+        """One page of the checkpoints of every session, newest first.
+
+        The filters are those of :meth:`list_checkpoints`; ``before`` is a
+        global sequence number (exclusive): page on with the last row's
+        ``sequence_number``.
+        """
+        params = _params(
+            metadata=metadata, namespace=namespace, limit=limit, before=before, full=True if full else None
+        )
+        rows = await self.call("search_checkpoints", params)
+        if full:
+            return [Checkpoint.from_wire(row) for row in rows]
+        return [CheckpointSummary.from_wire(row) for row in rows]
 
     def subscribe(self, session_id: str, *, since: int | None = None) -> Subscription:
         """The session's events, as an async iterator; see :class:`Subscription`.
@@ -233,9 +348,55 @@ class AsyncClient:
         """Server-wide counters."""
         return Metrics.from_wire(await self.call("metrics"))
 
-    async def get_checkpoint(self, checkpoint_id: str) -> Checkpoint:
-        """The full record of a checkpoint: state, metadata and annotations."""
-        return Checkpoint.from_wire(await self.call("get_checkpoint", {"checkpoint_id": checkpoint_id}))
+    async def get_checkpoint(
+        self,
+        checkpoint_id: str | None = None,
+        *,
+        session_id: str | None = None,
+        namespace: str | None = None,
+        external_id: str | None = None,
+    ) -> Checkpoint:
+        """The full record of a checkpoint: state, metadata, annotations and pending writes.
+
+        Either by ``checkpoint_id``, or by ``session_id`` with ``namespace``
+        (default ``""``) and ``external_id``; without ``external_id``, the
+        newest checkpoint of (session, namespace). Raises :class:`NotFound`
+        when there is none.
+        """
+        params = _params(
+            checkpoint_id=checkpoint_id, session_id=session_id, namespace=namespace, external_id=external_id
+        )
+        return Checkpoint.from_wire(await self.call("get_checkpoint", params))
+
+    async def put_writes(
+        self,
+        session_id: str,
+        *,
+        external_id: str,
+        task_id: str,
+        writes: Sequence[tuple[int, str, JSON]],
+        namespace: str | None = None,
+        task_path: str | None = None,
+    ) -> int:
+        """Stores a task's pending writes for the checkpoint ``external_id`` of (session, namespace).
+
+        Each write is ``(idx, channel, value)``. A repeated ``idx`` >= 0 of
+        the same task is ignored (the first stored is kept); a repeated
+        negative ``idx`` replaces the stored one. The checkpoint need not be
+        stored yet. Returns how many writes were stored or replaced (at most
+        10,000 writes per call).
+        """
+        params = _params(
+            session_id=session_id,
+            namespace=namespace,
+            external_id=external_id,
+            task_id=task_id,
+            task_path=task_path,
+        )
+        params["writes"] = [{"idx": idx, "channel": channel, "value": value} for idx, channel, value in writes]
+        result = await self.call("put_writes", params)
+        stored: int = result["stored"]
+        return stored
 
     async def restore(self, session_id: str, checkpoint_id: str) -> Restored:
         """A checkpoint's state; journals a ``checkpoint_restored`` event."""
@@ -247,10 +408,21 @@ class AsyncClient:
         await self.call("delete_checkpoint", _params(checkpoint_id=checkpoint_id, session_id=session_id))
 
     async def compact(
-        self, session_id: str, *, keep_recent: int | None = None, preserve_tags: list[str] | None = None
+        self,
+        session_id: str,
+        *,
+        keep_recent: int | None = None,
+        preserve_tags: list[str] | None = None,
+        per_namespace: bool | None = None,
     ) -> Compaction:
-        """Removes all but the ``keep_recent`` newest checkpoints and those with a preserved tag."""
-        params = _params(session_id=session_id, keep_recent=keep_recent, preserve_tags=preserve_tags)
+        """Removes all but the ``keep_recent`` newest checkpoints and those with a preserved tag.
+
+        With ``per_namespace=True``, ``keep_recent`` counts within each
+        namespace of the session.
+        """
+        params = _params(
+            session_id=session_id, keep_recent=keep_recent, preserve_tags=preserve_tags, per_namespace=per_namespace
+        )
         return Compaction.from_wire(await self.call("compact", params))
 
     async def set_retention(
@@ -261,13 +433,57 @@ class AsyncClient:
         result = await self.call("set_retention", params)
         return RetentionPolicy.from_wire(result) if result is not None else None
 
-    async def list_sessions(self, *, limit: int | None = None, after: str | None = None) -> list[Session]:
-        """One page of sessions in creation order; page on with ``after`` = the last id."""
-        return [Session.from_wire(row) for row in await self.call("list_sessions", _params(limit=limit, after=after))]
+    async def list_sessions(
+        self, *, limit: int | None = None, after: str | None = None, key_prefix: str | None = None
+    ) -> list[Session]:
+        """One page of sessions in creation order; page on with ``after`` = the last id.
 
-    async def get_session(self, session_id: str) -> SessionDetails:
-        """A session with its metadata and retention policy."""
-        return SessionDetails.from_wire(await self.call("get_session", {"session_id": session_id}))
+        ``key_prefix`` keeps the sessions whose client key starts with it.
+        """
+        params = _params(limit=limit, after=after, key_prefix=key_prefix)
+        return [Session.from_wire(row) for row in await self.call("list_sessions", params)]
+
+    async def get_session(self, session_id: str | None = None, *, key: str | None = None) -> SessionDetails:
+        """A session with its metadata and retention policy, by id or by client ``key``."""
+        return SessionDetails.from_wire(await self.call("get_session", _params(session_id=session_id, key=key)))
+
+    async def open_session(
+        self, key: str, *, name: str | None = None, metadata: dict[str, JSON] | None = None
+    ) -> OpenedSession:
+        """The session with client key ``key``, created (with ``name`` and ``metadata``) if none has it.
+
+        Clients racing with one key get one session; ``created`` tells
+        whether this call created it.
+        """
+        params = _params(key=key, name=name, metadata=metadata)
+        return OpenedSession.from_wire(await self.call("open_session", params))
+
+    async def copy_session(
+        self,
+        session_id: str,
+        *,
+        key: str | None = None,
+        name: str | None = None,
+        metadata: dict[str, JSON] | None = None,
+    ) -> CopiedSession:
+        """Copies every checkpoint and pending write of a session into the session with client ``key``.
+
+        The target is created if no session has ``key`` (a new session
+        without ``key``); checkpoints whose (namespace, external id) it
+        already has are not copied. All or nothing.
+        """
+        params = _params(session_id=session_id, key=key, name=name, metadata=metadata)
+        return CopiedSession.from_wire(await self.call("copy_session", params))
+
+    async def delete_checkpoints(
+        self, *, metadata: dict[str, JSON], session_id: str | None = None, namespace: str | None = None
+    ) -> DeletedCheckpoints:
+        """Deletes up to 1024 checkpoints whose metadata matches (of one session, or all).
+
+        Repeat while the result's ``more`` is true.
+        """
+        params = _params(metadata=metadata, session_id=session_id, namespace=namespace)
+        return DeletedCheckpoints.from_wire(await self.call("delete_checkpoints", params))
 
     async def delete_session(self, session_id: str) -> None:
         """Deletes a session with its checkpoints and annotations."""

@@ -7,7 +7,7 @@ metadata stay the JSON values the server returned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +41,8 @@ class Session:
     checkpoint_count: int
     last_sequence: int | None
     """Sequence number of the newest stored checkpoint; ``None`` when empty."""
+    key: str | None = field(default=None, kw_only=True)
+    """The client key (``open_session``); ``None`` for a session created without one."""
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Session:
@@ -50,6 +52,7 @@ class Session:
             created_at=_time(data["created_at"]),
             checkpoint_count=data["checkpoint_count"],
             last_sequence=data["last_sequence"],
+            key=data.get("key"),
         )
 
 
@@ -68,6 +71,64 @@ class SessionDetails(Session):
             **vars(row),
             metadata=data["metadata"],
             retention=RetentionPolicy.from_wire(retention) if retention is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class OpenedSession:
+    """The result of ``open_session``: the session with that key, and whether this call created it."""
+
+    created: bool
+    session: SessionDetails
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> OpenedSession:
+        return cls(created=data["created"], session=SessionDetails.from_wire(data["session"]))
+
+
+@dataclass(frozen=True)
+class CopiedSession:
+    """The result of ``copy_session``: the target session and how many checkpoints were copied."""
+
+    copied: int
+    session: SessionDetails
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> CopiedSession:
+        return cls(copied=data["copied"], session=SessionDetails.from_wire(data["session"]))
+
+
+@dataclass(frozen=True)
+class DeletedCheckpoints:
+    """The result of ``delete_checkpoints``; while ``more`` is true, matches remain: repeat."""
+
+    deleted: int
+    more: bool
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> DeletedCheckpoints:
+        return cls(deleted=data["deleted"], more=data["more"])
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """A write stored by ``put_writes``, as a checkpoint record carries it."""
+
+    task_id: str
+    task_path: str
+    idx: int
+    """Its index in the task's writes; negative for LangGraph's special channels (last stored wins)."""
+    channel: str
+    value: JSON
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> PendingWrite:
+        return cls(
+            task_id=data["task_id"],
+            task_path=data.get("task_path", ""),
+            idx=data["idx"],
+            channel=data["channel"],
+            value=data["value"],
         )
 
 
@@ -105,6 +166,12 @@ class CheckpointSummary:
     tags: list[str]
     has_notes: bool
     parent_id: str | None
+    namespace: str = field(default="", kw_only=True)
+    """The checkpoint's namespace within its session (``""`` by default)."""
+    external_id: str | None = field(default=None, kw_only=True)
+    """The client's id for the checkpoint, unique within (session, namespace)."""
+    parent_external_id: str | None = field(default=None, kw_only=True)
+    """The parent's external id, when the checkpoint was stored with one."""
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> CheckpointSummary:
@@ -118,17 +185,22 @@ class CheckpointSummary:
             tags=list(data["tags"]),
             has_notes=data["has_notes"],
             parent_id=data["parent_id"],
+            namespace=data.get("namespace", ""),
+            external_id=data.get("external_id"),
+            parent_external_id=data.get("parent_external_id"),
         )
 
 
 @dataclass(frozen=True)
 class Checkpoint(CheckpointSummary):
-    """The full record (``get_checkpoint``)."""
+    """The full record (``get_checkpoint``, and the rows of a ``full`` listing)."""
 
     state: JSON
     metadata: dict[str, JSON]
     annotations: list[Annotation]
     checksum: str
+    writes: list[PendingWrite] = field(default_factory=list, kw_only=True)
+    """Its pending writes (``put_writes``), in (task_path, task_id, idx) order."""
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Checkpoint:
@@ -139,6 +211,7 @@ class Checkpoint(CheckpointSummary):
             metadata=data["metadata"],
             annotations=[Annotation.from_wire(a, summary.id) for a in data["annotations"]],
             checksum=data["checksum"],
+            writes=[PendingWrite.from_wire(w) for w in data.get("writes", ())],
         )
 
 
@@ -254,7 +327,7 @@ class Event:
 
     event_type: str
     """``checkpoint_created``, ``checkpoint_restored``, ``checkpoint_deleted``,
-    ``checkpoints_compacted`` or ``session_deleted``."""
+    ``checkpoints_compacted``, ``session_deleted``, ``writes_stored`` or ``session_copied``."""
     seq: int
     session_id: str
     timestamp: datetime

@@ -106,19 +106,39 @@ class Client:
         """The largest request the server accepts."""
         return self._client.max_request_bytes
 
+    @property
+    def async_client(self) -> AsyncClient:
+        """The :class:`AsyncClient` this client drives, on :attr:`loop`.
+
+        For code that runs its own coroutines on the client's loop (as the
+        LangGraph saver does): call its methods only from coroutines running
+        on :attr:`loop`, e.g. through :func:`asyncio.run_coroutine_threadsafe`.
+        """
+        return self._client
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The private event loop (on its own thread) that runs :attr:`async_client`."""
+        return self._loop
+
     call = _forward(AsyncClient.call)
     authenticate = _forward(AsyncClient.authenticate)
     create_session = _forward(AsyncClient.create_session)
     checkpoint = _forward(AsyncClient.checkpoint)
     list_checkpoints = _forward(AsyncClient.list_checkpoints)
+    search_checkpoints = _forward(AsyncClient.search_checkpoints)
     metrics = _forward(AsyncClient.metrics)
     get_checkpoint = _forward(AsyncClient.get_checkpoint)
+    put_writes = _forward(AsyncClient.put_writes)
     restore = _forward(AsyncClient.restore)
     delete_checkpoint = _forward(AsyncClient.delete_checkpoint)
     compact = _forward(AsyncClient.compact)
     set_retention = _forward(AsyncClient.set_retention)
     list_sessions = _forward(AsyncClient.list_sessions)
     get_session = _forward(AsyncClient.get_session)
+    open_session = _forward(AsyncClient.open_session)
+    copy_session = _forward(AsyncClient.copy_session)
+    delete_checkpoints = _forward(AsyncClient.delete_checkpoints)
     delete_session = _forward(AsyncClient.delete_session)
     annotate = _forward(AsyncClient.annotate)
     validate = _forward(AsyncClient.validate)
