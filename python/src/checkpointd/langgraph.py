@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import math
 import random
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
@@ -53,13 +54,13 @@ from langgraph.checkpoint.base import (
     Checkpoint,
     CheckpointMetadata,
     CheckpointTuple,
-    SerializerProtocol,
     get_checkpoint_id,
     get_checkpoint_metadata,
 )
+from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from .aio import AsyncClient
-from .errors import NotFound
+from .errors import ConnectionLost, NotFound
 from .models import JSON
 from .models import Checkpoint as Record
 from .sync import Client
@@ -104,7 +105,7 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
     if value is None or kind is bool or kind is str:
         return True
     if kind is int:
-        return _INT_MIN <= value <= _INT_MAX
+        return bool(_INT_MIN <= value <= _INT_MAX)
     if kind is float:
         return math.isfinite(value)
     if depth >= _PLAIN_DEPTH:
@@ -227,25 +228,30 @@ class _Listing:
     async def _fetch(self) -> list[Record]:
         client = self._saver._client
         if self._session_id is None:
-            return await client.search_checkpoints(
-                metadata=self._server_filter,
-                namespace=self._namespace,
-                before=self._cursor,
-                limit=self._page_size(),
-                full=True,
+            return await self._saver._call(
+                lambda: client.search_checkpoints(
+                    metadata=self._server_filter,
+                    namespace=self._namespace,
+                    before=self._cursor,
+                    limit=self._page_size(),
+                    full=True,
+                )
             )
         before: int | str | None = self._cursor
         if before is None and self._before_id is not None:
             before = self._before_id
+        session_id = self._session_id
         try:
-            return await client.list_checkpoints(
-                self._session_id,
-                namespace=self._namespace,
-                metadata=self._server_filter,
-                before=before,
-                order="desc",
-                limit=self._page_size(),
-                full=True,
+            return await self._saver._call(
+                lambda: client.list_checkpoints(
+                    session_id,
+                    namespace=self._namespace,
+                    metadata=self._server_filter,
+                    before=before,
+                    order="desc",
+                    limit=self._page_size(),
+                    full=True,
+                )
             )
         except NotFound:
             if isinstance(before, str):
@@ -299,6 +305,19 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
             return await coroutine
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
 
+    async def _call(self, request: Callable[[], Awaitable[T]]) -> T:
+        """``await request()``, sent once more if the connection was lost before its reply.
+
+        Every request of the saver can be repeated: a checkpoint with a
+        stored external id, or a write with a stored index, is not stored
+        twice, and the others read or delete. The client waits for its
+        reconnection within its timeout.
+        """
+        try:
+            return await request()
+        except ConnectionLost:
+            return await request()
+
     # Threads and sessions.
 
     async def _find_session(self, thread_id: str, *, create: bool) -> str | None:
@@ -307,10 +326,11 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
         if session_id is not None:
             return session_id
         if create:
-            session_id = (await self._client.open_session(thread_id, name=SESSION_NAME)).session.id
+            opened = await self._call(lambda: self._client.open_session(thread_id, name=SESSION_NAME))
+            session_id = opened.session.id
         else:
             try:
-                session_id = (await self._client.get_session(key=thread_id)).id
+                session_id = (await self._call(lambda: self._client.get_session(key=thread_id))).id
             except NotFound:
                 return None
         self._sessions[thread_id] = session_id
@@ -334,7 +354,7 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
         if session_id is None:
             return None
         try:
-            return await operation(session_id)
+            return await self._call(lambda: operation(session_id))
         except NotFound:
             self._forget(thread_id)
             fresh = await self._find_session(thread_id, create=create)
@@ -342,13 +362,13 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
                 return None
             if fresh == session_id:
                 raise
-            return await operation(fresh)
+            return await self._call(lambda: operation(fresh))
 
     async def _thread_of(self, session_id: str) -> str | None:
         """The thread id (client key) of a session, ``None`` for a session that has none."""
         if session_id not in self._keys:
             try:
-                self._keys[session_id] = (await self._client.get_session(session_id)).key
+                self._keys[session_id] = (await self._call(lambda: self._client.get_session(session_id))).key
             except NotFound:
                 return None
         return self._keys[session_id]
@@ -373,7 +393,13 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
         metadata, dangling_parent = _decode_metadata(self.serde, record.metadata)
         parent_id = record.parent_external_id or dangling_parent
         return CheckpointTuple(
-            config={"configurable": {"thread_id": thread_id, "checkpoint_ns": namespace, "checkpoint_id": record.external_id}},
+            config={
+                "configurable": {
+                    "thread_id": thread_id,
+                    "checkpoint_ns": namespace,
+                    "checkpoint_id": record.external_id,
+                }
+            },
             checkpoint=_unpack(self.serde, record.state),
             metadata=metadata,  # type: ignore[arg-type]
             parent_config=(
@@ -542,19 +568,21 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
         if session_id is None:
             return
         try:
-            await self._client.delete_session(session_id)
+            await self._call(lambda: self._client.delete_session(session_id))
         except NotFound:
             # Deleted by another client since it was cached: its key may have
             # a new session by now.
             fresh = await self._find_session(thread_id, create=False)
             self._forget(thread_id)
             if fresh is not None and fresh != session_id:
-                await self._client.delete_session(fresh)
+                await self._call(lambda: self._client.delete_session(fresh))
 
     async def _delete_for_runs(self, run_ids: Sequence[str]) -> None:
         for run_id in run_ids:
             for _ in range(MAX_DELETE_ROUNDS):
-                result = await self._client.delete_checkpoints(metadata={"run_id": run_id})
+                result = await self._call(
+                    functools.partial(self._client.delete_checkpoints, metadata={"run_id": run_id})
+                )
                 if not result.more:
                     break
 
