@@ -1,0 +1,236 @@
+"""LangGraph on checkpointd against LangGraph on SQLite: steps per second, side by side.
+
+One graph, a loop of steps; each step replaces a large text channel and
+appends to a list. It runs with ``AsyncSqliteSaver`` (langgraph-checkpoint-
+sqlite: WAL, SQLite's default ``synchronous=FULL``, so one fsync of the WAL
+per commit) and with ``AsyncCheckpointdSaver`` (a checkpointd started here
+with ``--durability sync``, its default: an acknowledged write is fsynced),
+for each combination of
+
+- state size: the text channel, 4 KiB or 256 KiB;
+- concurrency: 1 or 8 LangGraph threads running at once (asyncio tasks on
+  one event loop, one saver);
+- LangGraph's durability: its default (``"async"``: a checkpoint is saved
+  while the next step runs) or ``"sync"`` (each step waits for its save).
+
+Each cell is the median of ``--repeats`` runs; a run is ``--steps`` steps on
+each LangGraph thread (new threads each run), timed from the first
+``ainvoke`` to the last one's return. Both data directories are in one
+temporary directory (``--dir``), on the same file system.
+
+Run (from the repository root, after ``cargo build --release --bin checkpointd``)::
+
+    python3 -m venv target/benchenv
+    target/benchenv/bin/pip install -c python/constraints.txt './python[test,langgraph,bench]'
+    target/benchenv/bin/python python/bench/langgraph_bench.py
+
+``--profile`` runs one configuration under cProfile instead and prints
+where the Python side spends its time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import operator
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.graph import END, START, StateGraph
+
+from checkpointd.langgraph import AsyncCheckpointdSaver
+
+REPO = Path(__file__).resolve().parents[2]
+KIB = 1024
+READY_PREFIX = "listening on ws://"
+START_TIMEOUT = 30.0
+"""Seconds to wait for checkpointd's ready line."""
+
+
+class LoopState(TypedDict):
+    text: str
+    steps: Annotated[list[int], operator.add]
+
+
+def loop_graph(checkpointer: BaseCheckpointSaver[Any], *, steps: int, text_bytes: int) -> Any:
+    """``steps`` steps; step n replaces ``text`` with ``text_bytes`` new characters and appends n to ``steps``."""
+
+    def step(state: LoopState) -> dict[str, Any]:
+        n = len(state["steps"])
+        return {"text": (f"{n:08d}" * (text_bytes // 8 + 1))[:text_bytes], "steps": [n]}
+
+    def more(state: LoopState) -> str:
+        return "step" if len(state["steps"]) < steps else END
+
+    builder = StateGraph(LoopState)
+    builder.add_node("step", step)
+    builder.add_edge(START, "step")
+    builder.add_conditional_edges("step", more, ["step", END])
+    return builder.compile(checkpointer=checkpointer)
+
+
+@asynccontextmanager
+async def checkpointd_server(binary: Path, data_dir: Path) -> AsyncIterator[str]:
+    """A checkpointd on a free loopback port with ``--durability sync``; yields its URL."""
+    process = subprocess.Popen(
+        [str(binary), "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--durability", "sync"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), START_TIMEOUT)
+        if not line.startswith(READY_PREFIX):
+            raise RuntimeError(f"checkpointd did not start: {line!r}")
+        yield "ws://" + line.removeprefix(READY_PREFIX).strip()
+    finally:
+        process.terminate()
+        process.wait(START_TIMEOUT)
+
+
+async def run_once(
+    saver: BaseCheckpointSaver[Any], *, threads: int, steps: int, text_bytes: int, durability: str | None
+) -> float:
+    """Runs the loop graph on ``threads`` new LangGraph threads at once; returns steps per second."""
+    graph = loop_graph(saver, steps=steps, text_bytes=text_bytes)
+    options: dict[str, Any] = {} if durability is None else {"durability": durability}
+    run = uuid.uuid4().hex
+
+    async def one(n: int) -> None:
+        config = {"configurable": {"thread_id": f"{run}-{n}"}}
+        result = await graph.ainvoke({"text": "", "steps": []}, config, **options)
+        assert len(result["steps"]) == steps
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(n) for n in range(threads)))
+    return threads * steps / (time.perf_counter() - started)
+
+
+SaverFactory = Callable[[], AbstractAsyncContextManager[BaseCheckpointSaver[Any]]]
+
+
+async def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    binary = Path(args.binary)
+    rows: list[dict[str, Any]] = []
+    async with checkpointd_server(binary, work / "checkpointd") as url:
+        savers: dict[str, SaverFactory] = {
+            "sqlite": lambda: AsyncSqliteSaver.from_conn_string(str(work / "sqlite.db")),
+            "checkpointd": lambda: AsyncCheckpointdSaver.from_conn_string(url),
+        }
+        for size in args.sizes:
+            steps = args.steps if size <= 16 else max(5, args.steps // 3)
+            for threads in args.threads:
+                for durability in args.durability:
+                    row: dict[str, Any] = {
+                        "size_kib": size,
+                        "threads": threads,
+                        "durability": durability,
+                        "steps": steps,
+                    }
+                    for name, factory in savers.items():
+                        async with factory() as saver:
+                            await run_once(
+                                saver, threads=threads, steps=2, text_bytes=size * KIB, durability=None
+                            )  # warm-up
+                            rates = [
+                                await run_once(
+                                    saver,
+                                    threads=threads,
+                                    steps=steps,
+                                    text_bytes=size * KIB,
+                                    durability=None if durability == "default" else durability,
+                                )
+                                for _ in range(args.repeats)
+                            ]
+                        row[name] = statistics.median(rates)
+                        row[f"{name}_runs"] = [round(r, 1) for r in rates]
+                    row["ratio"] = row["checkpointd"] / row["sqlite"]
+                    rows.append(row)
+                    print(
+                        f"{size:>4} KiB  {threads} thread(s)  durability={durability:<8}"
+                        f"  sqlite {row['sqlite']:8.1f}  checkpointd {row['checkpointd']:8.1f}  x{row['ratio']:.2f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| state | LangGraph threads | LangGraph durability"
+        " | SqliteSaver steps/s | checkpointd steps/s | checkpointd / SQLite |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['size_kib']} KiB | {row['threads']} | {row['durability']} | {row['sqlite']:.0f}"
+            f" | {row['checkpointd']:.0f} | {row['ratio']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+async def profile(args: argparse.Namespace, work: Path) -> None:
+    """One configuration under cProfile: where the Python side spends its time with checkpointd."""
+    size, threads = args.sizes[0], args.threads[0]
+    durability = None if args.durability[0] == "default" else args.durability[0]
+    async with (
+        checkpointd_server(Path(args.binary), work / "checkpointd") as url,
+        AsyncCheckpointdSaver.from_conn_string(url) as saver,
+    ):
+        await run_once(saver, threads=threads, steps=2, text_bytes=size * KIB, durability=durability)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        rate = await run_once(saver, threads=threads, steps=args.steps, text_bytes=size * KIB, durability=durability)
+        profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+    print(f"{size} KiB, {threads} thread(s), durability={args.durability[0]}: {rate:.1f} steps/s\n{out.getvalue()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--binary", default=os.environ.get("CHECKPOINTD_BIN", REPO / "target" / "release" / "checkpointd")
+    )
+    parser.add_argument("--dir", help="where the temporary data directories go (default: the system's temp dir)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4, 256], help="text channel sizes, KiB")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 8], help="LangGraph threads at once")
+    parser.add_argument(
+        "--durability", nargs="+", default=["default", "sync"], choices=["default", "sync", "async", "exit"]
+    )
+    parser.add_argument(
+        "--steps", type=int, default=30, help="steps per LangGraph thread and run (a third of it above 16 KiB)"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="runs per cell; the cell is their median")
+    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--profile", action="store_true", help="profile the first configuration on checkpointd instead")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="langgraph-bench-", dir=args.dir) as tmp:
+        if args.profile:
+            asyncio.run(profile(args, Path(tmp)))
+            return
+        rows = asyncio.run(measure(args, Path(tmp)))
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
