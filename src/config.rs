@@ -27,6 +27,8 @@ pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// a larger session is deleted in several changes, so that no intent record
 /// (the change written whole before its keys) grows with the session.
 pub const MAX_CHANGE_CHECKPOINTS: usize = 1024;
+/// Pending writes one `put_writes` request may carry.
+pub const MAX_WRITES_PER_REQUEST: usize = 10_000;
 /// Pending writes one change removes at most when it deletes a session's
 /// writes whose checkpoint was never stored (it takes more changes then).
 pub const MAX_CHANGE_WRITES: usize = 16 * 1024;

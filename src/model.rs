@@ -395,15 +395,37 @@ pub struct JournalEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
-    CheckpointCreated { checkpoint_id: CheckpointId, sequence_number: u64 },
-    CheckpointRestored { checkpoint_id: CheckpointId, sequence_number: u64 },
-    CheckpointDeleted { checkpoint_id: CheckpointId, sequence_number: u64 },
-    CheckpointsCompacted { removed: u64, remaining: u64 },
-    SessionDeleted { removed: u64 },
+    CheckpointCreated {
+        checkpoint_id: CheckpointId,
+        sequence_number: u64,
+    },
+    CheckpointRestored {
+        checkpoint_id: CheckpointId,
+        sequence_number: u64,
+    },
+    CheckpointDeleted {
+        checkpoint_id: CheckpointId,
+        sequence_number: u64,
+    },
+    CheckpointsCompacted {
+        removed: u64,
+        remaining: u64,
+    },
+    SessionDeleted {
+        removed: u64,
+    },
     /// Since format 2.
-    WritesStored { namespace: String, external_id: String, task_id: String, stored: u64 },
+    WritesStored {
+        namespace: String,
+        external_id: String,
+        task_id: String,
+        stored: u64,
+    },
     /// Since format 2: the session received a copy of another.
-    SessionCopied { source_session_id: SessionId, copied: u64 },
+    SessionCopied {
+        source_session_id: SessionId,
+        copied: u64,
+    },
 }
 
 impl EventKind {

@@ -23,33 +23,96 @@ pub struct Request {
 /// Every method the server understands.
 #[derive(Debug)]
 pub enum Command {
-    Authenticate { token: Option<String> },
-    CreateSession { name: Option<String>, metadata: Option<Box<RawValue>> },
-    ListCheckpoints { session_id: SessionId, query: ListQuery },
+    Authenticate {
+        token: Option<String>,
+    },
+    CreateSession {
+        name: Option<String>,
+        metadata: Option<Box<RawValue>>,
+    },
+    ListCheckpoints {
+        session_id: SessionId,
+        query: ListQuery,
+    },
     Checkpoint(NewCheckpoint),
-    Subscribe { session_id: SessionId, since: Option<u64> },
-    Unsubscribe { session_id: SessionId },
+    Subscribe {
+        session_id: SessionId,
+        since: Option<u64>,
+    },
+    Unsubscribe {
+        session_id: SessionId,
+    },
     Metrics,
     Health,
-    GetCheckpoint { checkpoint_id: CheckpointId },
+    GetCheckpoint {
+        checkpoint_id: CheckpointId,
+    },
     /// By external id in (session, namespace), or the newest there.
-    GetCheckpointIn { session_id: SessionId, namespace: String, external_id: Option<String> },
-    OpenSession { key: String, name: Option<String>, metadata: Option<Box<RawValue>> },
-    GetSessionByKey { key: String },
-    Restore { session_id: SessionId, checkpoint_id: CheckpointId },
-    DeleteCheckpoint { checkpoint_id: CheckpointId, session_id: Option<SessionId> },
+    GetCheckpointIn {
+        session_id: SessionId,
+        namespace: String,
+        external_id: Option<String>,
+    },
+    OpenSession {
+        key: String,
+        name: Option<String>,
+        metadata: Option<Box<RawValue>>,
+    },
+    GetSessionByKey {
+        key: String,
+    },
+    Restore {
+        session_id: SessionId,
+        checkpoint_id: CheckpointId,
+    },
+    DeleteCheckpoint {
+        checkpoint_id: CheckpointId,
+        session_id: Option<SessionId>,
+    },
     /// With `per_namespace`, the policy applies within each namespace.
-    Compact { session_id: SessionId, policy: RetentionPolicy, per_namespace: bool },
-    SearchCheckpoints { query: SearchQuery },
+    Compact {
+        session_id: SessionId,
+        policy: RetentionPolicy,
+        per_namespace: bool,
+    },
+    SearchCheckpoints {
+        query: SearchQuery,
+    },
     PutWrites(NewWrites),
-    CopySession { session_id: SessionId, key: Option<String>, name: Option<String>, metadata: Option<Box<RawValue>> },
-    DeleteCheckpoints { session_id: Option<SessionId>, namespace: Option<String>, metadata: MetadataFilter },
-    SetRetention { session_id: SessionId, policy: Option<RetentionPolicy> },
-    ListSessions { limit: Option<usize>, after: Option<SessionId>, key_prefix: Option<String> },
-    GetSession { session_id: SessionId },
-    DeleteSession { session_id: SessionId },
-    Annotate { checkpoint_id: CheckpointId, note: String, severity: Option<Severity> },
-    Validate { session_id: Option<SessionId> },
+    CopySession {
+        session_id: SessionId,
+        key: Option<String>,
+        name: Option<String>,
+        metadata: Option<Box<RawValue>>,
+    },
+    DeleteCheckpoints {
+        session_id: Option<SessionId>,
+        namespace: Option<String>,
+        metadata: MetadataFilter,
+    },
+    SetRetention {
+        session_id: SessionId,
+        policy: Option<RetentionPolicy>,
+    },
+    ListSessions {
+        limit: Option<usize>,
+        after: Option<SessionId>,
+        key_prefix: Option<String>,
+    },
+    GetSession {
+        session_id: SessionId,
+    },
+    DeleteSession {
+        session_id: SessionId,
+    },
+    Annotate {
+        checkpoint_id: CheckpointId,
+        note: String,
+        severity: Option<Severity>,
+    },
+    Validate {
+        session_id: Option<SessionId>,
+    },
 }
 
 impl Command {

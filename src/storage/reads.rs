@@ -11,9 +11,7 @@
 use super::codec;
 use super::error::{Result, StorageError};
 use super::keys::{self, TreeId, Trees};
-use super::records::{
-    AnnotationRecord, CheckpointRecord, Counters, EventRecord, SessionRecord, WriteRecord, raw_json,
-};
+use super::records::{AnnotationRecord, CheckpointRecord, Counters, EventRecord, SessionRecord, WriteRecord, raw_json};
 use crate::config::MAX_PAGE_BYTES;
 use crate::model::{
     Annotation, Checkpoint, CheckpointId, CheckpointSummary, JournalEvent, ListQuery, Page, PendingWrite, SearchQuery,
@@ -230,7 +228,8 @@ impl Reader {
             Some(id) => {
                 let rec = self.session_record(id)?;
                 let Some(key) = rec.key.filter(|k| k.starts_with(prefix)) else { return Ok(Vec::new()) };
-                let from = (std::ops::Bound::Excluded(keys::session_key_key(&key).to_vec()), std::ops::Bound::Unbounded);
+                let from =
+                    (std::ops::Bound::Excluded(keys::session_key_key(&key).to_vec()), std::ops::Bound::Unbounded);
                 keys.range(from)
             }
             None => keys.range(keys::session_key_key(prefix).to_vec()..),
@@ -293,7 +292,10 @@ impl Reader {
 
     /// The record of a session's checkpoint with sequence `seq`, if stored.
     pub(crate) fn checkpoint_record_at(&self, session: SessionId, seq: u64) -> Result<Option<CheckpointRecord>> {
-        self.tree(TreeId::Checkpoints).get(keys::checkpoint_key(session, seq))?.map(|b| decode_checkpoint(&b)).transpose()
+        self.tree(TreeId::Checkpoints)
+            .get(keys::checkpoint_key(session, seq))?
+            .map(|b| decode_checkpoint(&b))
+            .transpose()
     }
 
     /// Every checkpoint record of every session, in key order.
@@ -319,7 +321,8 @@ impl Reader {
     ) -> Result<Option<CheckpointSummary>> {
         let key = keys::external_id_key(session, namespace, external);
         let Some(seq) = self.tree(TreeId::ExternalIds).get(key)? else { return Ok(None) };
-        let seq = keys::decode_external_id_value(&seq).ok_or_else(|| StorageError::corrupt("bad external_ids entry"))?;
+        let seq =
+            keys::decode_external_id_value(&seq).ok_or_else(|| StorageError::corrupt("bad external_ids entry"))?;
         self.summary_at(session, seq)
     }
 
@@ -401,7 +404,7 @@ impl Reader {
     /// (a metadata filter adds the rows it passes over). A page ends early
     /// once it holds [`MAX_PAGE_BYTES`] (of messages and tags; with `full`,
     /// of whole records), so a reply stays bounded; the client pages on.
-    pub fn list_checkpoints(&self, session: SessionId, q: &ListQuery, max: usize) -> Result<Page> {
+    pub fn list_page(&self, session: SessionId, q: &ListQuery, max: usize) -> Result<Page> {
         self.session_record(session)?;
         let limit = q.limit.unwrap_or(max).min(max);
         let namespace = q.namespace.as_deref().unwrap_or("");
@@ -432,7 +435,8 @@ impl Reader {
         };
         let records: Box<dyn Iterator<Item = Result<Option<IVec>>>> = match (&q.namespace, &q.tag) {
             (Some(namespace), _) => {
-                let range = keys::namespace_key(session, namespace, low)..=keys::namespace_key(session, namespace, high);
+                let range =
+                    keys::namespace_key(session, namespace, low)..=keys::namespace_key(session, namespace, high);
                 Box::new(ordered(self.tree(TreeId::Namespaces).range(range)).map(move |entry| {
                     let (k, _) = entry?;
                     record_at(&k, keys::namespace_key_sequence(&k))
@@ -465,6 +469,15 @@ impl Reader {
             page.push(self, rec, &bytes)?;
         }
         Ok(page.done())
+    }
+
+    /// A page of summaries (`q.full` ignored).
+    pub fn list_checkpoints(&self, session: SessionId, q: &ListQuery, max: usize) -> Result<Vec<CheckpointSummary>> {
+        let q = ListQuery { full: false, ..q.clone() };
+        Ok(match self.list_page(session, &q, max)? {
+            Page::Summaries(rows) => rows,
+            Page::Records(rows) => rows.into_iter().map(|c| c.summary).collect(),
+        })
     }
 
     /// Checkpoints of every session, newest first by global sequence,

@@ -19,8 +19,8 @@ use crate::model::{
     Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, EventKind, MetadataFilter, NewCheckpoint,
     NewWrites, RetentionPolicy, Session, SessionId, Severity, json_null, metadata_matches,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
 use serde_json::value::RawValue;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub(crate) fn put_session(c: &mut Change, rec: &SessionRecord) {
     c.put(TreeId::Sessions, keys::session_key(rec.id), codec::encode(rec));
@@ -317,8 +317,11 @@ pub(crate) fn compact(
     per_namespace: bool,
 ) -> Result<Compaction> {
     let mut rec = r.session_record(session)?;
-    let applied =
-        if per_namespace { apply_per_namespace(c, r, &mut rec, policy)? } else { apply_policy(c, r, &mut rec, policy, 0)? };
+    let applied = if per_namespace {
+        apply_per_namespace(c, r, &mut rec, policy)?
+    } else {
+        apply_policy(c, r, &mut rec, policy, 0)?
+    };
     let result = applied.unwrap_or(Compaction { removed: 0, remaining: rec.checkpoint_count });
     put_session(c, &rec);
     if result.removed == 0 {
