@@ -186,7 +186,7 @@ fn bench_at(c: &mut Criterion, f: &Fixture, n: u64) {
                 s
             },
             |s| {
-                let c = f.rt.block_on(f.store.compact(s, &policy)).expect("compact");
+                let c = f.rt.block_on(f.store.compact(s, &policy, false)).expect("compact");
                 assert_eq!(c.removed, COMPACT_SESSION - COMPACT_KEEP);
                 leftovers.borrow_mut().push(s);
             },

@@ -58,7 +58,7 @@ fn main() {
                     bytes += size;
                     if n % 50 == 0 {
                         let keep = RetentionPolicy { keep_recent: Some(10), preserve_tags: vec![] };
-                        store.compact(session, &keep).await.expect("compact");
+                        store.compact(session, &keep, false).await.expect("compact");
                     }
                 }
                 (n, bytes)

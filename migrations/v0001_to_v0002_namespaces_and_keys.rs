@@ -52,38 +52,46 @@ fn run(w: &mut StepWrite<'_>) -> Result<()> {
     for entry in sessions.iter() {
         let (k, v) = entry?;
         let v1: SessionV1 = codec::decode(&v, "session (format 1)")?;
-        w.put("sessions", k, codec::encode(&(
-            v1.id,
-            v1.ordinal,
-            v1.name,
-            v1.created_at,
-            v1.metadata,
-            v1.retention,
-            v1.checkpoint_count,
-            v1.last_sequence,
-            None::<String>,
-        )))?;
+        w.put(
+            "sessions",
+            k,
+            codec::encode(&(
+                v1.id,
+                v1.ordinal,
+                v1.name,
+                v1.created_at,
+                v1.metadata,
+                v1.retention,
+                v1.checkpoint_count,
+                v1.last_sequence,
+                None::<String>,
+            )),
+        )?;
     }
     let checkpoints = w.tree("checkpoints")?;
     for entry in checkpoints.iter() {
         let (k, v) = entry?;
         let c: CheckpointV1 = codec::decode(&v, "checkpoint (format 1)")?;
         let index = namespace_key(c.session_id, c.sequence_number);
-        w.put("checkpoints", k, codec::encode(&(
-            c.id,
-            c.session_id,
-            c.sequence_number,
-            c.timestamp,
-            c.message,
-            c.tags,
-            c.trigger,
-            c.metadata,
-            c.parent_id,
-            c.state_crc,
-            String::new(),
-            None::<String>,
-            None::<String>,
-        )))?;
+        w.put(
+            "checkpoints",
+            k,
+            codec::encode(&(
+                c.id,
+                c.session_id,
+                c.sequence_number,
+                c.timestamp,
+                c.message,
+                c.tags,
+                c.trigger,
+                c.metadata,
+                c.parent_id,
+                c.state_crc,
+                String::new(),
+                None::<String>,
+                None::<String>,
+            )),
+        )?;
         w.put("namespaces", index, [])?;
     }
     Ok(())

@@ -27,6 +27,11 @@ pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// a larger session is deleted in several changes, so that no intent record
 /// (the change written whole before its keys) grows with the session.
 pub const MAX_CHANGE_CHECKPOINTS: usize = 1024;
+/// Pending writes one `put_writes` request may carry.
+pub const MAX_WRITES_PER_REQUEST: usize = 10_000;
+/// Pending writes one change removes at most when it deletes a session's
+/// writes whose checkpoint was never stored (it takes more changes then).
+pub const MAX_CHANGE_WRITES: usize = 16 * 1024;
 /// Most ids `validate` lists in `invalid_ids` (the counts are always exact).
 pub const MAX_REPORTED_INVALID: usize = 1_000;
 /// Default number of journal events retained for `subscribe { since }`.

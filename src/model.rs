@@ -194,6 +194,51 @@ pub struct Checkpoint {
     pub annotations: Vec<Annotation>,
     /// CRC-32 (IEEE) over the stored record and state, as stored.
     pub checksum: u32,
+    /// Its pending writes, ordered by (task path, task id, idx).
+    pub writes: Vec<PendingWrite>,
+}
+
+/// A write a task made for a checkpoint (LangGraph's pending writes), kept
+/// under (session, namespace, checkpoint external id, task id, idx).
+#[derive(Debug, Clone)]
+pub struct PendingWrite {
+    pub task_id: String,
+    pub task_path: String,
+    /// The write's place in its task; negative for LangGraph's special
+    /// channels, whose last stored write wins (others: the first).
+    pub idx: i32,
+    pub channel: String,
+    /// The client's JSON, exactly as sent.
+    pub value: Box<RawValue>,
+}
+
+/// A batch of pending writes of one task for one checkpoint.
+#[derive(Debug, Clone)]
+pub struct NewWrites {
+    pub session_id: SessionId,
+    pub namespace: String,
+    /// The external id of the checkpoint they belong to (it need not be
+    /// stored yet).
+    pub external_id: String,
+    pub task_id: String,
+    pub task_path: String,
+    /// (idx, channel, value), in the order sent.
+    pub writes: Vec<(i32, String, Box<RawValue>)>,
+}
+
+/// An exact-match filter on top-level metadata keys: a checkpoint matches
+/// when its metadata has every key with an equal JSON value.
+pub type MetadataFilter = serde_json::Map<String, serde_json::Value>;
+
+/// Whether the metadata JSON text `metadata` matches `filter`.
+pub fn metadata_matches(filter: &MetadataFilter, metadata: &[u8]) -> bool {
+    if filter.is_empty() {
+        return true;
+    }
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(metadata) {
+        Ok(m) => filter.iter().all(|(k, v)| m.get(k) == Some(v)),
+        Err(_) => false,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +296,53 @@ pub struct ListQuery {
     pub before: Option<u64>,
     pub tag: Option<String>,
     pub newest_first: bool,
+    /// `after`, given as an external id in (session, `namespace` or `""`).
+    pub after_external: Option<String>,
+    /// `before`, given as an external id.
+    pub before_external: Option<String>,
+    /// Only checkpoints whose metadata matches.
+    pub metadata: Option<MetadataFilter>,
+    /// Full records (state, metadata, annotations, writes), not summaries.
+    pub full: bool,
+}
+
+/// A search across every session, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct SearchQuery {
+    pub namespace: Option<String>,
+    pub metadata: Option<MetadataFilter>,
+    pub limit: Option<usize>,
+    /// A global sequence number, exclusive.
+    pub before: Option<u64>,
+    pub full: bool,
+}
+
+/// A page of checkpoints: summaries, or full records when asked for.
+#[derive(Debug, Clone)]
+pub enum Page {
+    Summaries(Vec<CheckpointSummary>),
+    Records(Vec<Checkpoint>),
+}
+
+impl Page {
+    pub fn len(&self) -> usize {
+        match self {
+            Page::Summaries(s) => s.len(),
+            Page::Records(r) => r.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The summaries, whichever the page holds.
+    pub fn summaries(&self) -> Vec<&CheckpointSummary> {
+        match self {
+            Page::Summaries(s) => s.iter().collect(),
+            Page::Records(r) => r.iter().map(|c| &c.summary).collect(),
+        }
+    }
 }
 
 /// Result of a compaction (manual or by retention).
@@ -303,15 +395,37 @@ pub struct JournalEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
-    CheckpointCreated { checkpoint_id: CheckpointId, sequence_number: u64 },
-    CheckpointRestored { checkpoint_id: CheckpointId, sequence_number: u64 },
-    CheckpointDeleted { checkpoint_id: CheckpointId, sequence_number: u64 },
-    CheckpointsCompacted { removed: u64, remaining: u64 },
-    SessionDeleted { removed: u64 },
+    CheckpointCreated {
+        checkpoint_id: CheckpointId,
+        sequence_number: u64,
+    },
+    CheckpointRestored {
+        checkpoint_id: CheckpointId,
+        sequence_number: u64,
+    },
+    CheckpointDeleted {
+        checkpoint_id: CheckpointId,
+        sequence_number: u64,
+    },
+    CheckpointsCompacted {
+        removed: u64,
+        remaining: u64,
+    },
+    SessionDeleted {
+        removed: u64,
+    },
     /// Since format 2.
-    WritesStored { namespace: String, external_id: String, task_id: String, stored: u64 },
+    WritesStored {
+        namespace: String,
+        external_id: String,
+        task_id: String,
+        stored: u64,
+    },
     /// Since format 2: the session received a copy of another.
-    SessionCopied { source_session_id: SessionId, copied: u64 },
+    SessionCopied {
+        source_session_id: SessionId,
+        copied: u64,
+    },
 }
 
 impl EventKind {

@@ -230,7 +230,7 @@ proptest! {
         }
         let policy = json!({"session_id": session.to_string(), "keep_recent": keep_recent, "preserve_tags": tags});
         match parse("compact", policy) {
-            Ok(Command::Compact { session_id, policy }) => {
+            Ok(Command::Compact { session_id, policy, per_namespace: false }) => {
                 prop_assert_eq!(session_id.0, session);
                 prop_assert_eq!(policy, RetentionPolicy { keep_recent: Some(keep_recent), preserve_tags: tags.clone() });
             }
@@ -361,14 +361,14 @@ fn checkpoint_record() -> impl Strategy<Value = CheckpointRecord> {
         (checkpoint_id(), session_id(), any::<u64>(), any::<i64>()),
         (any::<String>(), prop::collection::vec(any::<String>(), 0..5), trigger()),
         (any::<Vec<u8>>(), prop::option::of(checkpoint_id()), any::<u32>()),
-        (any::<String>(), prop::option::of(any::<String>())),
+        (any::<String>(), prop::option::of(any::<String>()), prop::option::of(any::<String>())),
     )
         .prop_map(
             |(
                 (id, session_id, sequence_number, timestamp),
                 (message, tags, trigger),
                 (metadata, parent_id, state_crc),
-                (namespace, external_id),
+                (namespace, external_id, parent_external_id),
             )| {
                 CheckpointRecord {
                     id,
@@ -383,6 +383,7 @@ fn checkpoint_record() -> impl Strategy<Value = CheckpointRecord> {
                     state_crc,
                     namespace,
                     external_id,
+                    parent_external_id,
                 }
             },
         )

@@ -10,8 +10,8 @@
 
 use crate::error::Error;
 use crate::model::{
-    Annotation, Checkpoint, CheckpointSummary, Compaction, EventKind, JournalEvent, Metrics, RetentionPolicy, Session,
-    SessionId, Validation,
+    Annotation, Checkpoint, CheckpointSummary, Compaction, EventKind, JournalEvent, Metrics, Page, RetentionPolicy,
+    Session, SessionId, Validation,
 };
 use crate::service::Health;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -113,6 +113,19 @@ pub struct CheckpointView<'a> {
     metadata: &'a RawValue,
     annotations: Vec<AnnotationView<'a>>,
     checksum: String,
+    /// Only when it has pending writes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    writes: Vec<WriteView<'a>>,
+}
+
+/// One pending write of a checkpoint.
+#[derive(Serialize)]
+pub struct WriteView<'a> {
+    task_id: &'a str,
+    task_path: &'a str,
+    idx: i32,
+    channel: &'a str,
+    value: &'a RawValue,
 }
 
 pub fn checkpoint(c: &Checkpoint) -> CheckpointView<'_> {
@@ -122,7 +135,65 @@ pub fn checkpoint(c: &Checkpoint) -> CheckpointView<'_> {
         metadata: &c.metadata,
         annotations: c.annotations.iter().map(|a| annotation(a, None)).collect(),
         checksum: format!("{:08x}", c.checksum),
+        writes: c
+            .writes
+            .iter()
+            .map(|w| WriteView {
+                task_id: &w.task_id,
+                task_path: &w.task_path,
+                idx: w.idx,
+                channel: &w.channel,
+                value: &w.value,
+            })
+            .collect(),
     }
+}
+
+/// `list_checkpoints` / `search_checkpoints`: summaries or full records.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum PageView<'a> {
+    Summaries(Vec<SummaryView<'a>>),
+    Records(Vec<CheckpointView<'a>>),
+}
+
+pub fn page(p: &Page) -> PageView<'_> {
+    match p {
+        Page::Summaries(rows) => PageView::Summaries(summaries(rows)),
+        Page::Records(rows) => PageView::Records(rows.iter().map(checkpoint).collect()),
+    }
+}
+
+/// `put_writes`.
+#[derive(Serialize)]
+pub struct WritesStoredView {
+    stored: u64,
+}
+
+pub fn writes_stored(stored: u64) -> WritesStoredView {
+    WritesStoredView { stored }
+}
+
+/// `copy_session`: how many checkpoints were copied, and the target.
+#[derive(Serialize)]
+pub struct CopiedView<'a> {
+    copied: u64,
+    session: SessionView<'a>,
+}
+
+pub fn copied(s: &Session, copied: u64) -> CopiedView<'_> {
+    CopiedView { copied, session: session(s, true) }
+}
+
+/// `delete_checkpoints`.
+#[derive(Serialize)]
+pub struct DeletedManyView {
+    deleted: u64,
+    more: bool,
+}
+
+pub fn deleted_many(deleted: u64, more: bool) -> DeletedManyView {
+    DeletedManyView { deleted, more }
 }
 
 /// `restore`.

@@ -2,7 +2,10 @@
 //! so the handler only ever sees well-typed requests.
 
 use crate::error::{Error, Result};
-use crate::model::{CheckpointId, ListQuery, NewCheckpoint, RetentionPolicy, SessionId, Severity, Trigger};
+use crate::model::{
+    CheckpointId, ListQuery, MetadataFilter, NewCheckpoint, NewWrites, RetentionPolicy, SearchQuery, SessionId,
+    Severity, Trigger,
+};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
@@ -20,28 +23,96 @@ pub struct Request {
 /// Every method the server understands.
 #[derive(Debug)]
 pub enum Command {
-    Authenticate { token: Option<String> },
-    CreateSession { name: Option<String>, metadata: Option<Box<RawValue>> },
-    ListCheckpoints { session_id: SessionId, query: ListQuery },
+    Authenticate {
+        token: Option<String>,
+    },
+    CreateSession {
+        name: Option<String>,
+        metadata: Option<Box<RawValue>>,
+    },
+    ListCheckpoints {
+        session_id: SessionId,
+        query: ListQuery,
+    },
     Checkpoint(NewCheckpoint),
-    Subscribe { session_id: SessionId, since: Option<u64> },
-    Unsubscribe { session_id: SessionId },
+    Subscribe {
+        session_id: SessionId,
+        since: Option<u64>,
+    },
+    Unsubscribe {
+        session_id: SessionId,
+    },
     Metrics,
     Health,
-    GetCheckpoint { checkpoint_id: CheckpointId },
+    GetCheckpoint {
+        checkpoint_id: CheckpointId,
+    },
     /// By external id in (session, namespace), or the newest there.
-    GetCheckpointIn { session_id: SessionId, namespace: String, external_id: Option<String> },
-    OpenSession { key: String, name: Option<String>, metadata: Option<Box<RawValue>> },
-    GetSessionByKey { key: String },
-    Restore { session_id: SessionId, checkpoint_id: CheckpointId },
-    DeleteCheckpoint { checkpoint_id: CheckpointId, session_id: Option<SessionId> },
-    Compact { session_id: SessionId, policy: RetentionPolicy },
-    SetRetention { session_id: SessionId, policy: Option<RetentionPolicy> },
-    ListSessions { limit: Option<usize>, after: Option<SessionId>, key_prefix: Option<String> },
-    GetSession { session_id: SessionId },
-    DeleteSession { session_id: SessionId },
-    Annotate { checkpoint_id: CheckpointId, note: String, severity: Option<Severity> },
-    Validate { session_id: Option<SessionId> },
+    GetCheckpointIn {
+        session_id: SessionId,
+        namespace: String,
+        external_id: Option<String>,
+    },
+    OpenSession {
+        key: String,
+        name: Option<String>,
+        metadata: Option<Box<RawValue>>,
+    },
+    GetSessionByKey {
+        key: String,
+    },
+    Restore {
+        session_id: SessionId,
+        checkpoint_id: CheckpointId,
+    },
+    DeleteCheckpoint {
+        checkpoint_id: CheckpointId,
+        session_id: Option<SessionId>,
+    },
+    /// With `per_namespace`, the policy applies within each namespace.
+    Compact {
+        session_id: SessionId,
+        policy: RetentionPolicy,
+        per_namespace: bool,
+    },
+    SearchCheckpoints {
+        query: SearchQuery,
+    },
+    PutWrites(NewWrites),
+    CopySession {
+        session_id: SessionId,
+        key: Option<String>,
+        name: Option<String>,
+        metadata: Option<Box<RawValue>>,
+    },
+    DeleteCheckpoints {
+        session_id: Option<SessionId>,
+        namespace: Option<String>,
+        metadata: MetadataFilter,
+    },
+    SetRetention {
+        session_id: SessionId,
+        policy: Option<RetentionPolicy>,
+    },
+    ListSessions {
+        limit: Option<usize>,
+        after: Option<SessionId>,
+        key_prefix: Option<String>,
+    },
+    GetSession {
+        session_id: SessionId,
+    },
+    DeleteSession {
+        session_id: SessionId,
+    },
+    Annotate {
+        checkpoint_id: CheckpointId,
+        note: String,
+        severity: Option<Severity>,
+    },
+    Validate {
+        session_id: Option<SessionId>,
+    },
 }
 
 impl Command {
@@ -55,6 +126,9 @@ impl Command {
                 | Command::DeleteCheckpoint { .. }
                 | Command::Compact { .. }
                 | Command::DeleteSession { .. }
+                | Command::PutWrites(_)
+                | Command::CopySession { .. }
+                | Command::DeleteCheckpoints { .. }
         )
     }
 }
@@ -68,7 +142,7 @@ struct Envelope {
 }
 
 /// Every method the server answers, as the wire spells it.
-pub const METHODS: [&str; 19] = [
+pub const METHODS: [&str; 23] = [
     "authenticate",
     "create_session",
     "list_checkpoints",
@@ -88,6 +162,10 @@ pub const METHODS: [&str; 19] = [
     "unsubscribe",
     "health",
     "open_session",
+    "put_writes",
+    "search_checkpoints",
+    "copy_session",
+    "delete_checkpoints",
 ];
 
 /// The `id` of a request that is not parsed further (one refused for its
@@ -172,8 +250,10 @@ impl Params {
                 query: ListQuery {
                     namespace: p.opt("namespace")?,
                     limit: p.opt("limit")?,
-                    after: p.opt("after")?,
-                    before: p.opt("before")?,
+                    after: p.cursor("after")?.0,
+                    before: p.cursor("before")?.0,
+                    after_external: p.cursor("after")?.1,
+                    before_external: p.cursor("before")?.1,
                     tag: p.opt("tag")?,
                     newest_first: match p.opt::<String>("order")?.as_deref() {
                         None | Some("asc") => false,
@@ -182,7 +262,40 @@ impl Params {
                             return Err(Error::invalid(format!("order must be \"asc\" or \"desc\", not {other:?}")));
                         }
                     },
+                    metadata: p.opt("metadata")?,
+                    full: p.opt("full")?.unwrap_or(false),
                 },
+            },
+            "search_checkpoints" => Command::SearchCheckpoints {
+                query: SearchQuery {
+                    namespace: p.opt("namespace")?,
+                    metadata: p.opt("metadata")?,
+                    limit: p.opt("limit")?,
+                    before: p.opt("before")?,
+                    full: p.opt("full")?.unwrap_or(false),
+                },
+            },
+            "put_writes" => Command::PutWrites(NewWrites {
+                session_id: p.seed_session_id()?,
+                namespace: p.opt("namespace")?.unwrap_or_default(),
+                external_id: p.required("external_id")?,
+                task_id: p.required("task_id")?,
+                task_path: p.opt("task_path")?.unwrap_or_default(),
+                writes: p.writes()?,
+            }),
+            "copy_session" => Command::CopySession {
+                session_id: p.seed_session_id()?,
+                key: p.opt("key")?,
+                name: p.opt("name")?,
+                metadata: p.raw_object("metadata")?,
+            },
+            "delete_checkpoints" => Command::DeleteCheckpoints {
+                session_id: p.opt_id("session_id")?,
+                namespace: p.opt("namespace")?,
+                metadata: p
+                    .opt::<MetadataFilter>("metadata")?
+                    .filter(|m| !m.is_empty())
+                    .ok_or_else(|| Error::invalid("Missing metadata parameter: a non-empty object"))?,
             },
             "checkpoint" => Command::Checkpoint(NewCheckpoint {
                 session_id: p.seed_session_id()?,
@@ -221,7 +334,11 @@ impl Params {
             "delete_checkpoint" => {
                 Command::DeleteCheckpoint { checkpoint_id: p.id("checkpoint_id")?, session_id: p.opt_id("session_id")? }
             }
-            "compact" => Command::Compact { session_id: p.seed_session_id()?, policy: p.policy()? },
+            "compact" => Command::Compact {
+                session_id: p.seed_session_id()?,
+                policy: p.policy()?,
+                per_namespace: p.opt("per_namespace")?.unwrap_or(false),
+            },
             "set_retention" => {
                 let policy = p.policy()?;
                 Command::SetRetention {
@@ -316,6 +433,35 @@ impl Params {
                 Ok(Some(raw.clone()))
             }
         }
+    }
+
+    /// A required string param.
+    fn required(&self, name: &str) -> Result<String> {
+        self.opt(name)?.ok_or_else(|| Error::invalid(format!("Missing {name} parameter")))
+    }
+
+    /// A list bound: a sequence number, or an external id (a string).
+    fn cursor(&self, name: &str) -> Result<(Option<u64>, Option<String>)> {
+        match self.0.get(name) {
+            Some(raw) if raw.get().starts_with('"') => Ok((None, self.opt(name)?)),
+            _ => Ok((self.opt(name)?, None)),
+        }
+    }
+
+    /// `put_writes`'s `writes`: `[{idx, channel, value}]`.
+    fn writes(&self) -> Result<Vec<(i32, String, Box<RawValue>)>> {
+        #[derive(Deserialize)]
+        struct Write {
+            idx: i32,
+            channel: String,
+            value: Box<RawValue>,
+        }
+        let raw = self.0.get("writes").ok_or_else(|| Error::invalid("Missing writes parameter"))?;
+        check_depth("writes", raw)?;
+        let writes: Vec<Write> = serde_json::from_str(raw.get()).map_err(|_| {
+            Error::invalid("Invalid writes parameter: expected an array of {idx: integer, channel: string, value}")
+        })?;
+        Ok(writes.into_iter().map(|w| (w.idx, w.channel, w.value)).collect())
     }
 
     fn policy(&self) -> Result<RetentionPolicy> {

@@ -130,7 +130,19 @@ impl Handler {
                 render_ok(id, reply::created(service.create_session(name, metadata).await?.id))
             }
             Command::ListCheckpoints { session_id, query } => {
-                render_ok(id, reply::summaries(&service.list_checkpoints(session_id, &query).await?))
+                render_ok(id, reply::page(&service.list_page(session_id, &query).await?))
+            }
+            Command::SearchCheckpoints { query } => {
+                render_ok(id, reply::page(&service.search_checkpoints(&query).await?))
+            }
+            Command::PutWrites(writes) => render_ok(id, reply::writes_stored(service.put_writes(writes).await?)),
+            Command::CopySession { session_id, key, name, metadata } => {
+                let (session, copied) = service.copy_session(session_id, key, name, metadata).await?;
+                render_ok(id, reply::copied(&session, copied))
+            }
+            Command::DeleteCheckpoints { session_id, namespace, metadata } => {
+                let (deleted, more) = service.delete_checkpoints(session_id, namespace.as_deref(), &metadata).await?;
+                render_ok(id, reply::deleted_many(deleted, more))
             }
             Command::Checkpoint(new) => render_ok(id, reply::created(service.checkpoint(new).await?.id)),
             Command::Metrics => {
@@ -159,8 +171,8 @@ impl Handler {
                 service.delete_checkpoint(checkpoint_id, session_id).await?;
                 render_ok(id, reply::deleted())
             }
-            Command::Compact { session_id, policy } => {
-                render_ok(id, reply::compacted(&service.compact(session_id, policy).await?))
+            Command::Compact { session_id, policy, per_namespace } => {
+                render_ok(id, reply::compacted(&service.compact_by(session_id, policy, per_namespace).await?))
             }
             Command::SetRetention { session_id, policy } => {
                 render_ok(id, reply::retention(service.set_retention(session_id, policy).await?.as_ref()))

@@ -7,11 +7,11 @@
 
 pub mod hub;
 
-use crate::config::{Durability, MAX_ANNOTATIONS, MAX_PAGE, StoreConfig};
+use crate::config::{Durability, MAX_ANNOTATIONS, MAX_PAGE, MAX_WRITES_PER_REQUEST, StoreConfig};
 use crate::error::{Error, Result};
 use crate::model::{
-    Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, ListQuery, Metrics, NewCheckpoint,
-    RetentionPolicy, Session, SessionId, Severity, Validation,
+    Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, ListQuery, MetadataFilter, Metrics,
+    NewCheckpoint, NewWrites, Page, RetentionPolicy, SearchQuery, Session, SessionId, Severity, Validation,
 };
 use crate::rules::{check_key, check_metadata, check_policy, check_tag, check_tags, check_text};
 use crate::storage::{SharedBackend, Store};
@@ -142,14 +142,87 @@ impl Service {
         Ok(self.store.checkpoint_in(session, namespace, external).await?)
     }
 
+    /// One page of summaries (`query.full` is ignored; see [`Service::list_page`]).
     pub async fn list_checkpoints(&self, session: SessionId, query: &ListQuery) -> Result<Vec<CheckpointSummary>> {
+        let query = ListQuery { full: false, ..query.clone() };
+        match self.list_page(session, &query).await? {
+            Page::Summaries(rows) => Ok(rows),
+            Page::Records(rows) => Ok(rows.into_iter().map(|c| c.summary).collect()),
+        }
+    }
+
+    /// One page of a session's checkpoints: summaries, or full records
+    /// with `query.full`.
+    pub async fn list_page(&self, session: SessionId, query: &ListQuery) -> Result<Page> {
         if let Some(tag) = &query.tag {
             check_tag("tag", tag)?;
         }
         if let Some(namespace) = &query.namespace {
             check_key("namespace", namespace, true)?;
         }
+        for external in [&query.after_external, &query.before_external].into_iter().flatten() {
+            check_key("external id", external, false)?;
+        }
         Ok(self.store.list_checkpoints(session, query, MAX_PAGE).await?)
+    }
+
+    /// The same filters across every session, newest first.
+    pub async fn search_checkpoints(&self, query: &SearchQuery) -> Result<Page> {
+        if let Some(namespace) = &query.namespace {
+            check_key("namespace", namespace, true)?;
+        }
+        Ok(self.store.search_checkpoints(query, MAX_PAGE).await?)
+    }
+
+    /// Stores a task's pending writes (see [`NewWrites`]); returns how many
+    /// were stored or replaced.
+    pub async fn put_writes(&self, writes: NewWrites) -> Result<u64> {
+        check_key("namespace", &writes.namespace, true)?;
+        check_key("external_id", &writes.external_id, false)?;
+        check_key("task_id", &writes.task_id, false)?;
+        check_text("task_path", &writes.task_path, true)?;
+        if writes.writes.len() > MAX_WRITES_PER_REQUEST {
+            return Err(Error::TooLarge(format!("more than {MAX_WRITES_PER_REQUEST} writes in one request")));
+        }
+        for (_, channel, _) in &writes.writes {
+            check_text("channel", channel, false)?;
+        }
+        Ok(self.store.put_writes(writes).await?)
+    }
+
+    /// Copies a session into the session with client key `key` (created
+    /// when none has it; without a key, a new session).
+    pub async fn copy_session(
+        &self,
+        source: SessionId,
+        key: Option<String>,
+        name: Option<String>,
+        metadata: Option<Box<RawValue>>,
+    ) -> Result<(Session, u64)> {
+        if let Some(key) = &key {
+            check_key("key", key, false)?;
+        }
+        let name = name.unwrap_or_else(|| DEFAULT_SESSION_NAME.to_string());
+        check_text("name", &name, false)?;
+        let metadata = check_metadata(metadata)?;
+        Ok(self.store.copy_session(source, key, name, metadata).await?)
+    }
+
+    /// Deletes a batch of the checkpoints whose metadata matches; returns
+    /// how many, and whether more match.
+    pub async fn delete_checkpoints(
+        &self,
+        session: Option<SessionId>,
+        namespace: Option<&str>,
+        filter: &MetadataFilter,
+    ) -> Result<(u64, bool)> {
+        if filter.is_empty() {
+            return Err(Error::invalid("delete_checkpoints needs a non-empty metadata filter"));
+        }
+        if let Some(namespace) = namespace {
+            check_key("namespace", namespace, true)?;
+        }
+        Ok(self.store.delete_checkpoints(session, namespace, filter).await?)
     }
 
     /// Checkpoints of all sessions in global sequence order, after `after`.
@@ -172,11 +245,22 @@ impl Service {
     }
 
     pub async fn compact(&self, session: SessionId, policy: RetentionPolicy) -> Result<Compaction> {
+        self.compact_by(session, policy, false).await
+    }
+
+    /// `compact`; with `per_namespace`, the policy ranks checkpoints within
+    /// each namespace (`keep_recent: 1` keeps every namespace's newest).
+    pub async fn compact_by(
+        &self,
+        session: SessionId,
+        policy: RetentionPolicy,
+        per_namespace: bool,
+    ) -> Result<Compaction> {
         let policy = check_policy(policy)?;
         if policy.is_empty() {
             return Err(Error::invalid("compact needs keep_recent and/or preserve_tags"));
         }
-        Ok(self.store.compact(session, &policy).await?)
+        Ok(self.store.compact(session, &policy, per_namespace).await?)
     }
 
     pub async fn set_retention(

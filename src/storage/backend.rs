@@ -33,8 +33,8 @@ use super::error::Result;
 use super::import::{ImportBatch, ImportCounts};
 use crate::config::Durability;
 use crate::model::{
-    Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, JournalEvent, ListQuery, Metrics,
-    NewCheckpoint, RetentionPolicy, Session, SessionId, Severity, Validation,
+    Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, JournalEvent, ListQuery, MetadataFilter,
+    Metrics, NewCheckpoint, NewWrites, Page, RetentionPolicy, SearchQuery, Session, SessionId, Severity, Validation,
 };
 use serde_json::value::RawValue;
 
@@ -87,8 +87,32 @@ pub trait Backend: Send + Sync + 'static {
     async fn delete_checkpoint(&self, id: CheckpointId, session: Option<SessionId>) -> Result<SessionId>;
     /// Adds an annotation; `Full` once the checkpoint has `max`.
     async fn annotate(&self, id: CheckpointId, note: String, severity: Severity, max: u32) -> Result<Annotation>;
-    /// Removes the checkpoints of `session` that `policy` does not keep.
-    async fn compact(&self, session: SessionId, policy: &RetentionPolicy) -> Result<Compaction>;
+    /// Removes the checkpoints of `session` that `policy` does not keep
+    /// (with `per_namespace`, ranked within each namespace).
+    async fn compact(&self, session: SessionId, policy: &RetentionPolicy, per_namespace: bool) -> Result<Compaction>;
+    /// Stores a task's pending writes for a checkpoint (which need not be
+    /// stored yet): for idx >= 0 the first stored is kept, for idx < 0 the
+    /// last. Returns how many were stored or replaced.
+    async fn put_writes(&self, writes: NewWrites) -> Result<u64>;
+    /// Copies a session's checkpoints and writes into the session with
+    /// client key `key` (created if needed; a new one without a key).
+    /// Atomic. Returns the target and how many checkpoints were copied.
+    async fn copy_session(
+        &self,
+        source: SessionId,
+        key: Option<String>,
+        name: String,
+        metadata: Box<RawValue>,
+    ) -> Result<(Session, u64)>;
+    /// Deletes a bounded batch of the checkpoints whose metadata matches
+    /// (of one session or all, of one namespace or all); returns how many,
+    /// and whether more match.
+    async fn delete_checkpoints(
+        &self,
+        session: Option<SessionId>,
+        namespace: Option<&str>,
+        filter: &MetadataFilter,
+    ) -> Result<(u64, bool)>;
     /// Stores records written elsewhere as they were (see `import`); no events.
     async fn import(&self, batch: ImportBatch) -> Result<ImportCounts>;
 
@@ -99,16 +123,22 @@ pub trait Backend: Send + Sync + 'static {
     async fn session_by_key(&self, key: &str) -> Result<Session>;
     /// Sessions in creation order, starting after session `after`; with
     /// `key_prefix`, those whose key starts with it, in key order.
-    async fn list_sessions(&self, after: Option<SessionId>, key_prefix: Option<&str>, limit: usize)
-    -> Result<Vec<Session>>;
-    /// The full checkpoint: state, metadata and annotations.
+    async fn list_sessions(
+        &self,
+        after: Option<SessionId>,
+        key_prefix: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Session>>;
+    /// The full checkpoint: state, metadata, annotations and writes.
     async fn checkpoint(&self, id: CheckpointId) -> Result<Checkpoint>;
     /// The checkpoint with the client's id `external` in (session,
     /// namespace), or with `None` the newest there (`NotFound` if none).
-    async fn checkpoint_in(&self, session: SessionId, namespace: &str, external: Option<&str>)
-    -> Result<Checkpoint>;
-    /// One page of a session's checkpoints, at most `max` long.
-    async fn list_checkpoints(&self, session: SessionId, q: &ListQuery, max: usize) -> Result<Vec<CheckpointSummary>>;
+    async fn checkpoint_in(&self, session: SessionId, namespace: &str, external: Option<&str>) -> Result<Checkpoint>;
+    /// One page of a session's checkpoints, at most `max` long: summaries,
+    /// or full records with `q.full`.
+    async fn list_checkpoints(&self, session: SessionId, q: &ListQuery, max: usize) -> Result<Page>;
+    /// The same filters across every session, newest first.
+    async fn search_checkpoints(&self, q: &SearchQuery, max: usize) -> Result<Page>;
     /// Checkpoints of every session by global sequence, after `after`.
     async fn list_by_sequence(&self, after: u64, limit: usize) -> Result<Vec<CheckpointSummary>>;
     /// Checks the checksum of every checkpoint (of one session, or all).

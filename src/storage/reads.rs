@@ -11,10 +11,11 @@
 use super::codec;
 use super::error::{Result, StorageError};
 use super::keys::{self, TreeId, Trees};
-use super::records::{AnnotationRecord, CheckpointRecord, Counters, EventRecord, SessionRecord, raw_json};
+use super::records::{AnnotationRecord, CheckpointRecord, Counters, EventRecord, SessionRecord, WriteRecord, raw_json};
 use crate::config::MAX_PAGE_BYTES;
 use crate::model::{
-    Annotation, Checkpoint, CheckpointId, CheckpointSummary, JournalEvent, ListQuery, Session, SessionId,
+    Annotation, Checkpoint, CheckpointId, CheckpointSummary, JournalEvent, ListQuery, Page, PendingWrite, SearchQuery,
+    Session, SessionId, metadata_matches,
 };
 use serde_json::value::RawValue;
 use sled::IVec;
@@ -49,6 +50,60 @@ pub(crate) fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointRecord> {
 pub(crate) fn decode_event(k: &[u8], v: &[u8]) -> Result<JournalEvent> {
     let seq = keys::decode_event_key(k).ok_or_else(|| StorageError::corrupt("bad event key"))?;
     Ok(codec::decode::<EventRecord>(v, "event")?.to_model(seq))
+}
+
+/// A page being filled: summaries or full records, up to `limit` rows and
+/// about [`MAX_PAGE_BYTES`] (always at least one row).
+struct PageBuilder {
+    page: Page,
+    limit: usize,
+    bytes: usize,
+}
+
+impl PageBuilder {
+    fn new(full: bool, limit: usize) -> PageBuilder {
+        let page = if full { Page::Records(Vec::new()) } else { Page::Summaries(Vec::new()) };
+        PageBuilder { page, limit, bytes: 0 }
+    }
+
+    fn is_full(&self) -> bool {
+        self.page.len() >= self.limit || self.bytes >= MAX_PAGE_BYTES
+    }
+
+    fn push(&mut self, r: &Reader, rec: CheckpointRecord, stored: &[u8]) -> Result<()> {
+        match &mut self.page {
+            Page::Summaries(rows) => {
+                self.bytes += rec.message.len() + rec.tags.iter().map(String::len).sum::<usize>();
+                rows.push(r.summary(&rec)?);
+            }
+            Page::Records(rows) => {
+                let full = r.full(rec, codec::stored_checksum(stored).unwrap_or_default())?;
+                self.bytes += full.state.get().len()
+                    + full.metadata.get().len()
+                    + full.writes.iter().map(|w| w.value.get().len() + w.channel.len()).sum::<usize>();
+                rows.push(full);
+            }
+        }
+        Ok(())
+    }
+
+    fn done(self) -> Page {
+        self.page
+    }
+}
+
+/// A `writes` entry: its key's parts and the write.
+pub(crate) fn decode_write(k: &[u8], v: &[u8]) -> Result<(keys::WriteKey, PendingWrite)> {
+    let key = keys::decode_write_key(k).ok_or_else(|| StorageError::corrupt("bad writes key"))?;
+    let rec: WriteRecord = codec::decode(v, "pending write")?;
+    let write = PendingWrite {
+        task_id: key.task_id.clone(),
+        task_path: rec.task_path,
+        idx: key.idx,
+        channel: rec.channel,
+        value: raw_json(rec.value, "pending write value")?,
+    };
+    Ok((key, write))
 }
 
 /// A state as stored, checked against the CRC its record carries.
@@ -173,7 +228,8 @@ impl Reader {
             Some(id) => {
                 let rec = self.session_record(id)?;
                 let Some(key) = rec.key.filter(|k| k.starts_with(prefix)) else { return Ok(Vec::new()) };
-                let from = (std::ops::Bound::Excluded(keys::session_key_key(&key).to_vec()), std::ops::Bound::Unbounded);
+                let from =
+                    (std::ops::Bound::Excluded(keys::session_key_key(&key).to_vec()), std::ops::Bound::Unbounded);
                 keys.range(from)
             }
             None => keys.range(keys::session_key_key(prefix).to_vec()..),
@@ -234,6 +290,19 @@ impl Reader {
             .map(|entry| decode_checkpoint(&entry?.1))
     }
 
+    /// The record of a session's checkpoint with sequence `seq`, if stored.
+    pub(crate) fn checkpoint_record_at(&self, session: SessionId, seq: u64) -> Result<Option<CheckpointRecord>> {
+        self.tree(TreeId::Checkpoints)
+            .get(keys::checkpoint_key(session, seq))?
+            .map(|b| decode_checkpoint(&b))
+            .transpose()
+    }
+
+    /// Every checkpoint record of every session, in key order.
+    pub(crate) fn all_checkpoint_records(&self) -> impl Iterator<Item = Result<CheckpointRecord>> + '_ {
+        self.tree(TreeId::Checkpoints).iter().map(|entry| decode_checkpoint(&entry?.1))
+    }
+
     /// A session's checkpoints in sequence order.
     pub fn checkpoints(&self, session: SessionId) -> impl Iterator<Item = Result<CheckpointSummary>> + '_ {
         self.checkpoint_records(session, 0..=u64::MAX).map(|rec| self.summary(&rec?))
@@ -252,7 +321,8 @@ impl Reader {
     ) -> Result<Option<CheckpointSummary>> {
         let key = keys::external_id_key(session, namespace, external);
         let Some(seq) = self.tree(TreeId::ExternalIds).get(key)? else { return Ok(None) };
-        let seq = keys::decode_external_id_value(&seq).ok_or_else(|| StorageError::corrupt("bad external_ids entry"))?;
+        let seq =
+            keys::decode_external_id_value(&seq).ok_or_else(|| StorageError::corrupt("bad external_ids entry"))?;
         self.summary_at(session, seq)
     }
 
@@ -293,35 +363,65 @@ impl Reader {
         }
     }
 
-    /// The full checkpoint: state, metadata and annotations.
+    /// The full checkpoint: state, metadata, annotations and writes.
     pub fn checkpoint(&self, id: CheckpointId) -> Result<Checkpoint> {
         let (rec, checksum) = self.checkpoint_record(id)?;
+        self.full(rec, checksum)
+    }
+
+    fn full(&self, rec: CheckpointRecord, checksum: u32) -> Result<Checkpoint> {
+        let id = rec.id;
         let state = self.state(&rec).map_err(|e| match e {
             // Deleted since its record was read.
             StorageError::Corrupt(_) if !self.contains_checkpoint(id).unwrap_or(true) => checkpoint_not_found(id),
             e => e,
         })?;
         let annotations: Vec<_> = self.annotations(id)?.into_iter().map(|(_, a)| a).collect();
+        let writes = match &rec.external_id {
+            Some(external) => self.writes(rec.session_id, &rec.namespace, external)?,
+            None => Vec::new(),
+        };
         Ok(Checkpoint {
             summary: rec.summary(!annotations.is_empty()),
-            state,
             metadata: raw_json(rec.metadata, "checkpoint metadata")?,
+            state,
             annotations,
             checksum,
+            writes,
         })
     }
 
-    /// One page of a session's checkpoints. Costs O(page), not O(session).
-    /// A page ends early once it holds [`MAX_PAGE_BYTES`] of messages and
-    /// tags, so a reply stays bounded; the client pages on with `after`.
-    pub fn list_checkpoints(&self, session: SessionId, q: &ListQuery, max: usize) -> Result<Vec<CheckpointSummary>> {
+    /// The sequence of the checkpoint with external id `external` in
+    /// (session, namespace), for a list bound.
+    fn external_bound(&self, session: SessionId, namespace: &str, external: &str) -> Result<u64> {
+        let found = self.checkpoint_by_external_id(session, namespace, external)?;
+        found.map(|s| s.sequence_number).ok_or_else(|| {
+            StorageError::NotFound(format!("checkpoint {external:?} not found in namespace {namespace:?}"))
+        })
+    }
+
+    /// One page of a session's checkpoints. Costs O(page), not O(session)
+    /// (a metadata filter adds the rows it passes over). A page ends early
+    /// once it holds [`MAX_PAGE_BYTES`] (of messages and tags; with `full`,
+    /// of whole records), so a reply stays bounded; the client pages on.
+    pub fn list_page(&self, session: SessionId, q: &ListQuery, max: usize) -> Result<Page> {
         self.session_record(session)?;
         let limit = q.limit.unwrap_or(max).min(max);
-        let low = q.after.map_or(Some(0), |a| a.checked_add(1));
-        let high = q.before.map_or(Some(u64::MAX), |b| b.checked_sub(1));
-        let (Some(low), Some(high)) = (low, high) else { return Ok(Vec::new()) };
+        let namespace = q.namespace.as_deref().unwrap_or("");
+        let after = match &q.after_external {
+            Some(external) => Some(self.external_bound(session, namespace, external)?),
+            None => q.after,
+        };
+        let before = match &q.before_external {
+            Some(external) => Some(self.external_bound(session, namespace, external)?),
+            None => q.before,
+        };
+        let low = after.map_or(Some(0), |a| a.checked_add(1));
+        let high = before.map_or(Some(u64::MAX), |b| b.checked_sub(1));
+        let mut page = PageBuilder::new(q.full, limit);
+        let (Some(low), Some(high)) = (low, high) else { return Ok(page.done()) };
         if low > high || limit == 0 {
-            return Ok(Vec::new());
+            return Ok(page.done());
         }
         let checkpoints = self.tree(TreeId::Checkpoints);
         let ordered = |range: sled::Iter| -> Box<dyn Iterator<Item = Entry>> {
@@ -335,7 +435,8 @@ impl Reader {
         };
         let records: Box<dyn Iterator<Item = Result<Option<IVec>>>> = match (&q.namespace, &q.tag) {
             (Some(namespace), _) => {
-                let range = keys::namespace_key(session, namespace, low)..=keys::namespace_key(session, namespace, high);
+                let range =
+                    keys::namespace_key(session, namespace, low)..=keys::namespace_key(session, namespace, high);
                 Box::new(ordered(self.tree(TreeId::Namespaces).range(range)).map(move |entry| {
                     let (k, _) = entry?;
                     record_at(&k, keys::namespace_key_sequence(&k))
@@ -352,23 +453,60 @@ impl Reader {
                 ordered(checkpoints.range(keys::session_checkpoints(session, low..=high))).map(|e| Ok(Some(e?.1))),
             ),
         };
-        let mut out = Vec::with_capacity(limit.min(1024));
-        let mut text_bytes = 0;
         for record in records {
-            if out.len() >= limit || text_bytes >= MAX_PAGE_BYTES {
+            if page.is_full() {
                 break;
             }
             // An index entry without its record would be corruption;
             // `verify` reports it, listing skips it.
             let Some(bytes) = record? else { continue };
             let rec = decode_checkpoint(&bytes)?;
-            if q.tag.as_ref().is_some_and(|t| !rec.tags.contains(t)) {
+            if q.tag.as_ref().is_some_and(|t| !rec.tags.contains(t))
+                || q.metadata.as_ref().is_some_and(|m| !metadata_matches(m, &rec.metadata))
+            {
                 continue;
             }
-            text_bytes += rec.message.len() + rec.tags.iter().map(String::len).sum::<usize>();
-            out.push(self.summary(&rec)?);
+            page.push(self, rec, &bytes)?;
         }
-        Ok(out)
+        Ok(page.done())
+    }
+
+    /// A page of summaries (`q.full` ignored).
+    pub fn list_checkpoints(&self, session: SessionId, q: &ListQuery, max: usize) -> Result<Vec<CheckpointSummary>> {
+        let q = ListQuery { full: false, ..q.clone() };
+        Ok(match self.list_page(session, &q, max)? {
+            Page::Summaries(rows) => rows,
+            Page::Records(rows) => rows.into_iter().map(|c| c.summary).collect(),
+        })
+    }
+
+    /// Checkpoints of every session, newest first by global sequence,
+    /// below `before`, filtered as `list_checkpoints` filters. Costs the
+    /// rows it passes over.
+    pub fn search(&self, q: &SearchQuery, max: usize) -> Result<Page> {
+        let limit = q.limit.unwrap_or(max).min(max);
+        let mut page = PageBuilder::new(q.full, limit);
+        let Some(high) = q.before.map_or(Some(u64::MAX), |b| b.checked_sub(1)) else { return Ok(page.done()) };
+        for entry in self.tree(TreeId::Sequences).range(..=keys::sequence_key(high)).rev() {
+            if page.is_full() {
+                break;
+            }
+            let (k, v) = entry?;
+            let seq = keys::decode_sequence_key(&k).ok_or_else(|| StorageError::corrupt("bad sequence key"))?;
+            let (session, _) =
+                keys::decode_sequence_value(&v).ok_or_else(|| StorageError::corrupt("bad sequence entry"))?;
+            let Some(bytes) = self.tree(TreeId::Checkpoints).get(keys::checkpoint_key(session, seq))? else {
+                continue;
+            };
+            let rec = decode_checkpoint(&bytes)?;
+            if q.namespace.as_ref().is_some_and(|ns| *ns != rec.namespace)
+                || q.metadata.as_ref().is_some_and(|m| !metadata_matches(m, &rec.metadata))
+            {
+                continue;
+            }
+            page.push(self, rec, &bytes)?;
+        }
+        Ok(page.done())
     }
 
     /// Checkpoints of every session by global sequence, after `after`.
@@ -388,6 +526,36 @@ impl Reader {
             }
         }
         Ok(out)
+    }
+
+    // ----- pending writes -----------------------------------------------------
+
+    /// The pending writes of a checkpoint (stored or not yet), ordered by
+    /// (task path, task id, idx) as LangGraph replays them.
+    pub fn writes(&self, session: SessionId, namespace: &str, external: &str) -> Result<Vec<PendingWrite>> {
+        let mut out = Vec::new();
+        for entry in self.tree(TreeId::Writes).scan_prefix(keys::writes_prefix(session, namespace, external)) {
+            let (k, v) = entry?;
+            out.push(decode_write(&k, &v)?.1);
+        }
+        out.sort_by(|a, b| (&a.task_path, &a.task_id, a.idx).cmp(&(&b.task_path, &b.task_id, b.idx)));
+        Ok(out)
+    }
+
+    /// Every pending write of a session, in key order, with its key.
+    pub(crate) fn session_writes(
+        &self,
+        session: SessionId,
+    ) -> impl Iterator<Item = Result<(keys::WriteKey, PendingWrite)>> + '_ {
+        self.tree(TreeId::Writes).scan_prefix(keys::session_key(session)).map(|entry| {
+            let (k, v) = entry?;
+            decode_write(&k, &v)
+        })
+    }
+
+    /// Whether a write is stored under `key`.
+    pub(crate) fn write_exists(&self, key: &[u8]) -> Result<bool> {
+        Ok(self.tree(TreeId::Writes).contains_key(key)?)
     }
 
     // ----- annotations --------------------------------------------------------

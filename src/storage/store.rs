@@ -26,8 +26,8 @@ use super::records::{Counters, micros};
 use super::{migrate, verify, writes};
 use crate::config::{Durability, StoreConfig};
 use crate::model::{
-    Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, JournalEvent, ListQuery, Metrics,
-    NewCheckpoint, RetentionPolicy, Session, SessionId, Severity, Validation,
+    Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, JournalEvent, ListQuery, MetadataFilter,
+    Metrics, NewCheckpoint, NewWrites, Page, RetentionPolicy, SearchQuery, Session, SessionId, Severity, Validation,
 };
 use chrono::Utc;
 use serde_json::value::RawValue;
@@ -243,8 +243,31 @@ impl Backend for Store {
         self.write(|c, r| writes::annotate(c, r, id, note, severity, max)).await
     }
 
-    async fn compact(&self, session: SessionId, policy: &RetentionPolicy) -> Result<Compaction> {
-        self.write(|c, r| writes::compact(c, r, session, policy)).await
+    async fn compact(&self, session: SessionId, policy: &RetentionPolicy, per_namespace: bool) -> Result<Compaction> {
+        self.write(|c, r| writes::compact(c, r, session, policy, per_namespace)).await
+    }
+
+    async fn put_writes(&self, new: NewWrites) -> Result<u64> {
+        self.write(|c, r| writes::put_writes(c, r, new)).await
+    }
+
+    async fn copy_session(
+        &self,
+        source: SessionId,
+        key: Option<String>,
+        name: String,
+        metadata: Box<RawValue>,
+    ) -> Result<(Session, u64)> {
+        self.write(|c, r| writes::copy_session(c, r, source, key, name, &metadata)).await
+    }
+
+    async fn delete_checkpoints(
+        &self,
+        session: Option<SessionId>,
+        namespace: Option<&str>,
+        filter: &MetadataFilter,
+    ) -> Result<(u64, bool)> {
+        self.write(|c, r| writes::delete_checkpoints(c, r, session, namespace, filter)).await
     }
 
     async fn import(&self, batch: ImportBatch) -> Result<ImportCounts> {
@@ -286,15 +309,21 @@ impl Backend for Store {
         let found = found.and_then(|summary| match summary {
             Some(summary) => self.read.checkpoint(summary.id),
             None => Err(StorageError::NotFound(match external {
-                Some(external) => format!("checkpoint {external:?} not found in namespace {namespace:?} of session {session}"),
+                Some(external) => {
+                    format!("checkpoint {external:?} not found in namespace {namespace:?} of session {session}")
+                }
                 None => format!("no checkpoint in namespace {namespace:?} of session {session}"),
             })),
         });
         self.settled(found).await
     }
 
-    async fn list_checkpoints(&self, session: SessionId, q: &ListQuery, max: usize) -> Result<Vec<CheckpointSummary>> {
-        self.settled(self.read.list_checkpoints(session, q, max)).await
+    async fn list_checkpoints(&self, session: SessionId, q: &ListQuery, max: usize) -> Result<Page> {
+        self.settled(self.read.list_page(session, q, max)).await
+    }
+
+    async fn search_checkpoints(&self, q: &SearchQuery, max: usize) -> Result<Page> {
+        self.settled(self.read.search(q, max)).await
     }
 
     async fn list_by_sequence(&self, after: u64, limit: usize) -> Result<Vec<CheckpointSummary>> {

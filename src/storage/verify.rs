@@ -142,7 +142,10 @@ impl Verify<'_> {
                 continue;
             };
             if sessions.get(&id).and_then(|rec| rec.key.as_deref()).map(str::as_bytes) != Some(&k[..]) {
-                v.problem(format!("session_keys: {:?} names session {id}, whose key it is not", String::from_utf8_lossy(&k)));
+                v.problem(format!(
+                    "session_keys: {:?} names session {id}, whose key it is not",
+                    String::from_utf8_lossy(&k)
+                ));
             }
         }
         Ok(sessions)
@@ -293,7 +296,9 @@ impl Verify<'_> {
                 None => false,
             };
             if !named {
-                v.problem(format!("namespaces: {namespace:?} at session {session} sequence {seq} has no such checkpoint"));
+                v.problem(format!(
+                    "namespaces: {namespace:?} at session {session} sequence {seq} has no such checkpoint"
+                ));
             }
         }
         for entry in self.tree(TreeId::ExternalIds).iter() {

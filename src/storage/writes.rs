@@ -13,13 +13,14 @@ use super::codec;
 use super::error::{Result, StorageError};
 use super::keys::{self, TreeId};
 use super::reads::Reader;
-use super::records::{AnnotationRecord, CheckpointRecord, SessionRecord};
-use crate::config::MAX_CHANGE_CHECKPOINTS;
+use super::records::{AnnotationRecord, CheckpointRecord, SessionRecord, WriteRecord, micros};
+use crate::config::{MAX_CHANGE_CHECKPOINTS, MAX_CHANGE_WRITES};
 use crate::model::{
-    Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, EventKind, NewCheckpoint, RetentionPolicy,
-    Session, SessionId, Severity, json_null,
+    Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, EventKind, MetadataFilter, NewCheckpoint,
+    NewWrites, RetentionPolicy, Session, SessionId, Severity, json_null, metadata_matches,
 };
 use serde_json::value::RawValue;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub(crate) fn put_session(c: &mut Change, rec: &SessionRecord) {
     c.put(TreeId::Sessions, keys::session_key(rec.id), codec::encode(rec));
@@ -72,6 +73,12 @@ pub(crate) fn remove_checkpoint(c: &mut Change, r: &Reader, rec: &CheckpointReco
     for index in r.annotation_indexes(rec.id)? {
         c.del(TreeId::Annotations, keys::annotation_key(rec.id, index));
     }
+    if let Some(external) = &rec.external_id {
+        let prefix = keys::writes_prefix(rec.session_id, &rec.namespace, external);
+        for k in r.tree(TreeId::Writes).scan_prefix(prefix).keys() {
+            c.del(TreeId::Writes, k?);
+        }
+    }
     // Counts read from disk may be low (damage): never below zero.
     c.counters.checkpoints = c.counters.checkpoints.saturating_sub(1);
     Ok(())
@@ -80,7 +87,7 @@ pub(crate) fn remove_checkpoint(c: &mut Change, r: &Reader, rec: &CheckpointReco
 // ----- sessions ---------------------------------------------------------------
 
 pub(crate) fn create_session(c: &mut Change, name: String, metadata: &RawValue) -> Result<Session> {
-    new_session(c, None, name, metadata)
+    new_session(c, None, name, metadata).to_model()
 }
 
 /// The session with client key `key`, created (with `name` and
@@ -96,10 +103,10 @@ pub(crate) fn open_session(
     if let Some(id) = r.session_by_key(&key)? {
         return Ok((r.session(id)?, false));
     }
-    Ok((new_session(c, Some(key), name, metadata)?, true))
+    Ok((new_session(c, Some(key), name, metadata).to_model()?, true))
 }
 
-fn new_session(c: &mut Change, key: Option<String>, name: String, metadata: &RawValue) -> Result<Session> {
+fn new_session(c: &mut Change, key: Option<String>, name: String, metadata: &RawValue) -> SessionRecord {
     c.counters.sessions_created += 1;
     c.counters.active_sessions += 1;
     let rec = SessionRecord {
@@ -114,7 +121,7 @@ fn new_session(c: &mut Change, key: Option<String>, name: String, metadata: &Raw
         key,
     };
     store_session(c, &rec);
-    rec.to_model()
+    rec
 }
 
 /// One step of deleting a session: removes up to
@@ -140,6 +147,18 @@ pub(crate) fn delete_session_step(
         rec.checkpoint_count = rec.checkpoint_count.saturating_sub(chunk);
         put_session(c, &rec);
         return Ok((chunk, false));
+    }
+    // Writes whose checkpoint was never stored, also in bounded steps
+    // (those of the checkpoints just removed are in this change already).
+    let mut orphans = 0;
+    for entry in r.tree(TreeId::Writes).scan_prefix(keys::session_key(id)).keys() {
+        c.del(TreeId::Writes, entry?);
+        orphans += 1;
+        if orphans == MAX_CHANGE_WRITES {
+            rec.checkpoint_count = rec.checkpoint_count.saturating_sub(chunk);
+            put_session(c, &rec);
+            return Ok((chunk, false));
+        }
     }
     c.del(TreeId::Sessions, keys::session_key(id));
     c.del(TreeId::SessionOrder, keys::ordinal_key(rec.ordinal));
@@ -287,12 +306,23 @@ pub(crate) fn annotate(
     Ok(rec.to_model())
 }
 
-/// Removes the checkpoints of `session` that `policy` does not keep, and
-/// journals the compaction (also when nothing was removed).
-pub(crate) fn compact(c: &mut Change, r: &Reader, session: SessionId, policy: &RetentionPolicy) -> Result<Compaction> {
+/// Removes the checkpoints of `session` that `policy` does not keep (with
+/// `per_namespace`, ranked within each namespace), and journals the
+/// compaction (also when nothing was removed).
+pub(crate) fn compact(
+    c: &mut Change,
+    r: &Reader,
+    session: SessionId,
+    policy: &RetentionPolicy,
+    per_namespace: bool,
+) -> Result<Compaction> {
     let mut rec = r.session_record(session)?;
-    let result =
-        apply_policy(c, r, &mut rec, policy, 0)?.unwrap_or(Compaction { removed: 0, remaining: rec.checkpoint_count });
+    let applied = if per_namespace {
+        apply_per_namespace(c, r, &mut rec, policy)?
+    } else {
+        apply_policy(c, r, &mut rec, policy, 0)?
+    };
+    let result = applied.unwrap_or(Compaction { removed: 0, remaining: rec.checkpoint_count });
     put_session(c, &rec);
     if result.removed == 0 {
         c.event(session, EventKind::CheckpointsCompacted { removed: 0, remaining: result.remaining });
@@ -346,6 +376,213 @@ fn apply_policy(
             newest_kept
         };
     }
+    let result = Compaction { removed, remaining: session.checkpoint_count };
+    c.event(id, EventKind::CheckpointsCompacted { removed, remaining: result.remaining });
+    Ok(Some(result))
+}
+
+// ----- pending writes -----------------------------------------------------------
+
+/// Stores a task's pending writes for checkpoint (session, namespace,
+/// external id), stored or not yet. Per (task id, idx): for idx >= 0 the
+/// first stored is kept, for idx < 0 the last replaces it. Returns how many
+/// were stored or replaced, and journals `writes_stored` when any were.
+pub(crate) fn put_writes(c: &mut Change, r: &Reader, new: NewWrites) -> Result<u64> {
+    r.session_record(new.session_id)?;
+    let NewWrites { session_id, namespace, external_id, task_id, task_path, writes } = new;
+    // What this change already put: reads show only what was stored before.
+    let mut put: HashSet<Vec<u8>> = HashSet::new();
+    let mut stored = 0;
+    for (idx, channel, value) in writes {
+        let key = keys::write_key(session_id, &namespace, &external_id, &task_id, idx);
+        if idx >= 0 && (put.contains(&key) || r.write_exists(&key)?) {
+            continue;
+        }
+        let rec = WriteRecord { task_path: task_path.clone(), channel, value: value.get().as_bytes().to_vec() };
+        c.put(TreeId::Writes, &key, codec::encode(&rec));
+        put.insert(key);
+        stored += 1;
+    }
+    if stored > 0 {
+        c.event(session_id, EventKind::WritesStored { namespace, external_id, task_id, stored });
+    }
+    Ok(stored)
+}
+
+// ----- copies and bulk removal ----------------------------------------------------
+
+/// Copies every checkpoint (with state, annotations, and parents pointing
+/// at the copies) and every pending write of `source` into the session with
+/// client key `key` (created if none has it; without a key, a new session).
+/// A checkpoint whose (namespace, external id) the target already has is
+/// not copied; writes merge by `put_writes`'s rules. Returns the target and
+/// how many checkpoints were copied.
+pub(crate) fn copy_session(
+    c: &mut Change,
+    r: &Reader,
+    source: SessionId,
+    key: Option<String>,
+    name: String,
+    metadata: &RawValue,
+) -> Result<(Session, u64)> {
+    let src = r.session_record(source)?;
+    if src.checkpoint_count > MAX_CHANGE_CHECKPOINTS as u64 {
+        return Err(StorageError::Full(format!(
+            "session {source} has {} checkpoints; copy_session copies at most {MAX_CHANGE_CHECKPOINTS} at once",
+            src.checkpoint_count
+        )));
+    }
+    let existing = match &key {
+        Some(key) => r.session_by_key(key)?,
+        None => None,
+    };
+    let mut target = match existing {
+        Some(id) if id == source => {
+            return Err(StorageError::Conflict(format!("session {source} cannot be copied into itself")));
+        }
+        Some(id) => r.session_record(id)?,
+        None => new_session(c, key, name, metadata),
+    };
+    // Source checkpoint id -> its copy (or the target's checkpoint it matched).
+    let mut copies: HashMap<CheckpointId, CheckpointId> = HashMap::new();
+    let mut copied = 0;
+    for rec in r.checkpoint_records(source, 0..=u64::MAX) {
+        let rec = rec?;
+        if existing.is_some()
+            && let Some(external) = &rec.external_id
+            && let Some(there) = r.checkpoint_by_external_id(target.id, &rec.namespace, external)?
+        {
+            copies.insert(rec.id, there.id);
+            continue;
+        }
+        let state = r.state(&rec)?;
+        c.counters.global_seq += 1;
+        c.counters.checkpoints += 1;
+        let copy = CheckpointRecord {
+            id: CheckpointId::new(),
+            session_id: target.id,
+            sequence_number: c.counters.global_seq,
+            parent_id: rec.parent_id.and_then(|p| copies.get(&p).copied()),
+            ..rec.clone()
+        };
+        store_checkpoint(c, &copy, &state);
+        for (index, a) in r.annotations(rec.id)? {
+            let note = AnnotationRecord { note: a.note, severity: a.severity, timestamp: micros(a.timestamp) };
+            store_annotation(c, copy.id, index, &note);
+        }
+        copies.insert(rec.id, copy.id);
+        target.checkpoint_count += 1;
+        target.last_sequence = Some(copy.sequence_number);
+        copied += 1;
+    }
+    let mut put: HashSet<Vec<u8>> = HashSet::new();
+    for entry in r.session_writes(source) {
+        let (k, w) = entry?;
+        let key = keys::write_key(target.id, &k.namespace, &k.external_id, &k.task_id, k.idx);
+        if k.idx >= 0 && (put.contains(&key) || r.write_exists(&key)?) {
+            continue;
+        }
+        let rec = WriteRecord { task_path: w.task_path, channel: w.channel, value: w.value.get().as_bytes().to_vec() };
+        c.put(TreeId::Writes, &key, codec::encode(&rec));
+        put.insert(key);
+    }
+    put_session(c, &target);
+    c.event(target.id, EventKind::SessionCopied { source_session_id: source, copied });
+    Ok((target.to_model()?, copied))
+}
+
+/// Deletes up to [`MAX_CHANGE_CHECKPOINTS`] checkpoints whose metadata
+/// matches `filter` (of one session, or of all; of one namespace, or of
+/// all), with their writes and annotations, journaling `checkpoint_deleted`
+/// for each. Returns how many, and whether matches remain.
+pub(crate) fn delete_checkpoints(
+    c: &mut Change,
+    r: &Reader,
+    session: Option<SessionId>,
+    namespace: Option<&str>,
+    filter: &MetadataFilter,
+) -> Result<(u64, bool)> {
+    let records: Box<dyn Iterator<Item = Result<CheckpointRecord>>> = match session {
+        Some(id) => {
+            r.session_record(id)?;
+            Box::new(r.checkpoint_records(id, 0..=u64::MAX))
+        }
+        None => Box::new(r.all_checkpoint_records()),
+    };
+    let mut doomed: Vec<CheckpointRecord> = Vec::new();
+    let mut more = false;
+    for rec in records {
+        let rec = rec?;
+        if namespace.is_some_and(|ns| ns != rec.namespace) || !metadata_matches(filter, &rec.metadata) {
+            continue;
+        }
+        if doomed.len() == MAX_CHANGE_CHECKPOINTS {
+            more = true;
+            break;
+        }
+        doomed.push(rec);
+    }
+    let mut by_session: BTreeMap<SessionId, HashSet<u64>> = BTreeMap::new();
+    for rec in &doomed {
+        remove_checkpoint(c, r, rec)?;
+        by_session.entry(rec.session_id).or_default().insert(rec.sequence_number);
+        let (checkpoint_id, sequence_number) = (rec.id, rec.sequence_number);
+        c.event(rec.session_id, EventKind::CheckpointDeleted { checkpoint_id, sequence_number });
+    }
+    for (id, gone) in by_session {
+        let mut sess = r.session_record(id)?;
+        sess.checkpoint_count = sess.checkpoint_count.saturating_sub(gone.len() as u64);
+        sess.last_sequence = newest_left(r, id, &gone)?;
+        put_session(c, &sess);
+    }
+    Ok((doomed.len() as u64, more))
+}
+
+/// The newest checkpoint of `session` not among `gone`.
+fn newest_left(r: &Reader, session: SessionId, gone: &HashSet<u64>) -> Result<Option<u64>> {
+    for k in r.tree(TreeId::Checkpoints).range(keys::session_checkpoints(session, 0..=u64::MAX)).keys().rev() {
+        let k = k?;
+        let (_, seq) = keys::decode_checkpoint_key(&k).ok_or_else(|| StorageError::corrupt("bad checkpoint key"))?;
+        if !gone.contains(&seq) {
+            return Ok(Some(seq));
+        }
+    }
+    Ok(None)
+}
+
+/// [`apply_policy`] within each namespace of `session`: every namespace
+/// keeps its own `keep_recent` newest (and its preserved tags).
+fn apply_per_namespace(
+    c: &mut Change,
+    r: &Reader,
+    session: &mut SessionRecord,
+    policy: &RetentionPolicy,
+) -> Result<Option<Compaction>> {
+    let id = session.id;
+    let mut by_namespace: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for k in r.tree(TreeId::Namespaces).scan_prefix(keys::session_key(id)).keys() {
+        let k = k?;
+        let (_, namespace, seq) =
+            keys::decode_namespace_key(&k).ok_or_else(|| StorageError::corrupt("bad namespaces key"))?;
+        by_namespace.entry(namespace).or_default().push(seq);
+    }
+    let mut gone = HashSet::new();
+    for seqs in by_namespace.values() {
+        // Keys are in sequence order: the newest last.
+        for (rank, &seq) in (0..).zip(seqs.iter().rev()) {
+            let Some(rec) = r.checkpoint_record_at(id, seq)? else { continue };
+            if !policy.keeps(rank, &rec.tags) {
+                remove_checkpoint(c, r, &rec)?;
+                gone.insert(seq);
+            }
+        }
+    }
+    if gone.is_empty() {
+        return Ok(None);
+    }
+    let removed = gone.len() as u64;
+    session.checkpoint_count = session.checkpoint_count.saturating_sub(removed);
+    session.last_sequence = newest_left(r, id, &gone)?;
     let result = Compaction { removed, remaining: session.checkpoint_count };
     c.event(id, EventKind::CheckpointsCompacted { removed, remaining: result.remaining });
     Ok(Some(result))
