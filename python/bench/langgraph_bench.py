@@ -200,7 +200,9 @@ async def profile(args: argparse.Namespace, work: Path) -> None:
         rate = await run_once(saver, threads=threads, steps=args.steps, text_bytes=size * KIB, durability=durability)
         profiler.disable()
     out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats("checkpointd|websockets", 25)
     print(f"{size} KiB, {threads} thread(s), durability={args.durability[0]}: {rate:.1f} steps/s\n{out.getvalue()}")
 
 
