@@ -13,9 +13,13 @@ for each combination of
 - LangGraph's durability: its default (``"async"``: a checkpoint is saved
   while the next step runs) or ``"sync"`` (each step waits for its save).
 
+LangGraph's ``InMemorySaver`` runs the same cells as a reference: it stores
+nothing durably, so its rate is what LangGraph's own Python costs, the
+ceiling of any saver in one process.
+
 Each cell is the median of ``--repeats`` runs; a run is ``--steps`` steps on
 each LangGraph thread (new threads each run), timed from the first
-``ainvoke`` to the last one's return. Both data directories are in one
+``ainvoke`` to the last one's return. The savers take turns run by run. Both data directories are in one
 temporary directory (``--dir``), on the same file system.
 
 Run (from the repository root, after ``cargo build --release --bin checkpointd``)::
@@ -44,12 +48,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, START, StateGraph
 
@@ -123,49 +128,53 @@ async def run_once(
     return threads * steps / (time.perf_counter() - started)
 
 
-SaverFactory = Callable[[], AbstractAsyncContextManager[BaseCheckpointSaver[Any]]]
-
-
 async def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    binary = Path(args.binary)
+    """Every cell; within a cell the savers take turns, run after run, so that a change
+    in the machine's load meets them alike."""
     rows: list[dict[str, Any]] = []
-    async with checkpointd_server(binary, work / "checkpointd") as url:
-        savers: dict[str, SaverFactory] = {
-            "sqlite": lambda: AsyncSqliteSaver.from_conn_string(str(work / "sqlite.db")),
-            "checkpointd": lambda: AsyncCheckpointdSaver.from_conn_string(url),
+    async with (
+        checkpointd_server(Path(args.binary), work / "checkpointd") as url,
+        AsyncSqliteSaver.from_conn_string(str(work / "sqlite.db")) as sqlite,
+        AsyncCheckpointdSaver.from_conn_string(url) as checkpointd,
+    ):
+        savers: dict[str, BaseCheckpointSaver[Any]] = {
+            "sqlite": sqlite,
+            "checkpointd": checkpointd,
+            # No storage at all: what LangGraph itself costs, the ceiling of any saver here.
+            "memory": InMemorySaver(),
         }
         for size in args.sizes:
             steps = args.steps if size <= 16 else max(5, args.steps // 3)
             for threads in args.threads:
                 for durability in args.durability:
+                    mode = None if durability == "default" else durability
+                    for saver in savers.values():  # Warm-up.
+                        await run_once(saver, threads=threads, steps=2, text_bytes=size * KIB, durability=mode)
+                    rates: dict[str, list[float]] = {name: [] for name in savers}
+                    for _ in range(args.repeats):
+                        for name, saver in savers.items():
+                            rate = await run_once(
+                                saver, threads=threads, steps=steps, text_bytes=size * KIB, durability=mode
+                            )
+                            rates[name].append(rate)
+                        if isinstance(savers["memory"], InMemorySaver):
+                            savers["memory"] = InMemorySaver()  # Keeps its memory from growing.
                     row: dict[str, Any] = {
                         "size_kib": size,
                         "threads": threads,
                         "durability": durability,
                         "steps": steps,
                     }
-                    for name, factory in savers.items():
-                        async with factory() as saver:
-                            await run_once(
-                                saver, threads=threads, steps=2, text_bytes=size * KIB, durability=None
-                            )  # warm-up
-                            rates = [
-                                await run_once(
-                                    saver,
-                                    threads=threads,
-                                    steps=steps,
-                                    text_bytes=size * KIB,
-                                    durability=None if durability == "default" else durability,
-                                )
-                                for _ in range(args.repeats)
-                            ]
-                        row[name] = statistics.median(rates)
-                        row[f"{name}_runs"] = [round(r, 1) for r in rates]
+                    for name, runs in rates.items():
+                        row[name] = statistics.median(runs)
+                        row[f"{name}_runs"] = [round(r, 1) for r in runs]
                     row["ratio"] = row["checkpointd"] / row["sqlite"]
+                    row["load_average"] = os.getloadavg()[0]
                     rows.append(row)
                     print(
                         f"{size:>4} KiB  {threads} thread(s)  durability={durability:<8}"
-                        f"  sqlite {row['sqlite']:8.1f}  checkpointd {row['checkpointd']:8.1f}  x{row['ratio']:.2f}",
+                        f"  sqlite {row['sqlite']:8.1f}  checkpointd {row['checkpointd']:8.1f}  x{row['ratio']:.2f}"
+                        f"  (InMemorySaver {row['memory']:8.1f}; load {row['load_average']:.1f})",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -175,13 +184,13 @@ async def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| state | LangGraph threads | LangGraph durability"
-        " | SqliteSaver steps/s | checkpointd steps/s | checkpointd / SQLite |",
-        "|---|---|---|---|---|---|",
+        " | SqliteSaver steps/s | checkpointd steps/s | checkpointd / SQLite | InMemorySaver steps/s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['size_kib']} KiB | {row['threads']} | {row['durability']} | {row['sqlite']:.0f}"
-            f" | {row['checkpointd']:.0f} | {row['ratio']:.2f}x |"
+            f" | {row['checkpointd']:.0f} | {row['ratio']:.2f}x | {row['memory']:.0f} |"
         )
     return "\n".join(lines)
 
