@@ -5,11 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
+from conftest import StartServer
 from langgraph.checkpoint.conformance.test_utils import generate_checkpoint, generate_config, generate_metadata
 from langgraph.checkpoint.memory import InMemorySaver
 
-from checkpointd import AsyncClient
-from checkpointd.langgraph import RESERVED_KEY, AsyncCheckpointdSaver
+from checkpointd import AsyncClient, Unauthorized
+from checkpointd.langgraph import RESERVED_KEY, AsyncCheckpointdSaver, CheckpointdSaver
 
 
 def thread() -> str:
@@ -129,3 +131,15 @@ async def test_copy_and_prune_of_threads_without_sessions_do_nothing(client: Asy
     await saver.adelete_thread(source)
     sessions = await client.list_sessions(key_prefix="thread-")
     assert not {source, target} & {s.key for s in sessions}
+
+
+async def test_from_conn_string_with_a_token(start_server: StartServer) -> None:
+    secured = start_server(token="s3cret")
+    with pytest.raises(Unauthorized):
+        async with AsyncCheckpointdSaver.from_conn_string(secured.url, token="wrong"):
+            pass
+    async with AsyncCheckpointdSaver.from_conn_string(secured.url, token="s3cret") as saver:
+        stored = await put(saver, thread())
+        assert await saver.aget_tuple(stored) is not None
+    with CheckpointdSaver.from_conn_string(secured.url, token="s3cret") as sync_saver:
+        assert sync_saver.get_tuple(stored) is not None
