@@ -42,8 +42,9 @@ import base64
 import functools
 import math
 import random
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 from langchain_core.runnables import RunnableConfig
@@ -71,6 +72,9 @@ T = TypeVar("T")
 
 RESERVED_KEY = "__checkpointd__"
 """The metadata key holding what plain JSON cannot: ``{"serde": {key: serde value}, "parent": id}``."""
+CONNECTIONS = 4
+"""Connections a saver opens in ``from_conn_string``: checkpointd answers each connection's
+requests in order, so concurrent threads on separate connections share fsyncs."""
 SESSION_NAME = "langgraph"
 """The name of the sessions a saver creates (their client key is the thread id)."""
 PAGE = 100
@@ -226,7 +230,7 @@ class _Listing:
         return PAGE
 
     async def _fetch(self) -> list[Record]:
-        client = self._saver._client
+        client = self._saver._client_for(self._thread_id) if self._thread_id is not None else self._saver._client
         if self._session_id is None:
             return await self._saver._call(
                 lambda: client.search_checkpoints(
@@ -272,12 +276,20 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
     """
 
     def __init__(
-        self, client: AsyncClient, loop: asyncio.AbstractEventLoop, *, serde: SerializerProtocol | None = None
+        self,
+        clients: Sequence[AsyncClient],
+        loop: asyncio.AbstractEventLoop,
+        *,
+        serde: SerializerProtocol | None = None,
     ) -> None:
         super().__init__(serde=serde)
-        self._client = client
+        if not clients:
+            raise ValueError("a saver needs at least one client")
+        self._clients = tuple(clients)
+        self._client = self._clients[0]
+        """The connection of the requests that concern no one thread (searches, deletions by run)."""
         self.loop = loop
-        """The event loop the client's requests run on."""
+        """The event loop the clients' requests run on."""
         self._sessions: dict[str, str] = {}
         """Thread id -> session id, for the threads met so far."""
         self._keys: dict[str, str | None] = {}
@@ -318,6 +330,17 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
         except ConnectionLost:
             return await request()
 
+    def _client_for(self, thread_id: str) -> AsyncClient:
+        """The connection that carries a thread's requests: always the same one for a thread.
+
+        The server answers one connection's requests in order, so threads
+        spread over several connections have their writes made durable
+        together (one fsync for many); one thread's requests keep their order.
+        """
+        if len(self._clients) == 1:
+            return self._client
+        return self._clients[zlib.crc32(thread_id.encode()) % len(self._clients)]
+
     # Threads and sessions.
 
     async def _find_session(self, thread_id: str, *, create: bool) -> str | None:
@@ -326,11 +349,11 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
         if session_id is not None:
             return session_id
         if create:
-            opened = await self._call(lambda: self._client.open_session(thread_id, name=SESSION_NAME))
+            opened = await self._call(lambda: self._client_for(thread_id).open_session(thread_id, name=SESSION_NAME))
             session_id = opened.session.id
         else:
             try:
-                session_id = (await self._call(lambda: self._client.get_session(key=thread_id))).id
+                session_id = (await self._call(lambda: self._client_for(thread_id).get_session(key=thread_id))).id
             except NotFound:
                 return None
         self._sessions[thread_id] = session_id
@@ -419,7 +442,7 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
         checkpoint_id = get_checkpoint_id(config)
 
         async def get(session_id: str) -> Record:
-            return await self._client.get_checkpoint(
+            return await self._client_for(thread_id).get_checkpoint(
                 session_id=session_id, namespace=namespace, external_id=checkpoint_id
             )
 
@@ -478,7 +501,7 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
         configurable = config["configurable"]
 
         async def get(session_id: str) -> Record:
-            return await self._client.get_checkpoint(
+            return await self._client_for(configurable["thread_id"]).get_checkpoint(
                 session_id=session_id,
                 namespace=configurable.get("checkpoint_ns", ""),
                 external_id=configurable.get("checkpoint_id"),
@@ -505,7 +528,7 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
         state = _pack(self.serde, checkpoint)
 
         async def store(session_id: str, parent: str | None, dangling: str | None) -> str:
-            return await self._client.checkpoint(
+            return await self._client_for(thread_id).checkpoint(
                 session_id,
                 namespace=namespace,
                 external_id=checkpoint["id"],
@@ -538,7 +561,8 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
             for idx, (channel, value) in enumerate(writes)
         ]
         # Batches under the server's limits on writes and on request size.
-        budget = self._client.max_request_bytes // 2
+        client = self._client_for(thread_id)
+        budget = client.max_request_bytes // 2
         batches: list[list[tuple[int, str, JSON]]] = [[]]
         size = 0
         for write in wire:
@@ -551,7 +575,7 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
 
         async def put(session_id: str) -> None:
             for batch in batches:
-                await self._client.put_writes(
+                await client.put_writes(
                     session_id,
                     namespace=configurable.get("checkpoint_ns", ""),
                     external_id=configurable["checkpoint_id"],
@@ -568,14 +592,14 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
         if session_id is None:
             return
         try:
-            await self._call(lambda: self._client.delete_session(session_id))
+            await self._call(lambda: self._client_for(thread_id).delete_session(session_id))
         except NotFound:
             # Deleted by another client since it was cached: its key may have
             # a new session by now.
             fresh = await self._find_session(thread_id, create=False)
             self._forget(thread_id)
             if fresh is not None and fresh != session_id:
-                await self._call(lambda: self._client.delete_session(fresh))
+                await self._call(lambda: self._client_for(thread_id).delete_session(fresh))
 
     async def _delete_for_runs(self, run_ids: Sequence[str]) -> None:
         for run_id in run_ids:
@@ -588,7 +612,9 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
 
     async def _copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         async def copy(session_id: str) -> None:
-            copied = await self._client.copy_session(session_id, key=target_thread_id, name=SESSION_NAME)
+            copied = await self._client_for(source_thread_id).copy_session(
+                session_id, key=target_thread_id, name=SESSION_NAME
+            )
             self._forget(target_thread_id)
             self._sessions[target_thread_id] = copied.session.id
             self._keys[copied.session.id] = target_thread_id
@@ -601,12 +627,11 @@ class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
         for thread_id in thread_ids:
             if strategy == "delete":
                 await self._delete_thread(thread_id)
-                continue
+            else:
+                await self._in_session(thread_id, False, functools.partial(self._keep_latest, thread_id))
 
-            async def keep_latest(session_id: str) -> None:
-                await self._client.compact(session_id, keep_recent=1, per_namespace=True)
-
-            await self._in_session(thread_id, False, keep_latest)
+    async def _keep_latest(self, thread_id: str, session_id: str) -> None:
+        await self._client_for(thread_id).compact(session_id, keep_recent=1, per_namespace=True)
 
     # BaseCheckpointSaver: the asynchronous methods.
 
@@ -741,26 +766,31 @@ class AsyncCheckpointdSaver(_CheckpointdSaverBase):
     """A LangGraph checkpointer on checkpointd for asyncio code.
 
     ``async with AsyncCheckpointdSaver.from_conn_string(url) as saver:``, or
-    ``AsyncCheckpointdSaver(client)`` over an open :class:`AsyncClient`
-    (created inside a running event loop, which its requests then use).
-    Its synchronous methods may be called from other threads (a graph's
+    ``AsyncCheckpointdSaver(client)`` over one open :class:`AsyncClient` or
+    a sequence of them (created inside a running event loop, which their
+    requests then use; each LangGraph thread keeps to one of them). Its
+    synchronous methods may be called from other threads (a graph's
     ``invoke`` in a worker thread), not from the loop's own thread.
     """
 
-    def __init__(self, client: AsyncClient, *, serde: SerializerProtocol | None = None) -> None:
-        super().__init__(client, asyncio.get_running_loop(), serde=serde)
+    def __init__(self, client: AsyncClient | Sequence[AsyncClient], *, serde: SerializerProtocol | None = None) -> None:
+        clients = [client] if isinstance(client, AsyncClient) else list(client)
+        super().__init__(clients, asyncio.get_running_loop(), serde=serde)
 
     @property
     def client(self) -> AsyncClient:
-        """The connection this saver uses."""
+        """The saver's first connection (that of searches and deletions by run)."""
         return self._client
 
     @classmethod
     @asynccontextmanager
     async def from_conn_string(cls, url: str, *, token: str | None = None) -> AsyncIterator[AsyncCheckpointdSaver]:
-        """A saver on a new connection to ``url`` (``ws://host:port``), closed at the end of the block."""
-        async with AsyncClient.connect(url, token=token) as client:
-            yield cls(client)
+        """A saver on :data:`CONNECTIONS` new connections to ``url`` (``ws://host:port``), closed at the end."""
+        async with AsyncExitStack() as stack:
+            clients = [
+                await stack.enter_async_context(AsyncClient.connect(url, token=token)) for _ in range(CONNECTIONS)
+            ]
+            yield cls(clients)
 
 
 class CheckpointdSaver(_CheckpointdSaverBase):
@@ -773,17 +803,31 @@ class CheckpointdSaver(_CheckpointdSaverBase):
     """
 
     def __init__(self, client: Client, *, serde: SerializerProtocol | None = None) -> None:
-        super().__init__(client.async_client, client.loop, serde=serde)
+        super().__init__([client.async_client], client.loop, serde=serde)
         self._sync_client = client
 
     @property
     def client(self) -> Client:
-        """The connection this saver uses."""
+        """The saver's first connection (that of searches and deletions by run)."""
         return self._sync_client
 
     @classmethod
     @contextmanager
     def from_conn_string(cls, url: str, *, token: str | None = None) -> Iterator[CheckpointdSaver]:
-        """A saver on a new connection to ``url`` (``ws://host:port``), closed at the end of the block."""
+        """A saver on :data:`CONNECTIONS` new connections to ``url`` (``ws://host:port``), closed at the end."""
         with Client.connect(url, token=token) as client:
-            yield cls(client)
+            saver = cls(client)
+            more: list[AsyncClient] = []
+
+            async def connect() -> AsyncClient:
+                return await AsyncClient.connect(url, token=token)
+
+            try:
+                # The other connections are AsyncClients on the first one's loop thread.
+                for _ in range(CONNECTIONS - 1):
+                    more.append(saver._block(connect()))
+                saver._clients = (saver._client, *more)
+                yield saver
+            finally:
+                for each in more:
+                    saver._block(each.close())
