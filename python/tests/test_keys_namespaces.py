@@ -7,6 +7,7 @@ import asyncio
 import uuid
 
 import pytest
+from conftest import STEP, StartServer
 
 from checkpointd import (
     AsyncClient,
@@ -235,3 +236,49 @@ async def test_compact_per_namespace_keeps_the_newest_of_each(client: AsyncClien
         ("", "2"),
         ("child", "child2"),
     ]
+
+
+async def test_events_of_writes_and_copies(client: AsyncClient) -> None:
+    source = (await client.open_session(unique("events-src"))).session.id
+    target_key = unique("events-dst")
+    target = (await client.open_session(target_key)).session.id
+    await client.checkpoint(source, external_id="e", state=1)
+    async with client.subscribe(source) as source_events, client.subscribe(target) as target_events:
+        await client.put_writes(source, namespace="ns", external_id="x", task_id="t", writes=[(0, "c", 1), (1, "d", 2)])
+        await client.put_writes(source, namespace="ns", external_id="x", task_id="t", writes=[(0, "c", 1)])  # Nothing.
+        copied = await client.copy_session(source, key=target_key)
+        assert copied.session.id == target
+        stored = await anext(source_events)
+        assert stored.event_type == "writes_stored"
+        assert {k: stored.data[k] for k in ("namespace", "external_id", "task_id", "stored")} == {
+            "namespace": "ns",
+            "external_id": "x",
+            "task_id": "t",
+            "stored": 2,
+        }
+        copy = await anext(target_events)  # One event for the copy, no checkpoint_created.
+        assert (copy.event_type, copy.session_id) == ("session_copied", target)
+        assert (copy.data["source_session_id"], copy.data["copied"]) == (source, 1)
+        marker = await client.checkpoint(source, state="marker")  # The next event of each, in order.
+        assert (await anext(source_events)).checkpoint_id == marker
+        await client.put_writes(target, external_id="e", task_id="t2", writes=[(0, "c", 3)])
+        assert (await anext(target_events)).event_type == "writes_stored"
+
+
+async def test_delete_checkpoints_in_rounds_of_1024(start_server: StartServer) -> None:
+    server = start_server("--durability", "async")
+    async with AsyncClient.connect(server.url, timeout=STEP) as client:
+        session_id = (await client.open_session("many")).session.id
+        total = 1100
+        for first in range(0, total, 100):
+            await asyncio.gather(
+                *(
+                    client.checkpoint(session_id, external_id=f"m{n}", metadata={"run_id": "r"})
+                    for n in range(first, min(first + 100, total))
+                )
+            )
+        first_round = await client.delete_checkpoints(metadata={"run_id": "r"})
+        assert (first_round.deleted, first_round.more) == (1024, True)
+        second_round = await client.delete_checkpoints(metadata={"run_id": "r"})
+        assert (second_round.deleted, second_round.more) == (total - 1024, False)
+        assert (await client.get_session(session_id)).checkpoint_count == 0
