@@ -361,14 +361,14 @@ fn checkpoint_record() -> impl Strategy<Value = CheckpointRecord> {
         (checkpoint_id(), session_id(), any::<u64>(), any::<i64>()),
         (any::<String>(), prop::collection::vec(any::<String>(), 0..5), trigger()),
         (any::<Vec<u8>>(), prop::option::of(checkpoint_id()), any::<u32>()),
-        (any::<String>(), prop::option::of(any::<String>())),
+        (any::<String>(), prop::option::of(any::<String>()), prop::option::of(any::<String>())),
     )
         .prop_map(
             |(
                 (id, session_id, sequence_number, timestamp),
                 (message, tags, trigger),
                 (metadata, parent_id, state_crc),
-                (namespace, external_id),
+                (namespace, external_id, parent_external_id),
             )| {
                 CheckpointRecord {
                     id,
@@ -383,6 +383,7 @@ fn checkpoint_record() -> impl Strategy<Value = CheckpointRecord> {
                     state_crc,
                     namespace,
                     external_id,
+                    parent_external_id,
                 }
             },
         )
