@@ -532,3 +532,57 @@ fn verification(v: &Verification, json: bool, out: &mut dyn Write) -> Result<()>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, Utc};
+
+    fn event(seq: u64, kind: EventKind) -> JournalEvent {
+        let session_id = "5a4e0c39-93b1-4c1e-8d11-0b0a3c5e7f01".parse().unwrap();
+        let timestamp = DateTime::<Utc>::from_timestamp_micros(1_764_514_800_123_456).unwrap();
+        JournalEvent { seq, session_id, timestamp, kind }
+    }
+
+    fn rows(events: &[JournalEvent]) -> Vec<Vec<String>> {
+        let head = ["SEQ", "TIMESTAMP", "EVENT", "SESSION", "CHECKPOINT", "SEQUENCE", "REMOVED", "REMAINING", "DETAIL"];
+        let mut out = Vec::new();
+        table(&mut out, &head, &events.iter().map(event_row).collect::<Vec<_>>()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        // Columns are two spaces apart; a cell of the DETAIL column has single spaces.
+        text.lines()
+            .map(|l| l.split("  ").map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect())
+            .collect()
+    }
+
+    #[test]
+    fn events_of_format_2_keep_to_their_columns() {
+        let source: SessionId = "b6f3d2aa-1c2d-4e5f-9a0b-1c2d3e4f5a02".parse().unwrap();
+        let checkpoint: CheckpointId = "0c1f2e3d-4b5a-4697-8877-665544332201".parse().unwrap();
+        let table = rows(&[
+            event(1, EventKind::CheckpointCreated { checkpoint_id: checkpoint, sequence_number: 3 }),
+            event(2, EventKind::CheckpointsCompacted { removed: 2, remaining: 1 }),
+            event(
+                3,
+                EventKind::WritesStored {
+                    namespace: String::new(),
+                    external_id: "ck\t2".into(),
+                    task_id: "t-1".into(),
+                    stored: 2,
+                },
+            ),
+            event(4, EventKind::SessionCopied { source_session_id: source, copied: 7 }),
+        ]);
+        let session = "5a4e0c39-93b1-4c1e-8d11-0b0a3c5e7f01";
+        let at = "2025-11-30T15:00:00.123456Z";
+        assert_eq!(table[0].last().unwrap(), "DETAIL");
+        assert_eq!(table[1], ["1", at, "checkpoint_created", session, &checkpoint.to_string(), "3", "-", "-", "-"]);
+        assert_eq!(table[2], ["2", at, "checkpoints_compacted", session, "-", "-", "2", "1", "-"]);
+        // No checkpoint id (the checkpoint may not be stored yet), no count
+        // in another event's column: the rest is in DETAIL, strings quoted.
+        let detail = r#"stored=2 namespace="" external_id="ck\t2" task_id="t-1""#;
+        assert_eq!(table[3], ["3", at, "writes_stored", session, "-", "-", "-", "-", detail]);
+        let detail = format!("copied=7 source_session_id={source}");
+        assert_eq!(table[4], ["4", at, "session_copied", session, "-", "-", "-", "-", detail.as_str()]);
+    }
+}
