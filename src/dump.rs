@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::model::{CheckpointId, EventKind, JournalEvent, SessionId};
 use crate::protocol::reply::{self, SummaryView, timestamp};
-use crate::storage::{Inspector, StoredWrite, Summary, Verification};
+use crate::storage::{Inspector, Migration, StoredWrite, Summary, Verification};
 use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -73,12 +73,17 @@ fn run_command(opts: &Options, cmd: &Action, out: &mut dyn Write) -> Result<bool
         return Ok(true);
     }
     let ins = Inspector::open(&opts.data_dir, opts.snapshot)?;
-    if let Some(from) = ins.migrated_from() {
-        eprintln!(
-            "checkpoint-dump: note: {} has format version {from}; reading a private copy migrated to format {} (the directory is unchanged; checkpointd migrates it when it next opens it)",
-            opts.data_dir.display(),
-            crate::storage::migrate::CURRENT_FORMAT
-        );
+    let current = crate::storage::migrate::CURRENT_FORMAT;
+    match ins.migration() {
+        Migration::None => {}
+        Migration::Migrated { from } => eprintln!(
+            "checkpoint-dump: note: {} has format version {from}; reading a private copy migrated to format {current} (the directory is unchanged; checkpointd migrates it when it next opens it)",
+            opts.data_dir.display()
+        ),
+        Migration::Failed { from, error } => eprintln!(
+            "checkpoint-dump: warning: {} has format version {from}, and migrating a private copy of it to format {current} failed ({error}); reading it unmigrated, so its records may not decode (the directory is unchanged; checkpointd would refuse to start on it)",
+            opts.data_dir.display()
+        ),
     }
     let json = opts.json;
     match cmd {

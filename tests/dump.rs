@@ -306,6 +306,41 @@ fn a_format_1_directory_is_read_through_a_migrated_copy_and_left_unchanged() {
     assert_eq!(migrate::read_version(&db.open_tree("meta").unwrap()).unwrap(), Some(1));
 }
 
+/// Damage the format-1 tool never met (it never decoded this record) makes
+/// the migration of the private copy fail: the copy is read as it is, every
+/// command says so, and `verify` reports it, as checkpointd would refuse to
+/// start on the directory.
+#[test]
+fn a_format_1_directory_whose_migration_fails_is_read_unmigrated_and_verify_says_why() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("v1");
+    copy_dir(&fixture(1), &dir);
+    {
+        let db = open_sled(&dir);
+        let ghost: SessionId = "00000000-0000-4000-8000-0000000000bb".parse().unwrap();
+        db.open_tree("sessions").unwrap().insert(keys::session_key(ghost), &b"not a record"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    wait_unlocked(&dir);
+    let out = dump_unchanged(&dir, &["--json", "summary"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let warning = stderr(&out);
+    assert!(warning.contains("warning:") && warning.contains("failed") && warning.contains("unmigrated"), "{warning}");
+    let summary = &json_lines(&String::from_utf8(out.stdout).unwrap())[0];
+    assert_eq!((&summary["format_version"], &summary["read_format"]), (&json!(1), &json!(1)));
+
+    let out = dump_unchanged(&dir, &["verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!("problem: migrating format 1 to {CURRENT_FORMAT} fails"))
+            && l.contains("namespaces_and_keys")),
+        "{text}"
+    );
+    let db = open_sled(&dir);
+    assert_eq!(migrate::read_version(&db.open_tree("meta").unwrap()).unwrap(), Some(1));
+}
+
 /// Keys, namespaces, external ids and pending writes, in every view.
 #[test]
 fn format_2_data_is_shown_in_every_view() {

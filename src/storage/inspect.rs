@@ -17,9 +17,12 @@
 //!
 //! A directory of an older format is read through its copy migrated to the
 //! current format, as checkpointd would migrate it ([`migrate::prepare`],
-//! without a backup: the original is untouched); [`Inspector::migrated_from`]
-//! says so, and [`Summary::format_version`] stays the original's. A newer
-//! format is opened as it is (`summary` and `verify` say which it is).
+//! without a backup: the original is untouched); [`Inspector::migration`]
+//! says so, and [`Summary::format_version`] stays the original's. When the
+//! migration fails (damage a format-1 read never met), the copy is read as
+//! it is, and `verify` reports the failure: checkpointd would refuse to
+//! start on the directory. A newer format is opened as it is (`summary` and
+//! `verify` say which it is).
 
 use super::datadir::{self, Access};
 use super::error::Result;
@@ -44,8 +47,18 @@ pub struct Inspector {
     copy: Option<tempfile::TempDir>,
     source: PathBuf,
     source_bytes: u64,
-    /// The original's format version when the copy was migrated to read it.
-    migrated_from: Option<u32>,
+    migration: Migration,
+}
+
+/// What the inspector did to read a directory of an older format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Migration {
+    /// The directory is of the current format (or a newer one): read as it is.
+    None,
+    /// The private copy was migrated from this format to the current one.
+    Migrated { from: u32 },
+    /// Migrating the private copy failed; it is read as it is.
+    Failed { from: u32, error: String },
 }
 
 /// `checkpoint-dump summary`.
@@ -75,17 +88,20 @@ pub struct Summary {
 /// errors) and completes a change a crash or the copy cut short, as the
 /// server would when it opens the directory; a damaged copy is refused
 /// (`datadir`). With `migrate`, a copy of an older format is migrated to
-/// the current one (no backup: it is a copy); returns the version it had.
-fn open_sled(path: &Path, source: &Path, migrate: bool) -> Result<(sled::Db, Reader, Option<u32>)> {
+/// the current one (no backup: it is a copy).
+fn open_sled(path: &Path, source: &Path, migrate: bool) -> Result<(sled::Db, Reader, Migration)> {
     let (opened, migrated) = datadir::open(path, source, Access::Inspect, CACHE_BYTES, |db, trees| {
         let meta = trees.get(TreeId::Meta);
         match migrate::read_version(meta)? {
             Some(from) if migrate && from < migrate::CURRENT_FORMAT => {
                 let config = StoreConfig { backup_before_migrate: false, ..StoreConfig::new(path) };
-                migrate::prepare(db, meta, &config)?;
-                Ok(Some(from))
+                // A step that fails changes nothing (see `migrate`).
+                Ok(match migrate::prepare(db, meta, &config) {
+                    Ok(()) => Migration::Migrated { from },
+                    Err(e) => Migration::Failed { from, error: e.to_string() },
+                })
             }
-            _ => Ok(None),
+            _ => Ok(Migration::None),
         }
     })?;
     let datadir::Opened { db, trees } = opened;
@@ -106,7 +122,7 @@ impl Inspector {
     /// a server holds it); with it, a running server pauses its writes while
     /// the copy is taken ([`crate::snapshot`]). Refuses a path that is not a
     /// sled directory, so nothing is ever created. A copy of an older format
-    /// is migrated to the current one ([`Inspector::migrated_from`]).
+    /// is migrated to the current one ([`Inspector::migration`]).
     pub fn open(dir: &Path, snapshot: bool) -> crate::Result<Inspector> {
         let copy = tempfile::Builder::new().prefix("checkpoint-dump-").tempdir()?;
         let source_bytes = if snapshot {
@@ -114,8 +130,8 @@ impl Inspector {
         } else {
             crate::snapshot::copy_locked(dir, copy.path())?
         };
-        let (db, read, migrated_from) = open_sled(copy.path(), dir, true)?;
-        Ok(Inspector { read, _db: db, copy: Some(copy), source: dir.to_path_buf(), source_bytes, migrated_from })
+        let (db, read, migration) = open_sled(copy.path(), dir, true)?;
+        Ok(Inspector { read, _db: db, copy: Some(copy), source: dir.to_path_buf(), source_bytes, migration })
     }
 
     /// Opens a directory that is this process's own copy (a backup being
@@ -125,14 +141,14 @@ impl Inspector {
     pub fn open_own_copy(dir: &Path) -> Result<Inspector> {
         let source_bytes = dircopy::dir_size(dir)?;
         let (db, read, _) = open_sled(dir, dir, false)?;
-        Ok(Inspector { read, _db: db, copy: None, source: dir.to_path_buf(), source_bytes, migrated_from: None })
+        Ok(Inspector { read, _db: db, copy: None, source: dir.to_path_buf(), source_bytes, migration: Migration::None })
     }
 
-    /// The format version of the original directory when the private copy
-    /// was migrated to the current format to be read (the original is not
-    /// changed: checkpointd migrates it when it next opens it).
-    pub fn migrated_from(&self) -> Option<u32> {
-        self.migrated_from
+    /// Whether the private copy of an older directory was migrated to the
+    /// current format to be read (the original is not changed: checkpointd
+    /// migrates it when it next opens it), or failed to be.
+    pub fn migration(&self) -> &Migration {
+        &self.migration
     }
 
     /// Where the private copy lives (removed when the inspector is dropped).
@@ -142,9 +158,9 @@ impl Inspector {
 
     /// The original directory's format version.
     pub fn format_version(&self) -> Result<Option<u32>> {
-        match self.migrated_from {
-            Some(from) => Ok(Some(from)),
-            None => self.read_format(),
+        match self.migration {
+            Migration::Migrated { from } | Migration::Failed { from, .. } => Ok(Some(from)),
+            Migration::None => self.read_format(),
         }
     }
 
@@ -173,7 +189,16 @@ impl Inspector {
 
     /// Checks every checksum, every index entry against its record, every
     /// record against the indexes, and the counters against the data.
+    /// A failed migration of the private copy is a problem too: checkpointd
+    /// would refuse to start on the directory.
     pub fn verify(&self) -> Result<Verification> {
-        verify::verify(&self.read)
+        let mut v = verify::verify(&self.read)?;
+        if let Migration::Failed { from, error } = &self.migration {
+            v.problem(format!(
+                "migrating format {from} to {} fails, so checkpointd would refuse to start on it: {error}",
+                migrate::CURRENT_FORMAT
+            ));
+        }
+        Ok(v)
     }
 }

@@ -48,7 +48,7 @@ pub mod writes;
 pub use backend::{Appended, Backend, DurableMark, EventFeed, SharedBackend, WritePause};
 pub use error::{Result, StorageError};
 pub use import::{ImportAnnotation, ImportBatch, ImportCheckpoint, ImportCounts, ImportSession, ImportWrite};
-pub use inspect::{Inspector, Summary};
+pub use inspect::{Inspector, Migration, Summary};
 pub use pending::StoredWrite;
 pub use reads::Reader;
 pub use store::Store;

@@ -35,7 +35,7 @@ impl Verification {
         self.total_problems == 0
     }
 
-    fn problem(&mut self, what: String) {
+    pub(crate) fn problem(&mut self, what: String) {
         self.total_problems += 1;
         if self.problems.len() < MAX_REPORTED_PROBLEMS {
             self.problems.push(what);
