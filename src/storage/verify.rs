@@ -79,8 +79,10 @@ impl Verify<'_> {
                 "format version {f} is newer than version {} that this tool reads",
                 migrate::CURRENT_FORMAT
             )),
+            // `checkpoint-dump` reads an older directory through a migrated
+            // copy: this is one whose migration failed (it says why).
             Ok(Some(f)) if f < migrate::CURRENT_FORMAT => v.problem(format!(
-                "format version {f} is older than version {}: start checkpointd on it to migrate it, then verify",
+                "format version {f} is older than version {} and was read unmigrated: its records may not decode",
                 migrate::CURRENT_FORMAT
             )),
             Ok(Some(_)) => {}
