@@ -7,9 +7,9 @@
 //! steps on its private copy of an older directory to read it. The runner
 //! itself is proven by `tests/migrations.rs` with test-only steps beyond the
 //! current format (on a copy of the fixture migrated to it), and
-//! `tests/fixtures/v1/` is a directory written in format 1 that every later
-//! version must migrate intact (`tests/migrations.rs` checks format 2's
-//! migration of it record by record).
+//! `tests/fixtures/v1/` and `v2/` are directories written in formats 1 and
+//! 2 that every later version must migrate intact (`tests/migrations.rs`
+//! checks format 2's migration of v1 record by record).
 //!
 //! # Changing the format
 //!

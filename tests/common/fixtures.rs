@@ -1,6 +1,9 @@
-//! Data to test with: the fixtures under `tests/fixtures/`, and a sled data
-//! directory with one of everything ([`populate`], also the generator of
-//! `tests/fixtures/v1`) for the tests of the binaries that read one.
+//! Data to test with: the fixtures under `tests/fixtures/`, and sled data
+//! directories with one of everything for the tests of the binaries that
+//! read one: [`populate`] (the generator of `tests/fixtures/v1`),
+//! [`populate_format2`] (format 2's data, imported from
+//! [`format2_export`]) and [`populate_v2`] (both, and format 2's
+//! operations: the generator of `tests/fixtures/v2`).
 
 use super::fs::wait_unlocked;
 use super::inproc::open_store;
@@ -190,4 +193,56 @@ pub fn populate_format2(dir: &Path) {
     });
     drop(rt);
     wait_unlocked(dir);
+}
+
+/// Fills an empty `dir` with one of everything format 2 stores, as the
+/// generator of `tests/fixtures/v2`: [`format2_export`] imported (client
+/// keys, namespaces, external ids, a parent by external id, pending writes,
+/// some of a checkpoint never stored), then [`populate`]'s activity (every
+/// format-1 record and event kind), then through the service a session
+/// opened by its key (twice: one session), checkpoints in two namespaces
+/// with external ids and a parent named by its external id, a retried
+/// checkpoint stored once, a restore of an imported checkpoint, and a keyed
+/// session deleted (its key freed). Returns what [`populate`] made.
+///
+/// When the service has `put_writes` and `copy_session`, add them here so
+/// that the fixture journals `writes_stored` and `session_copied`, and cut
+/// the fixture again (format 2 is not released yet).
+pub fn populate_v2(dir: &Path) -> Populated {
+    populate_format2(dir);
+    let made = populate(dir);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let svc = Service::new(Arc::new(open_store(&StoreConfig::new(dir))));
+        let meta = Some(raw(r#"{"user":"u-7"}"#));
+        let (s, created) = svc.open_session("thread-2".into(), Some("second thread".into()), meta).await.unwrap();
+        assert!(created);
+        let (again, created) = svc.open_session("thread-2".into(), None, None).await.unwrap();
+        assert!(!created && again.id == s.id);
+        let new = |namespace: &str, external: &str, parent: Option<&str>, step: i64| NewCheckpoint {
+            session_id: s.id,
+            message: String::new(),
+            tags: vec![],
+            trigger: Trigger::Auto(Some("loop".into())),
+            state: Some(raw(&format!(r#"{{"type":"msgpack","base64":"gqF2{step:02}"}}"#))),
+            metadata: Some(raw(&format!(r#"{{"source":"loop","step":{step},"run_id":"r-1"}}"#))),
+            parent_id: None,
+            namespace: namespace.to_string(),
+            external_id: Some(external.to_string()),
+            parent_external_id: parent.map(String::from),
+        };
+        let first = svc.checkpoint(new("", "1f0a-0001", None, -1)).await.unwrap();
+        let second = svc.checkpoint(new("", "1f0a-0002", Some("1f0a-0001"), 0)).await.unwrap();
+        assert_eq!(second.parent_id, Some(first.id));
+        let retried = svc.checkpoint(new("", "1f0a-0002", Some("1f0a-0001"), 0)).await.unwrap();
+        assert_eq!(retried.id, second.id, "a repeated external id stores nothing");
+        svc.checkpoint(new("agent:7c1e", "1f0a-0001", None, 1)).await.unwrap();
+        svc.restore(F2_THREAD.parse().unwrap(), F2_CK2.parse().unwrap()).await.unwrap();
+        let (gone, _) = svc.open_session("thread-gone".into(), None, None).await.unwrap();
+        svc.delete_session(gone.id).await.unwrap();
+        svc.close();
+    });
+    drop(rt);
+    wait_unlocked(dir);
+    made
 }
