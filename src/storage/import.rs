@@ -3,9 +3,9 @@
 //! timestamps. Each [`ImportBatch`] is one atomic write through the store's
 //! single write path, built with the same functions as the live operations
 //! (`writes`; a pending write is one record under its key); it journals no
-//! events. Its input rules are checked before it
-//! reaches storage (`crate::rules::check_import`); storage refuses what
-//! contradicts what is stored.
+//! events. Its input rules are checked before it reaches storage
+//! (`crate::rules::check_import`, and `transfer` for pending writes);
+//! storage refuses what contradicts what is stored.
 
 use super::change::Change;
 use super::codec;
@@ -144,8 +144,8 @@ impl std::ops::AddAssign for ImportCounts {
 /// Writes a batch of records as they were: ids, sequence numbers,
 /// ordinals and timestamps are kept. An id, sequence number, ordinal,
 /// annotation index or pending write's key that is already taken refuses
-/// the whole batch (nothing is written). Sessions' checkpoint counts and last sequences follow from
-/// the checkpoints actually stored.
+/// the whole batch (nothing is written). Sessions' checkpoint counts and
+/// last sequences follow from the checkpoints actually stored.
 pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<ImportCounts> {
     let mut counts = ImportCounts::default();
     let mut touched: HashMap<SessionId, SessionRecord> = HashMap::new();
