@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::model::{CheckpointId, EventKind, JournalEvent, SessionId};
 use crate::protocol::reply::{self, SummaryView, timestamp};
-use crate::storage::{Inspector, Migration, StoredWrite, Summary, Verification};
+use crate::storage::{Inspector, Migration, Summary, Verification};
 use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -351,50 +351,15 @@ fn namespace(ns: &str) -> String {
     if ns.is_empty() { "-".to_string() } else { short(ns) }
 }
 
-/// A pending write as a record shows it (`get_checkpoint`'s `writes`).
-#[derive(Serialize)]
-struct WriteView<'a> {
-    task_id: &'a str,
-    task_path: &'a str,
-    idx: i32,
-    channel: &'a str,
-    value: Box<RawValue>,
-}
-
-impl<'a> From<&'a StoredWrite> for WriteView<'a> {
-    fn from(w: &'a StoredWrite) -> Self {
-        WriteView {
-            task_id: &w.task_id,
-            task_path: &w.task_path,
-            idx: w.idx,
-            channel: &w.channel,
-            value: one_line(&w.value),
-        }
-    }
-}
-
-/// `checkpoint ID --json`: the record as `get_checkpoint` answers it, with
-/// its pending writes (omitted when there are none).
-#[derive(Serialize)]
-struct CheckpointShow<'a> {
-    #[serde(flatten)]
-    record: reply::CheckpointView<'a>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    writes: Vec<WriteView<'a>>,
-}
-
 fn checkpoint(ins: &Inspector, id: CheckpointId, json: bool, out: &mut dyn Write) -> Result<()> {
     let mut c = ins.checkpoint(id)?;
     c.state = one_line(&c.state);
     c.metadata = one_line(&c.metadata);
-    let writes = match &c.summary.external_id {
-        Some(external) => ins.checkpoint_writes(c.summary.session_id, &c.summary.namespace, external)?,
-        None => Vec::new(),
-    };
+    for w in &mut c.writes {
+        w.value = one_line(&w.value);
+    }
     if json {
-        let show =
-            CheckpointShow { record: reply::checkpoint(&c), writes: writes.iter().map(WriteView::from).collect() };
-        return json_line(out, &show);
+        return json_line(out, &reply::checkpoint(&c));
     }
     let s = &c.summary;
     let mut fields = vec![
@@ -420,8 +385,8 @@ fn checkpoint(ins: &Inspector, id: CheckpointId, json: bool, out: &mut dyn Write
             format!("{}  {:<8}  {}", timestamp(a.timestamp), a.severity.as_str(), cell(&a.note)),
         ));
     }
-    fields.push(("writes".into(), writes.len().to_string()));
-    for (i, w) in writes.iter().enumerate() {
+    fields.push(("writes".into(), c.writes.len().to_string()));
+    for (i, w) in c.writes.iter().enumerate() {
         fields.push((
             format!("write {i}"),
             format!(
@@ -430,7 +395,7 @@ fn checkpoint(ins: &Inspector, id: CheckpointId, json: bool, out: &mut dyn Write
                 w.idx,
                 cell(&w.channel),
                 if w.task_path.is_empty() { "-".into() } else { cell(&w.task_path) },
-                one_line(&w.value).get()
+                w.value.get()
             ),
         ));
     }

@@ -8,9 +8,8 @@
 //! storage refuses what contradicts what is stored.
 
 use super::change::Change;
-use super::codec;
 use super::error::{Result, StorageError};
-use super::keys::{self, TreeId};
+use super::keys;
 use super::reads::Reader;
 use super::records::{AnnotationRecord, CheckpointRecord, SessionRecord, WriteRecord, micros};
 use super::writes;
@@ -278,7 +277,7 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
             )));
         }
         let rec = WriteRecord { task_path: w.task_path, channel: w.channel, value: w.value.get().as_bytes().to_vec() };
-        c.put(TreeId::Writes, key, codec::encode(&rec));
+        writes::store_write(c, &key, &rec);
         counts.writes += 1;
     }
     for rec in touched.values() {

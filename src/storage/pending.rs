@@ -8,7 +8,7 @@ use super::error::{Result, StorageError};
 use super::keys::{self, TreeId};
 use super::reads::Reader;
 use super::records::{WriteRecord, raw_json};
-use crate::model::SessionId;
+use crate::model::{PendingWrite, SessionId};
 use serde_json::value::RawValue;
 
 /// One stored pending write and the key it is filed under.
@@ -41,6 +41,12 @@ pub(crate) fn decode_stored_write(k: &[u8], v: &[u8]) -> Result<StoredWrite> {
         channel: rec.channel,
         value: raw_json(rec.value, "pending write value")?,
     })
+}
+
+impl From<StoredWrite> for PendingWrite {
+    fn from(w: StoredWrite) -> PendingWrite {
+        PendingWrite { task_id: w.task_id, task_path: w.task_path, idx: w.idx, channel: w.channel, value: w.value }
+    }
 }
 
 impl Reader {

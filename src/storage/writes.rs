@@ -52,6 +52,11 @@ pub(crate) fn store_checkpoint(c: &mut Change, rec: &CheckpointRecord, state: &R
     }
 }
 
+/// Stores one pending write under its `writes` key (see `keys::write_key`).
+pub(crate) fn store_write(c: &mut Change, key: &[u8], rec: &WriteRecord) {
+    c.put(TreeId::Writes, key, codec::encode(rec));
+}
+
 pub(crate) fn store_annotation(c: &mut Change, id: CheckpointId, index: u32, rec: &AnnotationRecord) {
     c.put(TreeId::Annotations, keys::annotation_key(id, index), codec::encode(rec));
 }
@@ -417,10 +422,10 @@ impl WriteMerge {
     /// Puts `rec` under `key` unless the rule keeps what is there; returns
     /// whether it was put.
     fn put(&mut self, c: &mut Change, r: &Reader, key: Vec<u8>, idx: i32, rec: &WriteRecord) -> Result<bool> {
-        if idx >= 0 && (self.put.contains(&key) || r.write_exists(&key)?) {
+        if idx >= 0 && (self.put.contains(&key) || r.has_write_key(&key)?) {
             return Ok(false);
         }
-        c.put(TreeId::Writes, &key, codec::encode(rec));
+        store_write(c, &key, rec);
         self.put.insert(key);
         Ok(true)
     }
@@ -493,11 +498,11 @@ pub(crate) fn copy_session(
         copied += 1;
     }
     let mut merge = WriteMerge::default();
-    for entry in r.session_writes(source) {
-        let (k, w) = entry?;
-        let key = keys::write_key(target.id, &k.namespace, &k.external_id, &k.task_id, k.idx);
+    for w in r.writes_of_session(source) {
+        let w = w?;
+        let key = keys::write_key(target.id, &w.namespace, &w.external_id, &w.task_id, w.idx);
         let rec = WriteRecord { task_path: w.task_path, channel: w.channel, value: w.value.get().as_bytes().to_vec() };
-        merge.put(c, r, key, k.idx, &rec)?;
+        merge.put(c, r, key, w.idx, &rec)?;
     }
     put_session(c, &target);
     c.event(target.id, EventKind::SessionCopied { source_session_id: source, copied });
