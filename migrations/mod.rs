@@ -2,10 +2,14 @@
 //! when checkpointd opens a data directory written by an older version.
 //!
 //! Format 1 was the first released format; format 2 added client keys,
-//! namespaces and external ids (`v0001_to_v0002_namespaces_and_keys`). The
-//! runner itself is proven by `tests/migrations.rs` with test-only steps,
-//! and `tests/fixtures/v1/` is a directory written in format 1 that every
-//! later version must open intact.
+//! namespaces, external ids and pending writes
+//! (`v0001_to_v0002_namespaces_and_keys`). `checkpoint-dump` runs the same
+//! steps on its private copy of an older directory to read it. The runner
+//! itself is proven by `tests/migrations.rs` with test-only steps beyond the
+//! current format (on a copy of the fixture migrated to it), and
+//! `tests/fixtures/v1/` and `v2/` are directories written in formats 1 and
+//! 2 that every later version must migrate intact (`tests/migrations.rs`
+//! checks format 2's migration of v1 record by record).
 //!
 //! # Changing the format
 //!

@@ -1,11 +1,15 @@
 //! `checkpoint-dump`: what each command reads from an [`Inspector`] and how
 //! it is printed: aligned tables with full ids, or JSON lines (`--json`) in
 //! the wire protocol's shapes, for jq. The binary only parses arguments.
+//!
+//! A directory of an older format is read through a private copy migrated
+//! to the current format (the directory itself is never changed); every
+//! command then says so in one line on stderr.
 
 use crate::error::{Error, Result};
 use crate::model::{CheckpointId, EventKind, JournalEvent, SessionId};
 use crate::protocol::reply::{self, SummaryView, timestamp};
-use crate::storage::{Inspector, Summary, Verification};
+use crate::storage::{Inspector, Migration, Summary, Verification};
 use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -69,6 +73,18 @@ fn run_command(opts: &Options, cmd: &Action, out: &mut dyn Write) -> Result<bool
         return Ok(true);
     }
     let ins = Inspector::open(&opts.data_dir, opts.snapshot)?;
+    let current = crate::storage::migrate::CURRENT_FORMAT;
+    match ins.migration() {
+        Migration::None => {}
+        Migration::Migrated { from } => eprintln!(
+            "checkpoint-dump: note: {} has format version {from}; reading a private copy migrated to format {current} (the directory is unchanged; checkpointd migrates it when it next opens it)",
+            opts.data_dir.display()
+        ),
+        Migration::Failed { from, error } => eprintln!(
+            "checkpoint-dump: warning: {} has format version {from}, and migrating a private copy of it to format {current} failed ({error}); reading it unmigrated, so its records may not decode (the directory is unchanged; checkpointd would refuse to start on it)",
+            opts.data_dir.display()
+        ),
+    }
     let json = opts.json;
     match cmd {
         Action::Summary => summary(&ins.summary()?, json, out)?,
@@ -171,9 +187,11 @@ fn summary(s: &Summary, json: bool, out: &mut dyn Write) -> Result<()> {
             &json!({
                 "data_dir": s.data_dir.display().to_string(),
                 "format_version": s.format_version,
+                "read_format": s.read_format,
                 "sessions": s.sessions,
                 "checkpoints": s.checkpoints,
                 "annotations": s.annotations,
+                "writes": s.writes,
                 "events": s.events,
                 "oldest_event": s.oldest_event,
                 "newest_event": s.newest_event,
@@ -184,12 +202,17 @@ fn summary(s: &Summary, json: bool, out: &mut dyn Write) -> Result<()> {
             }),
         );
     }
+    let format = match (s.format_version, s.read_format) {
+        (Some(own), Some(read)) if own != read => format!("{own} (read through a copy migrated to format {read})"),
+        (own, _) => opt(own),
+    };
     let fields = [
         ("data_dir", s.data_dir.display().to_string()),
-        ("format_version", opt(s.format_version)),
+        ("format_version", format),
         ("sessions", s.sessions.to_string()),
         ("checkpoints", s.checkpoints.to_string()),
         ("annotations", s.annotations.to_string()),
+        ("writes", s.writes.to_string()),
         ("events", s.events.to_string()),
         ("oldest_event", opt(s.oldest_event)),
         ("newest_event", opt(s.newest_event)),
@@ -258,10 +281,11 @@ fn sessions(ins: &Inspector, json: bool, out: &mut dyn Write) -> Result<()> {
                 timestamp(s.created_at),
                 s.checkpoint_count.to_string(),
                 opt(s.last_sequence),
+                opt(s.key.as_deref().map(cell)),
             ]);
         }
     }
-    if json { Ok(()) } else { table(out, &["ID", "NAME", "CREATED", "CHECKPOINTS", "LAST_SEQUENCE"], &rows) }
+    if json { Ok(()) } else { table(out, &["ID", "NAME", "CREATED", "CHECKPOINTS", "LAST_SEQUENCE", "KEY"], &rows) }
 }
 
 #[derive(Serialize)]
@@ -285,10 +309,13 @@ fn checkpoints(ins: &Inspector, session: SessionId, with_state: bool, json: bool
         let mut row = vec![
             s.sequence_number.to_string(),
             s.id.to_string(),
+            namespace(&s.namespace),
+            opt(s.external_id.as_deref().map(short)),
             timestamp(s.timestamp),
             s.trigger.to_string(),
             opt((!s.tags.is_empty()).then(|| cell(&s.tags.join(",")))),
             opt(s.parent_id),
+            opt(s.parent_external_id.as_deref().map(short)),
             if s.has_notes { "yes".into() } else { "-".into() },
             short(&s.message),
         ];
@@ -300,17 +327,37 @@ fn checkpoints(ins: &Inspector, session: SessionId, with_state: bool, json: bool
     if json {
         return Ok(());
     }
-    let mut head = vec!["SEQUENCE", "ID", "TIMESTAMP", "TRIGGER", "TAGS", "PARENT", "NOTES", "MESSAGE"];
+    let mut head = vec![
+        "SEQUENCE",
+        "ID",
+        "NAMESPACE",
+        "EXTERNAL_ID",
+        "TIMESTAMP",
+        "TRIGGER",
+        "TAGS",
+        "PARENT",
+        "PARENT_EXTERNAL_ID",
+        "NOTES",
+        "MESSAGE",
+    ];
     if with_state {
         head.push("STATE");
     }
     table(out, &head, &rows)
 }
 
+/// A namespace in a table cell: `-` for the root namespace `""`.
+fn namespace(ns: &str) -> String {
+    if ns.is_empty() { "-".to_string() } else { short(ns) }
+}
+
 fn checkpoint(ins: &Inspector, id: CheckpointId, json: bool, out: &mut dyn Write) -> Result<()> {
     let mut c = ins.checkpoint(id)?;
     c.state = one_line(&c.state);
     c.metadata = one_line(&c.metadata);
+    for w in &mut c.writes {
+        w.value = one_line(&w.value);
+    }
     if json {
         return json_line(out, &reply::checkpoint(&c));
     }
@@ -318,11 +365,14 @@ fn checkpoint(ins: &Inspector, id: CheckpointId, json: bool, out: &mut dyn Write
     let mut fields = vec![
         ("id".to_string(), s.id.to_string()),
         ("session_id".into(), s.session_id.to_string()),
+        ("namespace".into(), if s.namespace.is_empty() { "\"\" (root)".into() } else { cell(&s.namespace) }),
+        ("external_id".into(), opt(s.external_id.as_deref().map(cell))),
         ("sequence_number".into(), s.sequence_number.to_string()),
         ("timestamp".into(), timestamp(s.timestamp)),
         ("trigger".into(), s.trigger.to_string()),
         ("tags".into(), opt((!s.tags.is_empty()).then(|| cell(&s.tags.join(", "))))),
         ("parent_id".into(), opt(s.parent_id)),
+        ("parent_external_id".into(), opt(s.parent_external_id.as_deref().map(cell))),
         ("message".into(), cell(&s.message)),
         ("metadata".into(), c.metadata.get().to_string()),
         ("state".into(), c.state.get().to_string()),
@@ -335,23 +385,55 @@ fn checkpoint(ins: &Inspector, id: CheckpointId, json: bool, out: &mut dyn Write
             format!("{}  {:<8}  {}", timestamp(a.timestamp), a.severity.as_str(), cell(&a.note)),
         ));
     }
+    fields.push(("writes".into(), c.writes.len().to_string()));
+    for (i, w) in c.writes.iter().enumerate() {
+        fields.push((
+            format!("write {i}"),
+            format!(
+                "task {}  idx {}  channel {}  path {}  {}",
+                cell(&w.task_id),
+                w.idx,
+                cell(&w.channel),
+                if w.task_path.is_empty() { "-".into() } else { cell(&w.task_path) },
+                w.value.get()
+            ),
+        ));
+    }
     record(out, &fields)
 }
 
+/// One row of the events table. The columns hold what most kinds carry;
+/// `DETAIL` holds the rest, as `name=value` pairs (strings quoted):
+/// `writes_stored` has no checkpoint id (its checkpoint is named by
+/// namespace and external id, and may not be stored yet), `session_copied`
+/// names its source session.
 fn event_row(e: &JournalEvent) -> Vec<String> {
-    let (checkpoint, sequence, removed, remaining) = match &e.kind {
+    let quoted = |s: &str| cell(&format!("{s:?}"));
+    let (mut checkpoint, mut sequence, mut removed, mut remaining, mut detail) = (None, None, None, None, None);
+    match &e.kind {
         EventKind::CheckpointCreated { checkpoint_id, sequence_number }
         | EventKind::CheckpointRestored { checkpoint_id, sequence_number }
         | EventKind::CheckpointDeleted { checkpoint_id, sequence_number } => {
-            (Some(checkpoint_id.to_string()), Some(*sequence_number), None, None)
+            checkpoint = Some(checkpoint_id.to_string());
+            sequence = Some(*sequence_number);
         }
-        EventKind::CheckpointsCompacted { removed, remaining } => (None, None, Some(*removed), Some(*remaining)),
-        EventKind::SessionDeleted { removed } => (None, None, Some(*removed), None),
-        EventKind::WritesStored { external_id, stored, .. } => (Some(external_id.clone()), None, None, Some(*stored)),
+        EventKind::CheckpointsCompacted { removed: r, remaining: left } => {
+            removed = Some(*r);
+            remaining = Some(*left);
+        }
+        EventKind::SessionDeleted { removed: r } => removed = Some(*r),
+        EventKind::WritesStored { namespace, external_id, task_id, stored } => {
+            detail = Some(format!(
+                "stored={stored} namespace={} external_id={} task_id={}",
+                quoted(namespace),
+                quoted(external_id),
+                quoted(task_id)
+            ));
+        }
         EventKind::SessionCopied { source_session_id, copied } => {
-            (Some(source_session_id.to_string()), None, None, Some(*copied))
+            detail = Some(format!("copied={copied} source_session_id={source_session_id}"));
         }
-    };
+    }
     vec![
         e.seq.to_string(),
         timestamp(e.timestamp),
@@ -361,6 +443,7 @@ fn event_row(e: &JournalEvent) -> Vec<String> {
         opt(sequence),
         opt(removed),
         opt(remaining),
+        opt(detail),
     ]
 }
 
@@ -377,7 +460,7 @@ fn events(ins: &Inspector, since: u64, limit: Option<usize>, json: bool, out: &m
     if json {
         return Ok(());
     }
-    let head = ["SEQ", "TIMESTAMP", "EVENT", "SESSION", "CHECKPOINT", "SEQUENCE", "REMOVED", "REMAINING"];
+    let head = ["SEQ", "TIMESTAMP", "EVENT", "SESSION", "CHECKPOINT", "SEQUENCE", "REMOVED", "REMAINING", "DETAIL"];
     table(out, &head, &rows)
 }
 
@@ -388,8 +471,8 @@ fn verification(v: &Verification, json: bool, out: &mut dyn Write) -> Result<()>
         String::new()
     };
     let checked = format!(
-        "{} sessions, {} checkpoints, {} tags, {} annotations, {} events checked",
-        v.sessions, v.checkpoints, v.tags, v.annotations, v.events
+        "{} sessions, {} checkpoints, {} tags, {} annotations, {} writes, {} events checked",
+        v.sessions, v.checkpoints, v.tags, v.annotations, v.writes, v.events
     );
     if json {
         for p in &v.problems {
@@ -404,6 +487,7 @@ fn verification(v: &Verification, json: bool, out: &mut dyn Write) -> Result<()>
                 "checkpoints": v.checkpoints,
                 "tags": v.tags,
                 "annotations": v.annotations,
+                "writes": v.writes,
                 "events": v.events,
             }),
         );
@@ -417,4 +501,58 @@ fn verification(v: &Verification, json: bool, out: &mut dyn Write) -> Result<()>
         writeln!(out, "{} problems found{shown}; {checked}", v.total_problems)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, Utc};
+
+    fn event(seq: u64, kind: EventKind) -> JournalEvent {
+        let session_id = "5a4e0c39-93b1-4c1e-8d11-0b0a3c5e7f01".parse().unwrap();
+        let timestamp = DateTime::<Utc>::from_timestamp_micros(1_764_514_800_123_456).unwrap();
+        JournalEvent { seq, session_id, timestamp, kind }
+    }
+
+    fn rows(events: &[JournalEvent]) -> Vec<Vec<String>> {
+        let head = ["SEQ", "TIMESTAMP", "EVENT", "SESSION", "CHECKPOINT", "SEQUENCE", "REMOVED", "REMAINING", "DETAIL"];
+        let mut out = Vec::new();
+        table(&mut out, &head, &events.iter().map(event_row).collect::<Vec<_>>()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        // Columns are two spaces apart; a cell of the DETAIL column has single spaces.
+        text.lines()
+            .map(|l| l.split("  ").map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect())
+            .collect()
+    }
+
+    #[test]
+    fn events_of_format_2_keep_to_their_columns() {
+        let source: SessionId = "b6f3d2aa-1c2d-4e5f-9a0b-1c2d3e4f5a02".parse().unwrap();
+        let checkpoint: CheckpointId = "0c1f2e3d-4b5a-4697-8877-665544332201".parse().unwrap();
+        let table = rows(&[
+            event(1, EventKind::CheckpointCreated { checkpoint_id: checkpoint, sequence_number: 3 }),
+            event(2, EventKind::CheckpointsCompacted { removed: 2, remaining: 1 }),
+            event(
+                3,
+                EventKind::WritesStored {
+                    namespace: String::new(),
+                    external_id: "ck\t2".into(),
+                    task_id: "t-1".into(),
+                    stored: 2,
+                },
+            ),
+            event(4, EventKind::SessionCopied { source_session_id: source, copied: 7 }),
+        ]);
+        let session = "5a4e0c39-93b1-4c1e-8d11-0b0a3c5e7f01";
+        let at = "2025-11-30T15:00:00.123456Z";
+        assert_eq!(table[0].last().unwrap(), "DETAIL");
+        assert_eq!(table[1], ["1", at, "checkpoint_created", session, &checkpoint.to_string(), "3", "-", "-", "-"]);
+        assert_eq!(table[2], ["2", at, "checkpoints_compacted", session, "-", "-", "2", "1", "-"]);
+        // No checkpoint id (the checkpoint may not be stored yet), no count
+        // in another event's column: the rest is in DETAIL, strings quoted.
+        let detail = r#"stored=2 namespace="" external_id="ck\t2" task_id="t-1""#;
+        assert_eq!(table[3], ["3", at, "writes_stored", session, "-", "-", "-", "-", detail]);
+        let detail = format!("copied=7 source_session_id={source}");
+        assert_eq!(table[4], ["4", at, "session_copied", session, "-", "-", "-", "-", detail.as_str()]);
+    }
 }

@@ -6,26 +6,38 @@
 //!
 //! # Export format (one JSON object per line)
 //!
-//! 1. `{"type":"header","export_version":1,"format_version":..,"global_sequence":..,"event_sequence":..,
-//!    "sessions_created":..,"sessions":..,"checkpoints":..,"annotations":..,"exported_at":..}`
-//! 2. per session, in creation order: `{"type":"session","id","ordinal","name","created_at","metadata","retention"}`,
+//! 1. `{"type":"header","export_version":2,"format_version":..,"global_sequence":..,"event_sequence":..,
+//!    "sessions_created":..,"sessions":..,"checkpoints":..,"annotations":..,"writes":..,"exported_at":..}`
+//! 2. per session, in creation order: `{"type":"session","id","ordinal","name","created_at","metadata","retention"[,"key"]}`,
 //!    then its checkpoints in sequence order, each
 //!    `{"type":"checkpoint","id","session_id","sequence_number","timestamp","message","tags","trigger",
-//!    "parent_id","metadata","state"}` followed by its
-//!    `{"type":"annotation","checkpoint_id","index","note","severity","timestamp"}` lines.
+//!    "parent_id","metadata","state"[,"namespace","external_id","parent_external_id"]}` followed by its
+//!    `{"type":"annotation","checkpoint_id","index","note","severity","timestamp"}` lines,
+//! 3. then the session's pending writes in key order (namespace, external
+//!    id, task id, idx), whether their checkpoint is stored or not:
+//!    `{"type":"write","session_id","namespace","external_id","task_id","task_path","idx","channel","value"}`.
 //!
-//! `state` and `metadata` are the stored JSON text, byte for byte; stored
-//! JSON that spans lines travels as a string in `state_text` /
-//! `metadata_text` instead (with `null` in `state` / `metadata`). The
-//! journal is not exported; the event sequence is carried over instead, so
-//! numbers handed out after an import stay above every exported one.
+//! `state`, `metadata` and a write's `value` are the stored JSON text, byte
+//! for byte; stored JSON that spans lines travels as a string in
+//! `state_text` / `metadata_text` / `value_text` instead (with `null` in
+//! `state` / `metadata` / `value`). A session's `key` and a checkpoint's
+//! `namespace` (when not `""`), `external_id` and `parent_external_id` are
+//! written only when set. The journal is not exported; the event sequence is
+//! carried over instead, so numbers handed out after an import stay above
+//! every exported one.
+//!
+//! Export version 2 (format 2) added the keys, namespaces, external ids and
+//! write lines, and the header's `writes`; version 1 exports import as they
+//! are. A checkpointd that reads only version 1 refuses a version-2 export
+//! rather than drop what it cannot store.
 
 use crate::error::{Error, Result};
 use crate::model::{Annotation, Checkpoint, CheckpointId, RetentionPolicy, SessionId, Severity, Trigger, json_null};
 use crate::protocol::reply::timestamp;
-use crate::rules::check_import;
+use crate::rules::{check_import, check_key, check_text};
 use crate::storage::{
-    Backend, ImportAnnotation, ImportBatch, ImportCheckpoint, ImportCounts, ImportSession, Inspector, Store,
+    Backend, ImportAnnotation, ImportBatch, ImportCheckpoint, ImportCounts, ImportSession, ImportWrite, Inspector,
+    Store,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -34,9 +46,13 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 
 /// Version of the export format (not of the on-disk format).
-pub const EXPORT_VERSION: u32 = 1;
+pub const EXPORT_VERSION: u32 = 2;
+/// The export versions [`import`] reads.
+pub const READS_EXPORT_VERSIONS: [u32; 2] = [1, 2];
 /// Checkpoints per import write; each write is one atomic change.
 const BATCH_CHECKPOINTS: usize = 512;
+/// Pending writes per import write.
+const BATCH_WRITES: usize = 4096;
 /// Rough bytes per import write.
 const BATCH_BYTES: usize = 8 * 1024 * 1024;
 
@@ -51,6 +67,9 @@ struct Header {
     sessions: u64,
     checkpoints: u64,
     annotations: u64,
+    /// Pending writes; since export version 2.
+    #[serde(default)]
+    writes: u64,
     exported_at: String,
 }
 
@@ -108,6 +127,24 @@ struct AnnotationLine {
     timestamp: DateTime<Utc>,
 }
 
+/// A pending write (since export version 2).
+#[derive(Debug, Serialize, Deserialize)]
+struct WriteLine {
+    r#type: String,
+    session_id: SessionId,
+    #[serde(default)]
+    namespace: String,
+    external_id: String,
+    task_id: String,
+    #[serde(default)]
+    task_path: String,
+    idx: i32,
+    channel: String,
+    value: Box<RawValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value_text: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct LineType {
     r#type: String,
@@ -150,6 +187,7 @@ pub fn export(ins: &Inspector, out: &mut dyn Write) -> Result<ImportCounts> {
             sessions: summary.sessions,
             checkpoints: summary.checkpoints,
             annotations: summary.annotations,
+            writes: summary.writes,
             exported_at: timestamp(Utc::now()),
         },
     )?;
@@ -214,10 +252,34 @@ pub fn export(ins: &Inspector, out: &mut dyn Write) -> Result<ImportCounts> {
                 counts.annotations += 1;
             }
         }
+        for w in ins.writes_of_session(s.id) {
+            let w = w?;
+            let (value, value_text) = split_raw(w.value);
+            write_line(
+                out,
+                &WriteLine {
+                    r#type: "write".into(),
+                    session_id: w.session_id,
+                    namespace: w.namespace,
+                    external_id: w.external_id,
+                    task_id: w.task_id,
+                    task_path: w.task_path,
+                    idx: w.idx,
+                    channel: w.channel,
+                    value,
+                    value_text,
+                },
+            )?;
+            counts.writes += 1;
+        }
     }
     out.flush()?;
-    let announced =
-        ImportCounts { sessions: summary.sessions, checkpoints: summary.checkpoints, annotations: summary.annotations };
+    let announced = ImportCounts {
+        sessions: summary.sessions,
+        checkpoints: summary.checkpoints,
+        annotations: summary.annotations,
+        writes: summary.writes,
+    };
     if counts != announced {
         return Err(Error::Internal(format!(
             "exported {counts:?}, but the directory holds {announced:?}: some records belong to no listed session or checkpoint; run verify"
@@ -226,9 +288,22 @@ pub fn export(ins: &Inspector, out: &mut dyn Write) -> Result<ImportCounts> {
     Ok(counts)
 }
 
+/// The rules of `put_writes`, for imported pending writes.
+fn check_writes(writes: &[ImportWrite]) -> Result<()> {
+    for w in writes {
+        check_key("namespace", &w.namespace, true)?;
+        check_key("external id", &w.external_id, false)?;
+        check_key("task id", &w.task_id, false)?;
+        check_text("task path", &w.task_path, true)?;
+        check_text("channel", &w.channel, false)?;
+    }
+    Ok(())
+}
+
 /// One batch through the rules every record obeys, then into the store.
 async fn import_batch(store: &Store, batch: ImportBatch) -> Result<ImportCounts> {
     check_import(&batch)?;
+    check_writes(&batch.writes)?;
     Ok(store.import(batch).await?)
 }
 
@@ -258,9 +333,9 @@ pub async fn import(store: &Store, input: impl BufRead) -> Result<ImportCounts> 
             None => return Err(Error::invalid("the export is empty")),
         }
     };
-    if header.export_version != EXPORT_VERSION {
+    if !READS_EXPORT_VERSIONS.contains(&header.export_version) {
         return Err(Error::invalid(format!(
-            "export version {} is not {EXPORT_VERSION}, the version this checkpointd reads",
+            "export version {} is not one this checkpointd reads ({READS_EXPORT_VERSIONS:?})",
             header.export_version
         )));
     }
@@ -319,16 +394,36 @@ pub async fn import(store: &Store, input: impl BufRead) -> Result<ImportCounts> 
                     annotation: Annotation { note: a.note, severity, timestamp: a.timestamp },
                 });
             }
+            "write" => {
+                let w: WriteLine = parse(&line, n)?;
+                batch.writes.push(ImportWrite {
+                    session_id: w.session_id,
+                    namespace: w.namespace,
+                    external_id: w.external_id,
+                    task_id: w.task_id,
+                    task_path: w.task_path,
+                    idx: w.idx,
+                    channel: w.channel,
+                    value: join_raw(w.value, w.value_text, "value").map_err(at)?,
+                });
+            }
             other => return Err(Error::invalid(format!("line {n}: unknown line type {other:?}"))),
         }
-        if batch.checkpoints.len() >= BATCH_CHECKPOINTS || batch.approx_bytes() >= BATCH_BYTES {
+        if batch.checkpoints.len() >= BATCH_CHECKPOINTS
+            || batch.writes.len() >= BATCH_WRITES
+            || batch.approx_bytes() >= BATCH_BYTES
+        {
             total += import_batch(store, std::mem::replace(&mut batch, fresh())).await.map_err(at)?;
         }
     }
     // Also carries the counters over when the export holds no records.
     total += import_batch(store, batch).await?;
-    let expected =
-        ImportCounts { sessions: header.sessions, checkpoints: header.checkpoints, annotations: header.annotations };
+    let expected = ImportCounts {
+        sessions: header.sessions,
+        checkpoints: header.checkpoints,
+        annotations: header.annotations,
+        writes: header.writes,
+    };
     if total != expected {
         return Err(Error::invalid(format!(
             "the export is incomplete: its header announces {expected:?}, it holds {total:?}"

@@ -8,7 +8,9 @@ use checkpointd::config::StoreConfig;
 use checkpointd::model::{NewCheckpoint, SessionId, Trigger};
 use checkpointd::service::Service;
 use common::child::{CHECKPOINTD, dump_ok, json_lines, run};
-use common::fixtures::{fixture_file, populate};
+use common::fixtures::{
+    F2_CHILD, F2_CK1, F2_CK2, F2_PLAIN, F2_PLAIN_CP, F2_THREAD, fixture_file, format2_export, populate,
+};
 use common::fs::wait_unlocked;
 use common::inproc::open_store;
 use serde_json::{Value, json};
@@ -134,6 +136,104 @@ fn import_reads_stdin_and_refuses_a_non_empty_directory_or_a_cut_export() {
 
     // Usage: a file or --forge-export is required.
     assert_eq!(import(&tmp.path().join("x"), &[], None).status.code(), Some(2));
+}
+
+/// Keys, namespaces, external ids, parents by external id and pending writes
+/// (of a stored checkpoint, of one not stored, in another namespace, with a
+/// value that spans lines) survive export and import exactly.
+#[test]
+fn format_2_data_and_pending_writes_round_trip() {
+    let tmp = TempDir::new().unwrap();
+    let original = format2_export();
+    let first = tmp.path().join("first");
+    let out = import(&first, &["-"], Some(original.as_bytes()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("imported 2 sessions, 4 checkpoints, 1 annotations, 5 pending writes into"),
+        "{}",
+        text(&out.stdout)
+    );
+    // The directory exports exactly what was imported, values byte for byte.
+    let export = dump_ok(&first, &["export"]);
+    assert_eq!(without_exported_at(&export), without_exported_at(&original));
+    assert!(export.contains(r#""value":[1, 2.50]"#), "{export}");
+    assert!(export.contains(r#""value":null,"value_text":"{\n  \"later\": true\n}""#), "{export}");
+    assert_eq!(json_lines(&export)[0]["export_version"], 2);
+    assert!(dump_ok(&first, &["verify"]).contains(" 5 writes,"));
+
+    // And again from that export: every view identical.
+    let second = tmp.path().join("second");
+    let out = import(&second, &["-"], Some(export.as_bytes()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let sessions = [F2_THREAD.to_string(), F2_PLAIN.to_string()];
+    let checkpoints: Vec<String> = [F2_CK1, F2_CK2, F2_CHILD, F2_PLAIN_CP].map(String::from).to_vec();
+    assert_eq!(views(&second, &sessions, &checkpoints), views(&first, &sessions, &checkpoints));
+    assert_eq!(without_exported_at(&dump_ok(&second, &["export"])), without_exported_at(&export));
+    assert_eq!(json_lines(&dump_ok(&second, &["--json", "summary"]))[0]["writes"], 5);
+}
+
+/// Replaces line `n` (0-based) of an export with `f` of it.
+fn edit_line(export: &str, n: usize, f: impl FnOnce(&mut Value)) -> String {
+    let mut lines = json_lines(export);
+    f(&mut lines[n]);
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
+#[test]
+fn pending_writes_that_contradict_the_export_are_refused() {
+    let tmp = TempDir::new().unwrap();
+    let export = format2_export();
+    let write_line = json_lines(&export).iter().position(|l| l["type"] == "write").unwrap();
+    let refused = |name: &str, input: &str, expected: &str| {
+        let out = import(&tmp.path().join(name), &["-"], Some(input.as_bytes()));
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", text_of(&out));
+        assert!(text(&out.stderr).contains(expected), "{name}: {}", text(&out.stderr));
+    };
+    // Of a session the export does not hold.
+    let orphan = edit_line(&export, write_line, |l| l["session_id"] = json!("00000000-0000-4000-8000-0000000000aa"));
+    refused("orphan", &orphan, "which does not exist");
+    // The same write twice.
+    let lines: Vec<&str> = export.lines().collect();
+    let mut twice: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    twice = twice.replacen(lines[write_line], &format!("{}\n{}", lines[write_line], lines[write_line]), 1);
+    let twice = edit_line(&twice, 0, |h| h["writes"] = json!(6));
+    refused("twice", &twice, "already exists");
+    // Ids the live operations refuse.
+    let empty_task = edit_line(&export, write_line, |l| l["task_id"] = json!(""));
+    refused("empty-task", &empty_task, "task id must not be empty");
+    let long_id = edit_line(&export, write_line, |l| l["external_id"] = json!("x".repeat(70_000)));
+    refused("long-id", &long_id, "external id is longer than");
+    // Fewer writes than the header announces.
+    let cut = edit_line(&export, 0, |h| h["writes"] = json!(6));
+    refused("cut", &cut, "incomplete");
+    // An export version this checkpointd does not know.
+    let newer = edit_line(&export, 0, |h| h["export_version"] = json!(3));
+    refused("newer", &newer, "export version 3");
+}
+
+/// An export written before format 2 (export version 1, no writes in the
+/// header) still imports.
+#[test]
+fn a_version_1_export_still_imports() {
+    let tmp = TempDir::new().unwrap();
+    let v1 = std::fs::read_to_string(fixture_file("v1.export.jsonl")).unwrap();
+    assert_eq!(json_lines(&v1)[0]["export_version"], 1);
+    let dir = tmp.path().join("data");
+    let out = import(&dir, &["-"], Some(v1.as_bytes()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut again = without_exported_at(&dump_ok(&dir, &["export"]));
+    let mut expected = without_exported_at(&v1);
+    for header in [&mut again[0], &mut expected[0]] {
+        let h = header.as_object_mut().unwrap();
+        h.remove("export_version");
+        h.remove("format_version");
+        assert!(h.remove("writes").is_none_or(|w| w == 0));
+    }
+    assert_eq!(again, expected);
+}
+
+fn text_of(out: &std::process::Output) -> String {
+    format!("stdout: {} stderr: {}", text(&out.stdout), text(&out.stderr))
 }
 
 const FORGE_SESSION_A: &str = "a4031fa0-f667-4f41-afc8-669e8930888a";

@@ -159,7 +159,7 @@ async fn list_checkpoints_bounds_are_exclusive() {
     for bad in [
         json!({"limit": "ten"}),
         json!({"limit": -1}),
-        json!({"after": "3"}),
+        json!({"after": true}),
         json!({"before": 1.5}),
         json!({"tag": 7}),
         json!({"order": "sideways"}),
@@ -169,6 +169,9 @@ async fn list_checkpoints_bounds_are_exclusive() {
         params["session_id"] = json!(sid);
         assert_eq!(err(&mut c, "list_checkpoints", params).await.1, "invalid_params", "{bad}");
     }
+    // A string bound is an external id (format 2): this session has none.
+    let (_, code) = err(&mut c, "list_checkpoints", json!({"session_id": sid, "after": "3"})).await;
+    assert_eq!(code, "not_found");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,26 +1,36 @@
-//! The on-disk format: the format-1 fixture opens intact with the current
-//! code, and the migration runner (proven with test-only steps, since the
-//! format has not changed since version 1) is atomic, idempotent, records the
-//! version after each step, keeps a backup, resumes after a crash, and a
-//! newer format is refused naming both versions.
+//! The on-disk format: the format-1 fixture migrates to the current format
+//! (2) with every session, checkpoint, index entry and event intact, and the
+//! server then serves format 2's features on it; and the migration runner,
+//! proven with test-only steps that take a copy of the fixture already
+//! migrated to the current format one and two versions further, is atomic,
+//! idempotent, records the version after each step, keeps a backup, resumes
+//! after a crash, and a newer format is refused naming both versions.
 //!
-//! Regenerate the fixture (only while format 1 is current) with
-//! `CHECKPOINTD_WRITE_FIXTURES=1 cargo test --release --test migrations make_v1_fixture`.
+//! `tests/fixtures/v1` was written by format-1 code, with
+//! `CHECKPOINTD_WRITE_FIXTURES=1 cargo test --release --test migrations make_v1_fixture`
+//! while format 1 was current; the test refuses to rewrite it now.
+//! `tests/fixtures/v2` is written by format-2 code with
+//! `CHECKPOINTD_WRITE_FIXTURES=1 cargo test --release --test migrations make_v2_fixture`;
+//! cut it again whenever format 2 changes until format 2 is released, and
+//! never after.
 
 mod common;
 
+use checkpointd::client::Client;
 use checkpointd::config::StoreConfig;
-use checkpointd::model::{ListQuery, SessionId};
+use checkpointd::model::{CheckpointId, ListQuery, SessionId};
 use checkpointd::protocol::reply;
 use checkpointd::storage::migrate::{self, CURRENT_FORMAT, Migrated, Step, StepWrite};
-use checkpointd::storage::records::SessionRecord;
-use checkpointd::storage::{Backend, StorageError, Store, codec};
-use common::child::{CHECKPOINTD, dump, dump_ok, json_lines, run, this_test_binary, wait_output};
-use common::fixtures::{fixture, fixture_file, populate};
+use checkpointd::storage::records::{CheckpointRecord, SessionRecord};
+use checkpointd::storage::{Backend, StorageError, Store, codec, keys};
+use common::child::{CHECKPOINTD, Daemon, dump, dump_ok, json_lines, run, this_test_binary, wait_output};
+use common::fixtures::{fixture, fixture_file, populate, populate_v2};
 use common::fs::{copy_dir, open_sled, wait_unlocked};
+use common::wire::{err, ok};
 use serde::Deserialize;
-use serde_json::Value;
 use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use tempfile::TempDir;
 
@@ -36,23 +46,26 @@ fn session_names(db: &sled::Db) -> Vec<String> {
     names
 }
 
-/// Test-only step 1 → 2: appends " (v2)" to every session name and leaves a
-/// marker in meta.
+/// The format after the current one, which the test-only steps reach.
+const NEXT: u32 = CURRENT_FORMAT + 1;
+
+/// Test-only step current → next: appends " (next)" to every session name
+/// and leaves a marker in meta.
 fn suffix_names(w: &mut StepWrite<'_>) -> checkpointd::storage::Result<()> {
     let sessions = w.tree("sessions")?;
     for entry in sessions.iter() {
         let (k, v) = entry?;
         let mut rec: SessionRecord = codec::decode(&v, "session")?;
-        rec.name.push_str(" (v2)");
+        rec.name.push_str(" (next)");
         w.put("sessions", k, codec::encode(&rec))?;
     }
-    w.put("meta", b"test_marker_v2", b"1")
+    w.put("meta", b"test_marker_next", b"1")
 }
 
-/// Test-only step 2 → 3: counts the sessions into meta.
+/// Test-only step next → next + 1: counts the sessions into meta.
 fn count_sessions(w: &mut StepWrite<'_>) -> checkpointd::storage::Result<()> {
     let n = w.tree("sessions")?.len() as u64;
-    w.put("meta", b"test_sessions_v3", n.to_be_bytes())
+    w.put("meta", b"test_sessions_counted", n.to_be_bytes())
 }
 
 /// Stages changes, then fails: the runner must apply none of them.
@@ -67,13 +80,31 @@ fn crashing(w: &mut StepWrite<'_>) -> checkpointd::storage::Result<()> {
     std::process::abort();
 }
 
-const SUFFIX: Step = Step { from: 1, name: "test_suffix_names", run: suffix_names };
-const COUNT: Step = Step { from: 2, name: "test_count_sessions", run: count_sessions };
+const SUFFIX: Step = Step { from: CURRENT_FORMAT, name: "test_suffix_names", run: suffix_names };
+const COUNT: Step = Step { from: NEXT, name: "test_count_sessions", run: count_sessions };
 
+fn suffixed(names: &[String]) -> Vec<String> {
+    names.iter().map(|n| format!("{n} (next)")).collect()
+}
+
+/// A copy of the format-1 fixture (the fixture itself is never opened).
 fn fixture_copy() -> (TempDir, std::path::PathBuf) {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().join("data");
     copy_dir(&fixture(1), &dir);
+    (tmp, dir)
+}
+
+/// A copy of the format-1 fixture migrated to the current format by the
+/// real steps, as checkpointd opens it (without a backup), and closed: where
+/// the test-only steps start.
+fn current_copy() -> (TempDir, std::path::PathBuf) {
+    let (tmp, dir) = fixture_copy();
+    let store = Store::open(config(&dir, false)).expect("the current code migrates format 1");
+    assert_eq!(store.format_version(), CURRENT_FORMAT);
+    store.close();
+    drop(store);
+    wait_unlocked(&dir);
     (tmp, dir)
 }
 
@@ -84,18 +115,24 @@ fn config(dir: &Path, backup: bool) -> StoreConfig {
 #[derive(Deserialize)]
 struct CheckpointLine {
     r#type: String,
-    id: checkpointd::model::CheckpointId,
+    id: CheckpointId,
     state: Box<RawValue>,
 }
 
-/// Everything of an export but the header's `exported_at` and
-/// `format_version` (which change with time and migrations).
+/// Everything of an export but the header's `exported_at`,
+/// `format_version`, `export_version` and, when it is 0, `writes` (which
+/// change with time, migrations and export versions: an export of format 1
+/// has no `writes`).
 fn comparable(export: &str) -> Vec<Value> {
     let mut lines = json_lines(export);
     let header = lines[0].as_object_mut().expect("header object");
     assert_eq!(header["type"], "header");
-    header.remove("exported_at");
-    header.remove("format_version");
+    for field in ["exported_at", "format_version", "export_version"] {
+        header.remove(field);
+    }
+    if header.get("writes") == Some(&json!(0)) {
+        header.remove("writes");
+    }
     lines
 }
 
@@ -105,7 +142,8 @@ fn v1_fixture_opens_intact_with_current_code() {
     let expected_events = std::fs::read_to_string(fixture_file("v1.events.jsonl")).unwrap();
     let (_tmp, dir) = fixture_copy();
 
-    // Read as the format-1 tool read it when the fixture was made.
+    // The current tool reads format 1 (through a migrated private copy)
+    // as the format-1 tool read it when the fixture was made.
     assert_eq!(comparable(&dump_ok(&dir, &["export"])), comparable(&expected_export));
     assert_eq!(dump_ok(&dir, &["--json", "events"]), expected_events);
 
@@ -168,8 +206,178 @@ fn v1_fixture_opens_intact_with_current_code() {
     assert_eq!(comparable(&dump_ok(&dir, &["export"])), comparable(&expected_export));
 }
 
-/// Writes `tests/fixtures/v1` when CHECKPOINTD_WRITE_FIXTURES=1; otherwise
-/// proves the generator in a temporary directory.
+/// Every entry of a tree, raw.
+fn tree_entries(db: &sled::Db, name: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    db.open_tree(name).unwrap().iter().map(|e| e.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+}
+
+/// The trees format 2 left as format 1 wrote them.
+const UNCHANGED_TREES: [&str; 7] =
+    ["session_order", "states", "checkpoint_ids", "sequences", "tags", "annotations", "events"];
+
+/// What format 2 adds, checked record by record against the fixture's
+/// format-1 export (what the format-1 tool read): every session and
+/// checkpoint record holds the same fields plus the new ones unset
+/// (namespace `""`, no key, no external ids); every other tree is byte for
+/// byte as format 1 left it; the `namespaces` index has exactly one entry
+/// per checkpoint; the new trees are otherwise empty; `verify` is clean;
+/// and the server then serves format 2's features on the migrated data.
+#[test]
+fn v1_fixture_migrates_to_format_2_exactly_and_serves_format_2() {
+    assert_eq!(CURRENT_FORMAT, 2, "a later format adds its own fixture and migration test");
+    let export = std::fs::read_to_string(fixture_file("v1.export.jsonl")).unwrap();
+    let expected_events = std::fs::read_to_string(fixture_file("v1.events.jsonl")).unwrap();
+    let lines = json_lines(&export);
+    let of_type = |t: &str| lines.iter().filter(|l| l["type"] == t).cloned().collect::<Vec<Value>>();
+    let (sessions, checkpoints) = (of_type("session"), of_type("checkpoint"));
+    let (_tmp, dir) = fixture_copy();
+
+    let db = open_sled(&dir);
+    assert_eq!(version(&db), Some(1));
+    let before: Vec<_> = UNCHANGED_TREES.iter().map(|t| tree_entries(&db, t)).collect();
+    let counters_before = db.open_tree("meta").unwrap().get(keys::META_COUNTERS).unwrap();
+    drop(db);
+    wait_unlocked(&dir);
+
+    // The migration, as checkpointd runs it: with a backup.
+    let store = Store::open(config(&dir, true)).expect("format 1 migrates");
+    assert_eq!(store.format_version(), 2);
+    store.close();
+    drop(store);
+    wait_unlocked(&dir);
+    let backup = migrate::backup_path(&dir, 1).unwrap();
+    let backup_summary = &json_lines(&dump_ok(&backup, &["--json", "summary"]))[0];
+    assert_eq!((&backup_summary["format_version"], &backup_summary["read_format"]), (&json!(1), &json!(2)));
+    assert_eq!(comparable(&dump_ok(&backup, &["export"])), comparable(&export), "the backup is format 1, whole");
+
+    let db = open_sled(&dir);
+    assert_eq!(version(&db), Some(2));
+    let after: Vec<_> = UNCHANGED_TREES.iter().map(|t| tree_entries(&db, t)).collect();
+    for ((name, b), a) in UNCHANGED_TREES.iter().zip(&before).zip(&after) {
+        assert_eq!(a, b, "tree {name} unchanged");
+    }
+    assert_eq!(db.open_tree("meta").unwrap().get(keys::META_COUNTERS).unwrap(), counters_before, "counters");
+    let records = tree_entries(&db, "sessions");
+    assert_eq!(records.len(), sessions.len());
+    for s in &sessions {
+        let id: SessionId = s["id"].as_str().unwrap().parse().unwrap();
+        let rec: SessionRecord = codec::decode(&records[&keys::session_key(id).to_vec()], "session").unwrap();
+        assert_eq!(
+            (rec.id, rec.ordinal, rec.name.as_str()),
+            (id, s["ordinal"].as_u64().unwrap(), s["name"].as_str().unwrap())
+        );
+        assert_eq!(serde_json::from_slice::<Value>(&rec.metadata).unwrap(), s["metadata"]);
+        assert_eq!(serde_json::to_value(&rec.retention).unwrap(), s["retention"]);
+        let mine: Vec<&Value> = checkpoints.iter().filter(|c| c["session_id"] == s["id"]).collect();
+        assert_eq!(rec.checkpoint_count, mine.len() as u64);
+        assert_eq!(rec.last_sequence, mine.iter().map(|c| c["sequence_number"].as_u64().unwrap()).max());
+        assert_eq!(rec.key, None, "format 1 had no client keys");
+    }
+    let records = tree_entries(&db, "checkpoints");
+    assert_eq!(records.len(), checkpoints.len());
+    let mut expected_namespaces = BTreeSet::new();
+    for c in &checkpoints {
+        let session: SessionId = c["session_id"].as_str().unwrap().parse().unwrap();
+        let seq = c["sequence_number"].as_u64().unwrap();
+        let key = keys::checkpoint_key(session, seq);
+        let rec: CheckpointRecord = codec::decode(&records[&key.to_vec()], "checkpoint").unwrap();
+        assert_eq!(rec.id.to_string(), c["id"].as_str().unwrap());
+        assert_eq!((rec.session_id, rec.sequence_number), (session, seq));
+        assert_eq!(rec.message, c["message"].as_str().unwrap());
+        assert_eq!(serde_json::to_value(&rec.tags).unwrap(), c["tags"]);
+        assert_eq!(rec.trigger.to_string(), c["trigger"].as_str().unwrap());
+        assert_eq!(rec.parent_id.map(|p| p.to_string()), c["parent_id"].as_str().map(String::from));
+        assert_eq!(serde_json::from_slice::<Value>(&rec.metadata).unwrap(), c["metadata"]);
+        let state = tree_entries(&db, "states").remove(key.as_slice()).unwrap();
+        assert_eq!(rec.state_crc, crc32fast::hash(&state));
+        assert_eq!((rec.namespace.as_str(), &rec.external_id, &rec.parent_external_id), ("", &None, &None));
+        expected_namespaces.insert(keys::namespace_key(session, "", seq));
+    }
+    let namespaces: BTreeSet<Vec<u8>> = tree_entries(&db, "namespaces").into_keys().collect();
+    assert_eq!(namespaces, expected_namespaces, "one namespaces entry per checkpoint, in the root namespace");
+    for tree in ["session_keys", "external_ids", "writes"] {
+        assert!(tree_entries(&db, tree).is_empty(), "{tree} starts empty");
+    }
+    drop(db);
+    wait_unlocked(&dir);
+
+    // Through the reads: the root namespace holds every checkpoint, the
+    // journal every event.
+    let store = Store::open(config(&dir, true)).unwrap();
+    for s in &sessions {
+        let id: SessionId = s["id"].as_str().unwrap().parse().unwrap();
+        let all = store.reader().list_checkpoints(id, &ListQuery::default(), 10_000).unwrap();
+        let root = ListQuery { namespace: Some(String::new()), ..ListQuery::default() };
+        let in_root = store.reader().list_checkpoints(id, &root, 10_000).unwrap();
+        assert_eq!(in_root.iter().map(|c| c.id).collect::<Vec<_>>(), all.iter().map(|c| c.id).collect::<Vec<_>>());
+        let latest = store.reader().latest_in(id, "").unwrap().map(|c| c.id);
+        assert_eq!(latest, all.last().map(|c| c.id));
+    }
+    let events: Vec<String> =
+        store.reader().events(0, u64::MAX, None, 10_000).unwrap().iter().map(reply::render_event).collect();
+    assert_eq!(events, expected_events.lines().collect::<Vec<_>>(), "every journal event intact");
+    store.close();
+    drop(store);
+    wait_unlocked(&dir);
+    let verify = dump_ok(&dir, &["verify"]);
+    assert!(verify.starts_with("ok: 2 sessions, 3 checkpoints"), "{verify}");
+
+    // The server serves format 2's features on the migrated directory.
+    let agent = sessions[0]["id"].as_str().unwrap().to_string();
+    let newest_old = checkpoints.iter().rfind(|c| c["session_id"] == sessions[0]["id"]).unwrap()["id"].clone();
+    let server = Daemon::serve(&dir, &[]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (thread, second) = rt.block_on(async {
+        let mut c = Client::connect(server.url()).await.unwrap();
+        let opened = ok(&mut c, "open_session", json!({"key": "thread-1", "name": "fresh"})).await;
+        assert_eq!(opened["created"], true);
+        let thread = opened["session"]["id"].as_str().unwrap().to_string();
+        let again = ok(&mut c, "open_session", json!({"key": "thread-1"})).await;
+        assert_eq!((&again["created"], &again["session"]["id"]), (&json!(false), &json!(thread)));
+        assert_eq!(ok(&mut c, "get_session", json!({"key": "thread-1"})).await["id"], json!(thread));
+
+        // Into a session format 1 wrote: a namespace, external ids, a parent
+        // named by its external id, and a retried checkpoint stored once.
+        let cp = |ext: &str, parent: Option<&str>| {
+            let mut p = json!({"session_id": agent, "namespace": "sub", "external_id": ext, "message": ext, "state": {"e": ext}});
+            if let Some(parent) = parent {
+                p["parent_external_id"] = json!(parent);
+            }
+            p
+        };
+        let first = ok(&mut c, "checkpoint", cp("e-1", None)).await;
+        let second = ok(&mut c, "checkpoint", cp("e-2", Some("e-1"))).await;
+        assert_eq!(ok(&mut c, "checkpoint", cp("e-2", Some("e-1"))).await, second, "a retry stores nothing");
+        let got = ok(&mut c, "get_checkpoint", json!({"session_id": agent, "namespace": "sub", "external_id": "e-2"})).await;
+        assert_eq!((&got["id"], &got["parent_id"], &got["parent_external_id"]), (&second, &first, &json!("e-1")));
+        let (_, code) =
+            err(&mut c, "checkpoint", json!({"session_id": agent, "namespace": "sub", "parent_external_id": "nope"})).await;
+        assert_eq!(code, "not_found");
+        // The root namespace still holds the format-1 checkpoints.
+        let root = ok(&mut c, "get_checkpoint", json!({"session_id": agent, "namespace": ""})).await;
+        assert_eq!(root["id"], newest_old);
+        let listed = ok(&mut c, "list_checkpoints", json!({"session_id": agent, "namespace": ""})).await;
+        assert_eq!(listed.as_array().unwrap().len(), 2);
+        let listed = ok(&mut c, "list_checkpoints", json!({"session_id": agent, "namespace": "sub"})).await;
+        let ids: Vec<&Value> = listed.as_array().unwrap().iter().map(|r| &r["id"]).collect();
+        assert_eq!(ids, [&first, &second]);
+        (thread, second)
+    });
+    drop(rt);
+    drop(server);
+    wait_unlocked(&dir);
+
+    let verify = dump_ok(&dir, &["verify"]);
+    assert!(verify.starts_with("ok: 3 sessions, 5 checkpoints"), "{verify}");
+    let sessions_table = dump_ok(&dir, &["sessions"]);
+    assert!(sessions_table.lines().any(|l| l.starts_with(&thread) && l.ends_with("thread-1")), "{sessions_table}");
+    let shown = &json_lines(&dump_ok(&dir, &["--json", "checkpoint", second.as_str().unwrap()]))[0];
+    assert_eq!((&shown["namespace"], &shown["external_id"]), (&json!("sub"), &json!("e-2")));
+}
+
+/// Writes `tests/fixtures/v1` when CHECKPOINTD_WRITE_FIXTURES=1 (only
+/// while format 1 was current: it refuses now); otherwise proves the
+/// generator in a temporary directory.
 #[test]
 fn make_v1_fixture() {
     let tmp = TempDir::new().unwrap();
@@ -192,82 +400,184 @@ fn make_v1_fixture() {
     std::fs::write(fixture_file("v1.events.jsonl"), events).unwrap();
 }
 
+/// Writes `tests/fixtures/v2` when CHECKPOINTD_WRITE_FIXTURES=1 (only
+/// while format 2 is current); otherwise proves the generator in a
+/// temporary directory.
+#[test]
+fn make_v2_fixture() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("v2");
+    populate_v2(&dir);
+    let export = dump_ok(&dir, &["--json", "export"]);
+    let events = dump_ok(&dir, &["--json", "events"]);
+    assert!(dump(&dir, &["verify"]).status.success());
+    let header = &json_lines(&export)[0];
+    let counts = ["sessions", "checkpoints", "annotations", "writes"].map(|k| header[k].as_u64().unwrap());
+    assert_eq!(counts, [5, 10, 4, 5], "{header}");
+    if std::env::var("CHECKPOINTD_WRITE_FIXTURES").as_deref() != Ok("1") {
+        return;
+    }
+    assert_eq!(CURRENT_FORMAT, 2, "tests/fixtures/v2 must be written by format-2 code; add a new fixture instead");
+    let target = fixture(2);
+    if target.exists() {
+        std::fs::remove_dir_all(&target).unwrap();
+    }
+    copy_dir(&dir, &target);
+    std::fs::write(fixture_file("v2.export.jsonl"), export).unwrap();
+    std::fs::write(fixture_file("v2.events.jsonl"), events).unwrap();
+}
+
+/// The format-2 fixture opens intact with the current code (migrating it
+/// once the format moves on): everything it exports, keys, namespaces,
+/// external ids and pending writes included, and every journal event.
+#[test]
+fn v2_fixture_opens_intact_with_current_code() {
+    let expected_export = std::fs::read_to_string(fixture_file("v2.export.jsonl")).unwrap();
+    let expected_events = std::fs::read_to_string(fixture_file("v2.events.jsonl")).unwrap();
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("data");
+    copy_dir(&fixture(2), &dir);
+    assert_eq!(comparable(&dump_ok(&dir, &["export"])), comparable(&expected_export));
+    assert_eq!(dump_ok(&dir, &["--json", "events"]), expected_events);
+
+    let store = Store::open(StoreConfig::new(&dir)).expect("current code opens format 2");
+    assert_eq!(store.format_version(), CURRENT_FORMAT);
+    let lines = json_lines(&expected_export);
+    let mut writes = 0;
+    for v in &lines[1..] {
+        match v["type"].as_str().unwrap() {
+            "session" => {
+                let id: SessionId = v["id"].as_str().unwrap().parse().unwrap();
+                let s = store.reader().session(id).expect("session intact");
+                assert_eq!(s.key.as_deref(), v["key"].as_str());
+                if let Some(key) = v["key"].as_str() {
+                    assert_eq!(store.reader().session_by_key(key).unwrap(), Some(id), "key {key} names its session");
+                }
+            }
+            "checkpoint" => {
+                let id: CheckpointId = v["id"].as_str().unwrap().parse().unwrap();
+                let got = store.reader().checkpoint(id).expect("checkpoint intact").summary;
+                assert_eq!(got.namespace, v["namespace"].as_str().unwrap_or(""));
+                assert_eq!(got.external_id.as_deref(), v["external_id"].as_str());
+                assert_eq!(got.parent_external_id.as_deref(), v["parent_external_id"].as_str());
+                if let Some(external) = &got.external_id {
+                    let found = store.reader().checkpoint_by_external_id(got.session_id, &got.namespace, external);
+                    assert_eq!(found.unwrap().map(|c| c.id), Some(id));
+                }
+            }
+            "write" => {
+                let session: SessionId = v["session_id"].as_str().unwrap().parse().unwrap();
+                let (namespace, external) = (v["namespace"].as_str().unwrap(), v["external_id"].as_str().unwrap());
+                let stored = store.reader().checkpoint_writes(session, namespace, external).unwrap();
+                let w = stored.iter().find(|w| w.task_id == v["task_id"] && w.idx == v["idx"]).expect("write intact");
+                assert_eq!(
+                    (w.channel.as_str(), w.task_path.as_str()),
+                    (v["channel"].as_str().unwrap(), v["task_path"].as_str().unwrap())
+                );
+                writes += 1;
+            }
+            "annotation" => {}
+            other => panic!("unexpected line type {other}"),
+        }
+    }
+    assert!(writes > 0, "the fixture holds pending writes");
+    let events: Vec<String> =
+        store.reader().events(0, u64::MAX, None, 10_000).unwrap().iter().map(reply::render_event).collect();
+    assert_eq!(events, expected_events.lines().collect::<Vec<_>>(), "every journal event intact");
+    store.close();
+    drop(store);
+    wait_unlocked(&dir);
+    let verify = dump(&dir, &["verify"]);
+    assert!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stdout));
+    assert_eq!(comparable(&dump_ok(&dir, &["export"])), comparable(&expected_export));
+}
+
 #[test]
 fn a_step_is_applied_once_with_a_backup_and_its_version_recorded() {
-    let (_tmp, dir) = fixture_copy();
+    let (_tmp, dir) = current_copy();
     let db = open_sled(&dir);
     let before = session_names(&db);
-    assert_eq!(version(&db), Some(1));
-    let done = migrate::migrate(&db, &config(&dir, true), &[SUFFIX], 2).unwrap();
-    let backup = migrate::backup_path(&dir, 1).unwrap();
-    assert_eq!(done, Some(Migrated { from: 1, to: 2, backup: Some(backup.clone()) }));
-    assert_eq!(version(&db), Some(2));
+    assert_eq!(version(&db), Some(CURRENT_FORMAT));
+    let done = migrate::migrate(&db, &config(&dir, true), &[SUFFIX], NEXT).unwrap();
+    let backup = migrate::backup_path(&dir, CURRENT_FORMAT).unwrap();
+    assert_eq!(done, Some(Migrated { from: CURRENT_FORMAT, to: NEXT, backup: Some(backup.clone()) }));
+    assert_eq!(version(&db), Some(NEXT));
     let after = session_names(&db);
-    assert_eq!(after, before.iter().map(|n| format!("{n} (v2)")).collect::<Vec<_>>());
-    assert!(db.open_tree("meta").unwrap().contains_key(b"test_marker_v2").unwrap());
+    assert_eq!(after, suffixed(&before));
+    assert!(db.open_tree("meta").unwrap().contains_key(b"test_marker_next").unwrap());
 
-    // Idempotent: at version 2 there is nothing to do.
-    assert_eq!(migrate::migrate(&db, &config(&dir, true), &[SUFFIX], 2).unwrap(), None);
+    // Idempotent: at the next version there is nothing to do.
+    assert_eq!(migrate::migrate(&db, &config(&dir, true), &[SUFFIX], NEXT).unwrap(), None);
     assert_eq!(session_names(&db), after);
     drop(db);
     wait_unlocked(&dir);
 
     // The version survived a restart, and so does idempotence.
     let db = open_sled(&dir);
-    assert_eq!(version(&db), Some(2));
-    assert_eq!(migrate::migrate(&db, &config(&dir, true), &[SUFFIX], 2).unwrap(), None);
+    assert_eq!(version(&db), Some(NEXT));
+    assert_eq!(migrate::migrate(&db, &config(&dir, true), &[SUFFIX], NEXT).unwrap(), None);
     assert_eq!(session_names(&db), after);
     drop(db);
     wait_unlocked(&dir);
 
-    // The backup is the directory as it was: format 1, old names.
+    // The backup is the directory as it was: the current format, old names.
     let summary = &json_lines(&dump_ok(&backup, &["--json", "summary"]))[0];
-    assert_eq!(summary["format_version"], 1);
+    assert_eq!(summary["format_version"], CURRENT_FORMAT);
     let backup_db = open_sled(&backup);
     assert_eq!(session_names(&backup_db), before);
     drop(backup_db);
-    assert_eq!(json_lines(&dump_ok(&dir, &["--json", "summary"]))[0]["format_version"], 2);
+    // checkpoint-dump opens a newer format as it is, and says which it is.
+    assert_eq!(json_lines(&dump_ok(&dir, &["--json", "summary"]))[0]["format_version"], NEXT);
 
-    // This checkpointd (format 1) refuses the newer directory, naming both.
+    // This checkpointd refuses the newer directory, naming both.
     let out = run(CHECKPOINTD, &["--listen", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()], None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {err}");
-    assert!(err.contains("format version 2") && err.contains("version 1"), "{err}");
+    assert!(
+        err.contains(&format!("format version {NEXT}")) && err.contains(&format!("version {CURRENT_FORMAT}")),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_failing_step_changes_nothing_and_a_rerun_completes() {
-    let (_tmp, dir) = fixture_copy();
+    let (_tmp, dir) = current_copy();
     let db = open_sled(&dir);
     let before = session_names(&db);
     let failed = Step { run: failing, ..SUFFIX };
-    let err = migrate::migrate(&db, &config(&dir, false), &[failed], 2).unwrap_err();
+    let err = migrate::migrate(&db, &config(&dir, false), &[failed], NEXT).unwrap_err();
     assert!(err.to_string().contains("test_suffix_names"), "{err}");
-    assert_eq!(version(&db), Some(1));
+    assert_eq!(version(&db), Some(CURRENT_FORMAT));
     assert_eq!(session_names(&db), before);
-    assert!(!db.open_tree("meta").unwrap().contains_key(b"test_marker_v2").unwrap());
+    assert!(!db.open_tree("meta").unwrap().contains_key(b"test_marker_next").unwrap());
 
-    let done = migrate::migrate(&db, &config(&dir, false), &[SUFFIX], 2).unwrap();
-    assert_eq!(done, Some(Migrated { from: 1, to: 2, backup: None }));
-    assert_eq!(version(&db), Some(2));
+    let done = migrate::migrate(&db, &config(&dir, false), &[SUFFIX], NEXT).unwrap();
+    assert_eq!(done, Some(Migrated { from: CURRENT_FORMAT, to: NEXT, backup: None }));
+    assert_eq!(version(&db), Some(NEXT));
+    assert_eq!(session_names(&db), suffixed(&before));
     drop(db);
-    assert!(!migrate::backup_path(&dir, 1).unwrap().exists(), "no backup when it is turned off");
+    assert!(!migrate::backup_path(&dir, CURRENT_FORMAT).unwrap().exists(), "no backup when it is turned off");
 }
 
 #[test]
 fn a_missing_step_or_newer_format_is_refused_before_anything_changes() {
-    let (_tmp, dir) = fixture_copy();
+    let (_tmp, dir) = current_copy();
     let db = open_sled(&dir);
-    let err = migrate::migrate(&db, &config(&dir, true), &[COUNT], 3).unwrap_err().to_string();
-    assert!(err.contains("no migration from version 1 to 2"), "{err}");
-    let err = migrate::migrate(&db, &config(&dir, true), &[], 0).unwrap_err().to_string();
-    assert!(err.contains("format version 1") && err.contains("version 0"), "{err}");
-    assert_eq!(version(&db), Some(1));
-    assert!(!migrate::backup_path(&dir, 1).unwrap().exists());
+    let err = migrate::migrate(&db, &config(&dir, true), &[COUNT], NEXT + 1).unwrap_err().to_string();
+    assert!(err.contains(&format!("no migration from version {CURRENT_FORMAT} to {NEXT}")), "{err}");
+    let older = CURRENT_FORMAT - 1;
+    let err = migrate::migrate(&db, &config(&dir, true), &[], older).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("format version {CURRENT_FORMAT}")) && err.contains(&format!("version {older}")),
+        "{err}"
+    );
+    assert_eq!(version(&db), Some(CURRENT_FORMAT));
+    assert!(!migrate::backup_path(&dir, CURRENT_FORMAT).unwrap().exists());
 }
 
 /// Run by `a_crash_mid_migration_resumes_at_the_first_unrecorded_step` in a
-/// child process: step 1 → 2 completes, step 2 → 3 dies mid-way.
+/// child process: step current → next completes, step next → next + 1 dies
+/// mid-way.
 #[test]
 #[ignore = "child process of a_crash_mid_migration_resumes_at_the_first_unrecorded_step"]
 fn child_migrates_then_crashes() {
@@ -275,13 +585,13 @@ fn child_migrates_then_crashes() {
     let dir = Path::new(&dir);
     let db = open_sled(dir);
     let crash = Step { run: crashing, ..COUNT };
-    let _ = migrate::migrate(&db, &config(dir, true), &[SUFFIX, crash], 3);
+    let _ = migrate::migrate(&db, &config(dir, true), &[SUFFIX, crash], NEXT + 1);
     unreachable!("the second step aborts the process");
 }
 
 #[test]
 fn a_crash_mid_migration_resumes_at_the_first_unrecorded_step() {
-    let (_tmp, dir) = fixture_copy();
+    let (_tmp, dir) = current_copy();
     let db = open_sled(&dir);
     let before = session_names(&db);
     drop(db);
@@ -293,25 +603,24 @@ fn a_crash_mid_migration_resumes_at_the_first_unrecorded_step() {
         .spawn()
         .unwrap();
     let out = wait_output(child);
-    assert!(!out.status.success(), "the child must die in step 2");
+    assert!(!out.status.success(), "the child must die in the second step");
 
     let db = open_sled(&dir);
-    assert_eq!(version(&db), Some(2), "step 1 was recorded, step 2 was not");
+    assert_eq!(version(&db), Some(NEXT), "the first step was recorded, the second was not");
     let meta = db.open_tree("meta").unwrap();
-    assert!(!meta.contains_key(b"test_sessions_v3").unwrap(), "nothing of the crashed step");
-    let suffixed: Vec<String> = before.iter().map(|n| format!("{n} (v2)")).collect();
-    assert_eq!(session_names(&db), suffixed);
+    assert!(!meta.contains_key(b"test_sessions_counted").unwrap(), "nothing of the crashed step");
+    assert_eq!(session_names(&db), suffixed(&before));
 
-    // The next start runs only step 2 → 3; step 1 is not applied twice.
-    let done = migrate::migrate(&db, &config(&dir, true), &[SUFFIX, COUNT], 3).unwrap().unwrap();
-    assert_eq!((done.from, done.to), (2, 3));
-    assert_eq!(version(&db), Some(3));
-    assert_eq!(session_names(&db), suffixed);
-    assert_eq!(meta.get(b"test_sessions_v3").unwrap().unwrap().as_ref(), 2u64.to_be_bytes());
-    // The backup taken before the interrupted run is the original, format 1.
+    // The next start runs only the second step; the first is not applied twice.
+    let done = migrate::migrate(&db, &config(&dir, true), &[SUFFIX, COUNT], NEXT + 1).unwrap().unwrap();
+    assert_eq!((done.from, done.to), (NEXT, NEXT + 1));
+    assert_eq!(version(&db), Some(NEXT + 1));
+    assert_eq!(session_names(&db), suffixed(&before));
+    assert_eq!(meta.get(b"test_sessions_counted").unwrap().unwrap().as_ref(), 2u64.to_be_bytes());
+    // The backup taken before the interrupted run is the original.
     drop(db);
-    let backup = migrate::backup_path(&dir, 1).unwrap();
-    assert_eq!(json_lines(&dump_ok(&backup, &["--json", "summary"]))[0]["format_version"], 1);
+    let backup = migrate::backup_path(&dir, CURRENT_FORMAT).unwrap();
+    assert_eq!(json_lines(&dump_ok(&backup, &["--json", "summary"]))[0]["format_version"], CURRENT_FORMAT);
 }
 
 #[test]

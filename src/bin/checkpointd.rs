@@ -204,8 +204,8 @@ fn import(args: ImportArgs) -> Result<(), String> {
             }
             Input::Export(reader) => checkpointd::transfer::import(&store, reader).await.map(|c| {
                 format!(
-                    "imported {} sessions, {} checkpoints, {} annotations into {dir}",
-                    c.sessions, c.checkpoints, c.annotations
+                    "imported {} sessions, {} checkpoints, {} annotations, {} pending writes into {dir}",
+                    c.sessions, c.checkpoints, c.annotations, c.writes
                 )
             }),
         };

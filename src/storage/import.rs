@@ -2,14 +2,16 @@
 //! a forge-reasoning export) with their own ids, sequence numbers and
 //! timestamps. Each [`ImportBatch`] is one atomic write through the store's
 //! single write path, built with the same functions as the live operations
-//! (`writes`); it journals no events. Its input rules are checked before it
-//! reaches storage (`crate::rules::check_import`); storage refuses what
-//! contradicts what is stored.
+//! (`writes`; a pending write is one record under its key); it journals no
+//! events. Its input rules are checked before it reaches storage
+//! (`crate::rules::check_import`, and `transfer` for pending writes);
+//! storage refuses what contradicts what is stored.
 
 use super::change::Change;
 use super::error::{Result, StorageError};
+use super::keys;
 use super::reads::Reader;
-use super::records::{AnnotationRecord, CheckpointRecord, SessionRecord, micros};
+use super::records::{AnnotationRecord, CheckpointRecord, SessionRecord, WriteRecord, micros};
 use super::writes;
 use crate::model::{Annotation, CheckpointId, RetentionPolicy, SessionId, Trigger};
 use chrono::{DateTime, Utc};
@@ -62,6 +64,22 @@ pub struct ImportAnnotation {
     pub annotation: Annotation,
 }
 
+/// A pending write to store as it was, in a session that exists or is
+/// created earlier in the same or an earlier batch. Its checkpoint need not
+/// be stored (as for `put_writes`).
+#[derive(Debug, Clone)]
+pub struct ImportWrite {
+    pub session_id: SessionId,
+    pub namespace: String,
+    /// The external id of the checkpoint it belongs to.
+    pub external_id: String,
+    pub task_id: String,
+    pub task_path: String,
+    pub idx: i32,
+    pub channel: String,
+    pub value: Box<RawValue>,
+}
+
 /// One atomic import write. The counters end at least at the floors, so
 /// numbers handed out later stay above every imported (and every exported)
 /// one.
@@ -70,6 +88,7 @@ pub struct ImportBatch {
     pub sessions: Vec<ImportSession>,
     pub checkpoints: Vec<ImportCheckpoint>,
     pub annotations: Vec<ImportAnnotation>,
+    pub writes: Vec<ImportWrite>,
     pub global_seq_floor: u64,
     pub event_seq_floor: u64,
     pub sessions_created_floor: u64,
@@ -77,7 +96,7 @@ pub struct ImportBatch {
 
 impl ImportBatch {
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty() && self.checkpoints.is_empty() && self.annotations.is_empty()
+        self.sessions.is_empty() && self.checkpoints.is_empty() && self.annotations.is_empty() && self.writes.is_empty()
     }
 
     /// Rough size in bytes, to keep batches bounded.
@@ -86,7 +105,19 @@ impl ImportBatch {
             self.checkpoints.iter().map(|c| 128 + c.message.len() + c.state.get().len() + c.metadata.get().len()).sum();
         let notes: usize = self.annotations.iter().map(|a| 64 + a.annotation.note.len()).sum();
         let sessions: usize = self.sessions.iter().map(|s| 128 + s.name.len() + s.metadata.get().len()).sum();
-        cp + notes + sessions
+        let writes: usize = self
+            .writes
+            .iter()
+            .map(|w| {
+                64 + w.namespace.len()
+                    + w.external_id.len()
+                    + w.task_id.len()
+                    + w.task_path.len()
+                    + w.channel.len()
+                    + w.value.get().len()
+            })
+            .sum();
+        cp + notes + sessions + writes
     }
 }
 
@@ -96,6 +127,8 @@ pub struct ImportCounts {
     pub sessions: u64,
     pub checkpoints: u64,
     pub annotations: u64,
+    /// Pending writes.
+    pub writes: u64,
 }
 
 impl std::ops::AddAssign for ImportCounts {
@@ -103,14 +136,15 @@ impl std::ops::AddAssign for ImportCounts {
         self.sessions += o.sessions;
         self.checkpoints += o.checkpoints;
         self.annotations += o.annotations;
+        self.writes += o.writes;
     }
 }
 
 /// Writes a batch of records as they were: ids, sequence numbers,
-/// ordinals and timestamps are kept. An id, sequence number, ordinal or
-/// annotation index that is already taken refuses the whole batch (nothing
-/// is written). Sessions' checkpoint counts and last sequences follow from
-/// the checkpoints actually stored.
+/// ordinals and timestamps are kept. An id, sequence number, ordinal,
+/// annotation index or pending write's key that is already taken refuses
+/// the whole batch (nothing is written). Sessions' checkpoint counts and
+/// last sequences follow from the checkpoints actually stored.
 pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<ImportCounts> {
     let mut counts = ImportCounts::default();
     let mut touched: HashMap<SessionId, SessionRecord> = HashMap::new();
@@ -228,6 +262,23 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
         };
         writes::store_annotation(c, id, index, &rec);
         counts.annotations += 1;
+    }
+    let mut new_writes = HashSet::new();
+    for w in batch.writes {
+        let session = w.session_id;
+        if !touched.contains_key(&session) && !r.contains_session(session)? {
+            return Err(StorageError::NotFound(format!("pending write of session {session}, which does not exist")));
+        }
+        let key = keys::write_key(session, &w.namespace, &w.external_id, &w.task_id, w.idx);
+        if r.has_write_key(&key)? || !new_writes.insert(key.clone()) {
+            return Err(StorageError::Conflict(format!(
+                "pending write {} of task {:?} for {:?} in namespace {:?} of session {session} already exists",
+                w.idx, w.task_id, w.external_id, w.namespace
+            )));
+        }
+        let rec = WriteRecord { task_path: w.task_path, channel: w.channel, value: w.value.get().as_bytes().to_vec() };
+        writes::store_write(c, &key, &rec);
+        counts.writes += 1;
     }
     for rec in touched.values() {
         writes::put_session(c, rec);

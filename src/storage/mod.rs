@@ -15,7 +15,8 @@
 //! - [`import`]: records written elsewhere, as one change per batch.
 //! - [`change`]: the atomic change itself: ops, intent record, replay.
 //! - [`reads`]: every read, written once ([`Reader`]): the store, the
-//!   operations, `verify` and the inspector use it.
+//!   operations, `verify` and the inspector use it; [`pending`]: the reads
+//!   of pending writes with their keys (`checkpoint-dump`, export, `verify`).
 //! - [`journal`]: the live feed of journal appends; trimming.
 //! - [`commit`]: group commit, fsync and the durable mark.
 //! - [`keys`]: the whole key schema; [`records`] and [`codec`]: the stored
@@ -37,6 +38,7 @@ pub mod inspect;
 pub mod journal;
 pub mod keys;
 pub mod migrate;
+pub mod pending;
 pub mod reads;
 pub mod records;
 pub mod store;
@@ -45,8 +47,9 @@ pub mod writes;
 
 pub use backend::{Appended, Backend, DurableMark, EventFeed, SharedBackend, WritePause};
 pub use error::{Result, StorageError};
-pub use import::{ImportAnnotation, ImportBatch, ImportCheckpoint, ImportCounts, ImportSession};
-pub use inspect::{Inspector, Summary};
+pub use import::{ImportAnnotation, ImportBatch, ImportCheckpoint, ImportCounts, ImportSession, ImportWrite};
+pub use inspect::{Inspector, Migration, Summary};
+pub use pending::StoredWrite;
 pub use reads::Reader;
 pub use store::Store;
 pub use verify::Verification;

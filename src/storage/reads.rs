@@ -11,11 +11,11 @@
 use super::codec;
 use super::error::{Result, StorageError};
 use super::keys::{self, TreeId, Trees};
-use super::records::{AnnotationRecord, CheckpointRecord, Counters, EventRecord, SessionRecord, WriteRecord, raw_json};
+use super::records::{AnnotationRecord, CheckpointRecord, Counters, EventRecord, SessionRecord, raw_json};
 use crate::config::MAX_PAGE_BYTES;
 use crate::model::{
-    Annotation, Checkpoint, CheckpointId, CheckpointSummary, JournalEvent, ListQuery, Page, PendingWrite, SearchQuery,
-    Session, SessionId, metadata_matches,
+    Annotation, Checkpoint, CheckpointId, CheckpointSummary, JournalEvent, ListQuery, Page, SearchQuery, Session,
+    SessionId, metadata_matches,
 };
 use serde_json::value::RawValue;
 use sled::IVec;
@@ -90,20 +90,6 @@ impl PageBuilder {
     fn done(self) -> Page {
         self.page
     }
-}
-
-/// A `writes` entry: its key's parts and the write.
-pub(crate) fn decode_write(k: &[u8], v: &[u8]) -> Result<(keys::WriteKey, PendingWrite)> {
-    let key = keys::decode_write_key(k).ok_or_else(|| StorageError::corrupt("bad writes key"))?;
-    let rec: WriteRecord = codec::decode(v, "pending write")?;
-    let write = PendingWrite {
-        task_id: key.task_id.clone(),
-        task_path: rec.task_path,
-        idx: key.idx,
-        channel: rec.channel,
-        value: raw_json(rec.value, "pending write value")?,
-    };
-    Ok((key, write))
 }
 
 /// A state as stored, checked against the CRC its record carries.
@@ -378,7 +364,9 @@ impl Reader {
         })?;
         let annotations: Vec<_> = self.annotations(id)?.into_iter().map(|(_, a)| a).collect();
         let writes = match &rec.external_id {
-            Some(external) => self.writes(rec.session_id, &rec.namespace, external)?,
+            Some(external) => {
+                self.checkpoint_writes(rec.session_id, &rec.namespace, external)?.into_iter().map(Into::into).collect()
+            }
             None => Vec::new(),
         };
         Ok(Checkpoint {
@@ -526,36 +514,6 @@ impl Reader {
             }
         }
         Ok(out)
-    }
-
-    // ----- pending writes -----------------------------------------------------
-
-    /// The pending writes of a checkpoint (stored or not yet), ordered by
-    /// (task path, task id, idx) as LangGraph replays them.
-    pub fn writes(&self, session: SessionId, namespace: &str, external: &str) -> Result<Vec<PendingWrite>> {
-        let mut out = Vec::new();
-        for entry in self.tree(TreeId::Writes).scan_prefix(keys::writes_prefix(session, namespace, external)) {
-            let (k, v) = entry?;
-            out.push(decode_write(&k, &v)?.1);
-        }
-        out.sort_by(|a, b| (&a.task_path, &a.task_id, a.idx).cmp(&(&b.task_path, &b.task_id, b.idx)));
-        Ok(out)
-    }
-
-    /// Every pending write of a session, in key order, with its key.
-    pub(crate) fn session_writes(
-        &self,
-        session: SessionId,
-    ) -> impl Iterator<Item = Result<(keys::WriteKey, PendingWrite)>> + '_ {
-        self.tree(TreeId::Writes).scan_prefix(keys::session_key(session)).map(|entry| {
-            let (k, v) = entry?;
-            decode_write(&k, &v)
-        })
-    }
-
-    /// Whether a write is stored under `key`.
-    pub(crate) fn write_exists(&self, key: &[u8]) -> Result<bool> {
-        Ok(self.tree(TreeId::Writes).contains_key(key)?)
     }
 
     // ----- annotations --------------------------------------------------------

@@ -52,6 +52,11 @@ pub(crate) fn store_checkpoint(c: &mut Change, rec: &CheckpointRecord, state: &R
     }
 }
 
+/// Stores one pending write under its `writes` key (see `keys::write_key`).
+pub(crate) fn store_write(c: &mut Change, key: &[u8], rec: &WriteRecord) {
+    c.put(TreeId::Writes, key, codec::encode(rec));
+}
+
 pub(crate) fn store_annotation(c: &mut Change, id: CheckpointId, index: u32, rec: &AnnotationRecord) {
     c.put(TreeId::Annotations, keys::annotation_key(id, index), codec::encode(rec));
 }
@@ -390,23 +395,40 @@ fn apply_policy(
 pub(crate) fn put_writes(c: &mut Change, r: &Reader, new: NewWrites) -> Result<u64> {
     r.session_record(new.session_id)?;
     let NewWrites { session_id, namespace, external_id, task_id, task_path, writes } = new;
-    // What this change already put: reads show only what was stored before.
-    let mut put: HashSet<Vec<u8>> = HashSet::new();
+    let mut merge = WriteMerge::default();
     let mut stored = 0;
     for (idx, channel, value) in writes {
         let key = keys::write_key(session_id, &namespace, &external_id, &task_id, idx);
-        if idx >= 0 && (put.contains(&key) || r.write_exists(&key)?) {
-            continue;
-        }
         let rec = WriteRecord { task_path: task_path.clone(), channel, value: value.get().as_bytes().to_vec() };
-        c.put(TreeId::Writes, &key, codec::encode(&rec));
-        put.insert(key);
-        stored += 1;
+        if merge.put(c, r, key, idx, &rec)? {
+            stored += 1;
+        }
     }
     if stored > 0 {
         c.event(session_id, EventKind::WritesStored { namespace, external_id, task_id, stored });
     }
     Ok(stored)
+}
+
+/// The pending-write rule, for the writes of one change: under one key, for
+/// idx >= 0 the first stored is kept, for idx < 0 the last replaces it.
+#[derive(Default)]
+struct WriteMerge {
+    /// Keys this change already put (reads show only what was stored before).
+    put: HashSet<Vec<u8>>,
+}
+
+impl WriteMerge {
+    /// Puts `rec` under `key` unless the rule keeps what is there; returns
+    /// whether it was put.
+    fn put(&mut self, c: &mut Change, r: &Reader, key: Vec<u8>, idx: i32, rec: &WriteRecord) -> Result<bool> {
+        if idx >= 0 && (self.put.contains(&key) || r.has_write_key(&key)?) {
+            return Ok(false);
+        }
+        store_write(c, &key, rec);
+        self.put.insert(key);
+        Ok(true)
+    }
 }
 
 // ----- copies and bulk removal ----------------------------------------------------
@@ -475,16 +497,12 @@ pub(crate) fn copy_session(
         target.last_sequence = Some(copy.sequence_number);
         copied += 1;
     }
-    let mut put: HashSet<Vec<u8>> = HashSet::new();
-    for entry in r.session_writes(source) {
-        let (k, w) = entry?;
-        let key = keys::write_key(target.id, &k.namespace, &k.external_id, &k.task_id, k.idx);
-        if k.idx >= 0 && (put.contains(&key) || r.write_exists(&key)?) {
-            continue;
-        }
+    let mut merge = WriteMerge::default();
+    for w in r.writes_of_session(source) {
+        let w = w?;
+        let key = keys::write_key(target.id, &w.namespace, &w.external_id, &w.task_id, w.idx);
         let rec = WriteRecord { task_path: w.task_path, channel: w.channel, value: w.value.get().as_bytes().to_vec() };
-        c.put(TreeId::Writes, &key, codec::encode(&rec));
-        put.insert(key);
+        merge.put(c, r, key, w.idx, &rec)?;
     }
     put_session(c, &target);
     c.event(target.id, EventKind::SessionCopied { source_session_id: source, copied });
