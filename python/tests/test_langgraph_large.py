@@ -42,3 +42,24 @@ async def test_large_binary_values_and_writes(client: AsyncClient) -> None:
     assert found is not None
     assert found.checkpoint["channel_values"] == {"blob": blob, "small": "x"}
     assert found.pending_writes == [("big-task", "chunk", value) for _, value in writes]
+
+
+async def test_listing_pages_past_the_servers_4_mib_per_page(client: AsyncClient) -> None:
+    """A full page ends at 4 MiB: the saver pages on until every checkpoint was listed."""
+    saver = AsyncCheckpointdSaver(client)
+    config = generate_config("large-pages")
+    stored = []
+    for n in range(12):
+        if stored:
+            config["configurable"]["checkpoint_id"] = stored[-1]["configurable"]["checkpoint_id"]
+        blob = bytes([n]) * (500 * KIB)  # 12 x ~670 KiB on the wire: at least 2 pages.
+        checkpoint = generate_checkpoint(channel_values={"blob": blob}, channel_versions={"blob": n + 1})
+        stored.append(await saver.aput(config, checkpoint, generate_metadata(step=n), {"blob": n + 1}))
+    listed = [t async for t in saver.alist(generate_config("large-pages"))]
+    assert [t.config for t in listed] == stored[::-1]
+    assert [t.checkpoint["channel_values"]["blob"][0] for t in listed] == list(range(11, -1, -1))
+    session_id = (await client.get_session(key="large-pages")).id
+    first_page = await client.list_checkpoints(session_id, order="desc", full=True)
+    assert 1 <= len(first_page) < 12
+    two = [t async for t in saver.alist(generate_config("large-pages"), limit=2, filter={"step": 3})]
+    assert [t.metadata["step"] for t in two] == [3]
