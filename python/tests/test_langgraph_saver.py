@@ -84,6 +84,11 @@ async def test_a_session_deleted_by_another_client_is_found_again(client: AsyncC
     assert new != old
     found = await saver.aget_tuple(generate_config(thread_id))
     assert found is not None and found.config == stored
+    # Again, and this time another saver writes the thread anew: listing finds its new session.
+    other = AsyncCheckpointdSaver(client)
+    await other.adelete_thread(thread_id)
+    again = await put(other, thread_id)
+    assert [t.config async for t in saver.alist(generate_config(thread_id))] == [again]
 
 
 async def test_a_parent_no_longer_stored_is_still_named(client: AsyncClient) -> None:

@@ -196,6 +196,8 @@ class _Listing:
         self._cursor = before_seq
         self._remaining = limit
         self._done = (limit is not None and limit <= 0) or (thread_id is not None and session_id is None)
+        self._refound = False
+        """Whether the thread's session was looked up again after a ``not_found``."""
 
     async def next_page(self) -> list[CheckpointTuple]:
         while not self._done:
@@ -212,6 +214,8 @@ class _Listing:
                 tuples = tuples[: self._remaining]
                 self._remaining -= len(tuples)
                 self._done = self._remaining <= 0
+            if tuples and self._checkpoint_id is not None:
+                self._done = True  # The one checkpoint the config names was found.
             if tuples:
                 return tuples
         return []
@@ -263,12 +267,20 @@ class _Listing:
                 # bound by id instead, as LangGraph's own savers do.
                 self._before_id, self._local_before = None, before
                 return await self._fetch()
-            # The thread was deleted meanwhile: nothing more to list.
+            if not self._refound:
+                # The session was deleted by another client: list the
+                # thread's new session, if it has one (once).
+                self._refound = True
+                assert self._thread_id is not None
+                self._saver._forget(self._thread_id)
+                self._session_id = await self._saver._find_session(self._thread_id, create=False)
+                if self._session_id is not None and self._session_id != session_id:
+                    return await self._fetch()
             return []
 
 
 class _CheckpointdSaverBase(BaseCheckpointSaver[str]):
-    """The shared implementation: coroutines on :attr:`loop` over one :class:`AsyncClient`.
+    """The shared implementation: coroutines on :attr:`loop` over its :class:`AsyncClient` connections.
 
     The ``a*`` methods run them on :attr:`loop` (directly when called there,
     else by handing them over); the synchronous methods block on them from
