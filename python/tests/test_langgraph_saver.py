@@ -6,12 +6,12 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import StartServer
+from conftest import Server, StartServer
 from langgraph.checkpoint.conformance.test_utils import generate_checkpoint, generate_config, generate_metadata
 from langgraph.checkpoint.memory import InMemorySaver
 
 from checkpointd import AsyncClient, Unauthorized
-from checkpointd.langgraph import RESERVED_KEY, AsyncCheckpointdSaver, CheckpointdSaver
+from checkpointd.langgraph import CONNECTIONS, RESERVED_KEY, AsyncCheckpointdSaver, CheckpointdSaver
 
 
 def thread() -> str:
@@ -147,4 +147,19 @@ async def test_from_conn_string_with_a_token(start_server: StartServer) -> None:
         stored = await put(saver, thread())
         assert await saver.aget_tuple(stored) is not None
     with CheckpointdSaver.from_conn_string(secured.url, token="s3cret") as sync_saver:
+        assert sync_saver.get_tuple(stored) is not None
+
+
+async def test_from_conn_string_spreads_threads_over_its_connections(server: Server) -> None:
+    async with AsyncCheckpointdSaver.from_conn_string(server.url) as saver:
+        connections = {id(c): c for c in saver._clients}
+        assert len(connections) == CONNECTIONS
+        threads = [thread() for _ in range(32)]
+        assert {id(saver._client_for(t)) for t in threads} == set(connections)
+        assert all(saver._client_for(t) is saver._client_for(t) for t in threads)  # A thread keeps to one.
+        for t in threads[:8]:
+            stored = await put(saver, t)
+            assert await saver.aget_tuple(stored) is not None
+    with CheckpointdSaver.from_conn_string(server.url) as sync_saver:
+        assert len({id(c) for c in sync_saver._clients}) == CONNECTIONS
         assert sync_saver.get_tuple(stored) is not None
