@@ -25,8 +25,8 @@ client ids, pending writes"):
 - its metadata is a JSON object, so the server filters on it: every
   top-level value that is plain JSON is stored as it is; any other value (a
   tuple, bytes, an object) is stored as a serde value under the reserved key
-  ``"__checkpointd__"`` and restored on reading, exactly as LangGraph's
-  in-memory saver keeps it;
+  ``"__checkpointd__"`` and restored on reading, as LangGraph's in-memory
+  saver gives it back;
 - pending writes are ``put_writes`` with ``idx`` from LangGraph's
   ``WRITES_IDX_MAP`` (the server keeps the first write of an ``idx`` >= 0 and
   the last of a negative one), each value a serde value.
