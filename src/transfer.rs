@@ -36,8 +36,8 @@ use crate::model::{Annotation, Checkpoint, CheckpointId, RetentionPolicy, Sessio
 use crate::protocol::reply::timestamp;
 use crate::rules::{check_import, check_key, check_text};
 use crate::storage::{
-    Backend, ImportAnnotation, ImportBatch, ImportCheckpoint, ImportCounts, ImportSession, ImportWrite, Inspector,
-    Store,
+    Backend, ImportAnnotation, ImportBatch, ImportCheckpoint, ImportCounts, ImportSession, Inspector, Store,
+    StoredWrite,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -289,7 +289,7 @@ pub fn export(ins: &Inspector, out: &mut dyn Write) -> Result<ImportCounts> {
 }
 
 /// The rules of `put_writes`, for imported pending writes.
-fn check_writes(writes: &[ImportWrite]) -> Result<()> {
+fn check_writes(writes: &[StoredWrite]) -> Result<()> {
     for w in writes {
         check_key("namespace", &w.namespace, true)?;
         check_key("external id", &w.external_id, false)?;
@@ -396,7 +396,7 @@ pub async fn import(store: &Store, input: impl BufRead) -> Result<ImportCounts> 
             }
             "write" => {
                 let w: WriteLine = parse(&line, n)?;
-                batch.writes.push(ImportWrite {
+                batch.writes.push(StoredWrite {
                     session_id: w.session_id,
                     namespace: w.namespace,
                     external_id: w.external_id,

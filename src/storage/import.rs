@@ -10,6 +10,7 @@
 use super::change::Change;
 use super::error::{Result, StorageError};
 use super::keys;
+use super::pending::StoredWrite;
 use super::reads::Reader;
 use super::records::{AnnotationRecord, CheckpointRecord, SessionRecord, WriteRecord, micros};
 use super::writes;
@@ -64,22 +65,6 @@ pub struct ImportAnnotation {
     pub annotation: Annotation,
 }
 
-/// A pending write to store as it was, in a session that exists or is
-/// created earlier in the same or an earlier batch. Its checkpoint need not
-/// be stored (as for `put_writes`).
-#[derive(Debug, Clone)]
-pub struct ImportWrite {
-    pub session_id: SessionId,
-    pub namespace: String,
-    /// The external id of the checkpoint it belongs to.
-    pub external_id: String,
-    pub task_id: String,
-    pub task_path: String,
-    pub idx: i32,
-    pub channel: String,
-    pub value: Box<RawValue>,
-}
-
 /// One atomic import write. The counters end at least at the floors, so
 /// numbers handed out later stay above every imported (and every exported)
 /// one.
@@ -88,7 +73,10 @@ pub struct ImportBatch {
     pub sessions: Vec<ImportSession>,
     pub checkpoints: Vec<ImportCheckpoint>,
     pub annotations: Vec<ImportAnnotation>,
-    pub writes: Vec<ImportWrite>,
+    /// Pending writes as they were stored, in sessions that exist or are
+    /// created in this or an earlier batch; their checkpoints need not be
+    /// stored (as for `put_writes`).
+    pub writes: Vec<StoredWrite>,
     pub global_seq_floor: u64,
     pub event_seq_floor: u64,
     pub sessions_created_floor: u64,

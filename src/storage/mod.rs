@@ -47,7 +47,7 @@ pub mod writes;
 
 pub use backend::{Appended, Backend, DurableMark, EventFeed, SharedBackend, WritePause};
 pub use error::{Result, StorageError};
-pub use import::{ImportAnnotation, ImportBatch, ImportCheckpoint, ImportCounts, ImportSession, ImportWrite};
+pub use import::{ImportAnnotation, ImportBatch, ImportCheckpoint, ImportCounts, ImportSession};
 pub use inspect::{Inspector, Migration, Summary};
 pub use pending::StoredWrite;
 pub use reads::Reader;
