@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from conftest import StartServer
+from conftest import STEP, StartServer
 from graphs import AGENT_INPUT, agent_graph, history_view, loop_graph, result_view
+from langgraph.checkpoint.conformance.test_utils import generate_checkpoint, generate_config, generate_metadata
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
+from checkpointd import AsyncClient
 from checkpointd.langgraph import AsyncCheckpointdSaver, CheckpointdSaver
 
 
@@ -65,3 +68,28 @@ def test_a_run_that_crashed_with_the_server_resumes_where_it_stopped(start_serve
         result = graph.invoke(None, config, durability="sync")
     assert result["steps"] == list(range(steps))
     assert crashed == [3]
+
+
+async def test_a_request_in_flight_when_the_server_dies_is_sent_again(start_server: StartServer) -> None:
+    """The connection is lost before the reply: the saver sends the request again on the new one."""
+    server = start_server()
+    async with AsyncClient.connect(server.url, timeout=STEP) as client:
+        saver = AsyncCheckpointdSaver(client)
+        config = generate_config("in-flight")
+        first = await saver.aput(config, generate_checkpoint(), generate_metadata(step=0), {})
+        server.pause()  # The server holds the connection but answers nothing.
+        config["configurable"]["checkpoint_id"] = first["configurable"]["checkpoint_id"]
+        put = asyncio.create_task(saver.aput(config, generate_checkpoint(), generate_metadata(step=1), {}))
+        link = client._link
+        assert link is not None
+        for _ in range(10_000):  # Until the request is on the wire (a few turns of the loop).
+            if link._pending:
+                break
+            await asyncio.sleep(0)
+        assert link._pending, "the request was not sent"
+        server.kill()  # Its reply never comes: the request fails with ConnectionLost ...
+        server.start()  # ... and is sent again once the client has reconnected.
+        second = await put
+        found = await saver.aget_tuple(generate_config("in-flight"))
+        assert found is not None and found.config == second
+        assert found.parent_config == first
