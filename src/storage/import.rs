@@ -221,7 +221,7 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
             external_id: cp.external_id,
             parent_external_id: cp.parent_external_id,
         };
-        writes::store_checkpoint(c, &rec, &cp.state);
+        writes::store_checkpoint(c, &rec, &cp.state)?;
         new_ids.insert(id, rec.session_id);
         c.counters.checkpoints += 1;
         c.counters.global_seq = c.counters.global_seq.max(seq);
@@ -265,7 +265,7 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
             )));
         }
         let rec = WriteRecord { task_path: w.task_path, channel: w.channel, value: w.value.get().as_bytes().to_vec() };
-        writes::store_write(c, &key, &rec);
+        writes::store_write(c, &key, &rec)?;
         counts.writes += 1;
     }
     for rec in touched.values() {

@@ -23,6 +23,7 @@ use super::journal::{self, EventWatch};
 use super::keys::{TreeId, Trees};
 use super::reads::Reader;
 use super::records::{Counters, micros};
+use super::segments::Segments;
 use super::{migrate, verify, writes};
 use crate::config::{Durability, StoreConfig};
 use crate::model::{
@@ -36,6 +37,9 @@ use std::sync::{Arc, Mutex};
 /// The durable checkpoint store on sled. Cheap to share behind an `Arc`.
 pub struct Store {
     db: sled::Db,
+    /// Large values; synced by the group commit, and by sled before its log.
+    segments: Arc<Segments>,
+    _pre_log_sync: sled::PreLogSync,
     trees: Trees,
     read: Reader,
     /// Every write passes it shared; [`Backend::pause_writes`] takes it
@@ -53,15 +57,26 @@ impl Store {
     /// meta tree, no tree is scanned.
     pub fn open(config: StoreConfig) -> Result<Store> {
         let (opened, counters) =
-            datadir::open(&config.data_dir, &config.data_dir, Access::Serve, config.cache_bytes, |db, trees| {
+            datadir::open(&config.data_dir, &config.data_dir, Access::Serve, config.cache_bytes, |db, trees, segs| {
                 migrate::prepare(db, trees.get(TreeId::Meta), &config)?;
-                Ok(Reader::new(trees.clone()).counters()?.unwrap_or_default())
+                Ok(Reader::new(trees.clone(), Arc::clone(segs)).counters()?.unwrap_or_default())
             })?;
-        let datadir::Opened { db, trees } = opened;
-        let committer = Committer::start(db.clone(), &config.data_dir, config.durability, counters)?;
+        let datadir::Opened { db, trees, segments, pre_log_sync } = opened;
+        let committer =
+            Committer::start(db.clone(), Arc::clone(&segments), &config.data_dir, config.durability, counters)?;
         let gate = Arc::new(tokio::sync::RwLock::new(()));
-        let read = Reader::new(trees.clone());
-        let store = Store { db, trees, read, gate, writer: Mutex::new(counters), committer, config };
+        let read = Reader::new(trees.clone(), Arc::clone(&segments));
+        let store = Store {
+            db,
+            segments,
+            _pre_log_sync: pre_log_sync,
+            trees,
+            read,
+            gate,
+            writer: Mutex::new(counters),
+            committer,
+            config,
+        };
         // The journal after its retention was lowered.
         if let Some(keep_from) = store.event_sequence().checked_sub(store.config.event_retention) {
             journal::trim(&store.trees, keep_from + 1)?;
@@ -110,11 +125,12 @@ impl Store {
         if committed.exhausted() {
             return Err(StorageError::Failed(format!("sequence numbers are exhausted: {:?}", *committed)));
         }
-        let mut change = Change::new(*committed, micros(Utc::now()), self.config.event_retention);
+        let mut change =
+            Change::new(*committed, micros(Utc::now()), self.config.event_retention, Arc::clone(&self.segments));
         let out = op(&mut change, &self.read)?;
         let counters = change.counters;
         self.committer.reserve();
-        if let Err(e) = change::apply(&self.trees, change.into_ops(&committed)) {
+        if let Err(e) = change::apply(&self.trees, change.into_ops(&committed), Some(&self.segments)) {
             // Part of the change may be applied; the intent completes it at
             // the next open. Until then, fail closed.
             self.committer.fail();
@@ -171,6 +187,10 @@ impl Backend for Store {
 
     fn format_version(&self) -> u32 {
         migrate::CURRENT_FORMAT
+    }
+
+    fn space(&self) -> super::segments::SpaceUsage {
+        self.segments.space()
     }
 
     fn healthy(&self) -> bool {
@@ -382,6 +402,7 @@ impl Backend for Store {
 impl Store {
     fn metrics_now(&self) -> Result<Metrics> {
         let c = self.counters();
+        let space = self.segments.space();
         Ok(Metrics {
             total_checkpoints: c.checkpoints,
             active_sessions: c.active_sessions,
@@ -389,7 +410,9 @@ impl Store {
             global_sequence: c.global_seq,
             event_sequence: c.event_seq,
             oldest_event: self.read.oldest_event()?,
-            bytes_on_disk: self.db.size_on_disk()?,
+            bytes_on_disk: self.db.size_on_disk()? + space.bytes_on_disk,
+            state_live_bytes: space.live_bytes,
+            state_dead_bytes: space.dead_bytes,
         })
     }
 }

@@ -142,21 +142,22 @@ async fn a_blob_deleted_ahead_of_its_replacement_is_restored_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreConfig::new(dir.path())).unwrap();
     let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
+    // States that large go to segments (`segments`), metadata does not.
     let text = format!("{{\"x\":\"{}\"}}", "b".repeat(300 * 1024));
-    let state = RawValue::from_string(text.clone()).unwrap();
-    let new = NewCheckpoint { state: Some(state), ..NewCheckpoint::new(session, "big") };
+    let metadata = RawValue::from_string(text.clone()).unwrap();
+    let new = NewCheckpoint { metadata: Some(metadata), ..NewCheckpoint::new(session, "big") };
     let (cp, _) = store.put_checkpoint(new).await.unwrap();
     drop(store);
     let (blobs, kept) = (dir.path().join("blobs"), dir.path().join(commit::KEPT_BLOBS));
     let names: Vec<_> = std::fs::read_dir(&blobs).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(!names.is_empty(), "a 300 KiB state is a blob file");
+    assert!(!names.is_empty(), "300 KiB of metadata is a blob file");
     for name in &names {
         let ino = |d: &std::path::Path| std::fs::metadata(d.join(name)).unwrap().ino();
         assert_eq!(ino(&blobs), ino(&kept), "{name:?} has a kept link");
         std::fs::remove_file(blobs.join(name)).unwrap();
     }
     let store = open_when_released(StoreConfig::new(dir.path()));
-    assert_eq!(store.checkpoint(cp.id).await.unwrap().state.get(), text);
+    assert_eq!(store.checkpoint(cp.id).await.unwrap().metadata.get(), text);
     assert_eq!(store.metrics().await.unwrap().global_sequence, 1);
 }
 
