@@ -179,6 +179,7 @@ pub fn open<T>(
     shown: &Path,
     access: Access,
     cache_bytes: u64,
+    segment_bytes: u64,
     then: impl FnOnce(&sled::Db, &Trees, &Arc<Segments>) -> Result<T>,
 ) -> Result<(Opened, T)> {
     let survey = survey(dir, shown, access)?;
@@ -196,7 +197,7 @@ pub fn open<T>(
         false => None,
     };
     check_blobs(dir, shown, &survey, mark.and_then(|m| m.blob_lsn))?;
-    let segments = Arc::new(Segments::open(dir, true).map_err(|e| DirError::Damaged {
+    let segments = Arc::new(Segments::open_sized(dir, true, segment_bytes).map_err(|e| DirError::Damaged {
         dir: shown.to_path_buf(),
         what: format!("its state segments cannot be read: {e}"),
     })?);

@@ -29,7 +29,7 @@ use super::error::Result;
 use super::keys::TreeId;
 use super::reads::Reader;
 use super::verify::{self, Verification};
-use super::{dircopy, migrate};
+use super::{dircopy, migrate, segments};
 use crate::config::StoreConfig;
 use crate::model::Sequences;
 use std::path::{Path, PathBuf};
@@ -95,20 +95,21 @@ pub struct Summary {
 /// (`datadir`). With `migrate`, a copy of an older format is migrated to
 /// the current one (no backup: it is a copy).
 fn open_sled(path: &Path, source: &Path, migrate: bool) -> Result<((sled::Db, sled::PreLogSync), Reader, Migration)> {
-    let (opened, migrated) = datadir::open(path, source, Access::Inspect, CACHE_BYTES, |db, trees, _| {
-        let meta = trees.get(TreeId::Meta);
-        match migrate::read_version(meta)? {
-            Some(from) if migrate && from < migrate::CURRENT_FORMAT => {
-                let config = StoreConfig { backup_before_migrate: false, ..StoreConfig::new(path) };
-                // A step that fails changes nothing (see `migrate`).
-                Ok(match migrate::prepare(db, meta, &config) {
-                    Ok(()) => Migration::Migrated { from },
-                    Err(e) => Migration::Failed { from, error: e.to_string() },
-                })
+    let (opened, migrated) =
+        datadir::open(path, source, Access::Inspect, CACHE_BYTES, segments::SEGMENT_BYTES, |db, trees, _| {
+            let meta = trees.get(TreeId::Meta);
+            match migrate::read_version(meta)? {
+                Some(from) if migrate && from < migrate::CURRENT_FORMAT => {
+                    let config = StoreConfig { backup_before_migrate: false, ..StoreConfig::new(path) };
+                    // A step that fails changes nothing (see `migrate`).
+                    Ok(match migrate::prepare(db, meta, &config) {
+                        Ok(()) => Migration::Migrated { from },
+                        Err(e) => Migration::Failed { from, error: e.to_string() },
+                    })
+                }
+                _ => Ok(Migration::None),
             }
-            _ => Ok(Migration::None),
-        }
-    })?;
+        })?;
     let datadir::Opened { db, trees, segments, pre_log_sync } = opened;
     Ok(((db, pre_log_sync), Reader::new(trees, segments), migrated))
 }

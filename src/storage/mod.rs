@@ -20,7 +20,8 @@
 //! - [`journal`]: the live feed of journal appends; trimming.
 //! - [`commit`]: group commit, fsync and the durable mark.
 //! - [`segments`]: the value log where states and pending-write values too
-//!   large for sled live (format 3).
+//!   large for sled live (format 3); [`compaction`]: reclaiming their
+//!   dead space in the background.
 //! - [`keys`]: the whole key schema; [`records`] and [`codec`]: the stored
 //!   shapes and their encoding.
 //! - [`datadir`]: opening a data directory safely (damage, locks, marks);
@@ -32,6 +33,7 @@ pub mod backend;
 pub mod change;
 pub mod codec;
 pub mod commit;
+pub mod compaction;
 pub mod datadir;
 pub mod dircopy;
 pub mod error;

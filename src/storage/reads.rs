@@ -100,6 +100,12 @@ impl Reader {
         Reader { trees, segments }
     }
 
+    /// A tree by the number a change's op or a segment entry's owner
+    /// carries; `None` for a number no tree has.
+    pub(crate) fn tree_by_number(&self, n: u8) -> Option<&sled::Tree> {
+        self.trees.by_number(n)
+    }
+
     pub(crate) fn segments(&self) -> &Arc<Segments> {
         &self.segments
     }
