@@ -43,8 +43,12 @@ pub fn render_error(id: &str, error: &Error) -> String {
         .expect("strings always serialise")
 }
 
+/// RFC 3339 with microseconds, as the seed's protocol wrote them, or with
+/// nanoseconds when the time has them (an imported one: format 3 keeps them).
 pub fn timestamp(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    let digits =
+        if t.timestamp_subsec_nanos().is_multiple_of(1000) { SecondsFormat::Micros } else { SecondsFormat::Nanos };
+    t.to_rfc3339_opts(digits, true)
 }
 
 /// One row of `list_checkpoints`.
@@ -566,6 +570,10 @@ mod tests {
         );
         let space =
             crate::storage::segments::SpaceUsage { segments: 1, live_bytes: 2, dead_bytes: 3, bytes_on_disk: 5 };
+        let us = DateTime::from_timestamp_nanos(1_740_000_000_123_456_000);
+        assert_eq!(timestamp(us), "2025-02-19T21:20:00.123456Z", "microseconds as the seed wrote them");
+        let ns = DateTime::from_timestamp_nanos(1_740_000_000_123_456_789);
+        assert_eq!(timestamp(ns), "2025-02-19T21:20:00.123456789Z", "nanoseconds kept");
         let h = Health { healthy: true, durability: Durability::Sync, format_version: 1, subscriptions: 3, space };
         let version = env!("CARGO_PKG_VERSION");
         assert_eq!(

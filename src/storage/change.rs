@@ -51,7 +51,7 @@ impl Op {
 pub(crate) struct Change {
     pub counters: Counters,
     ops: Vec<Op>,
-    /// The write's time, in microseconds: every record it stamps gets it.
+    /// The write's time, in nanoseconds: every record it stamps gets it.
     pub now: i64,
     /// Journal events kept (see `StoreConfig::event_retention`).
     event_retention: u64,

@@ -33,7 +33,7 @@ use sled::{Batch, Transactional, Tree};
 use std::path::{Path, PathBuf};
 
 /// The format this binary writes.
-pub const CURRENT_FORMAT: u32 = 2;
+pub const CURRENT_FORMAT: u32 = 3;
 
 /// One upgrade of the on-disk format, from version `from` to `from + 1`.
 #[derive(Debug, Clone, Copy)]

@@ -23,7 +23,7 @@ use super::import::{self, ImportBatch, ImportCounts};
 use super::journal::{self, EventWatch};
 use super::keys::{TreeId, Trees};
 use super::reads::Reader;
-use super::records::{Counters, micros};
+use super::records::{Counters, nanos};
 use super::segments::Segments;
 use super::{migrate, verify, writes};
 use crate::config::{Durability, StoreConfig};
@@ -162,8 +162,12 @@ impl Core {
         if committed.exhausted() {
             return Err(StorageError::Failed(format!("sequence numbers are exhausted: {:?}", *committed)));
         }
-        let mut change =
-            Change::new(*committed, micros(Utc::now()), self.config.event_retention, Arc::clone(&self.segments));
+        let mut change = Change::new(
+            *committed,
+            nanos(Utc::now()).unwrap_or(i64::MAX),
+            self.config.event_retention,
+            Arc::clone(&self.segments),
+        );
         let out = op(&mut change, &self.read)?;
         let counters = change.counters;
         self.committer.reserve();

@@ -13,7 +13,7 @@ use super::codec;
 use super::error::{Result, StorageError};
 use super::keys::{self, TreeId};
 use super::reads::Reader;
-use super::records::{AnnotationRecord, CheckpointRecord, SessionRecord, WriteRecord, micros};
+use super::records::{AnnotationRecord, CheckpointRecord, SessionRecord, WriteRecord, stored_time};
 use crate::config::{MAX_CHANGE_CHECKPOINTS, MAX_CHANGE_WRITES};
 use crate::model::{
     Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, EventKind, MetadataFilter, NewCheckpoint,
@@ -495,7 +495,11 @@ pub(crate) fn copy_session(
         };
         store_checkpoint(c, &copy, &state)?;
         for (index, a) in r.annotations(rec.id)? {
-            let note = AnnotationRecord { note: a.note, severity: a.severity, timestamp: micros(a.timestamp) };
+            let note = AnnotationRecord {
+                note: a.note,
+                severity: a.severity,
+                timestamp: stored_time(a.timestamp, "annotation")?,
+            };
             store_annotation(c, copy.id, index, &note);
         }
         copies.insert(rec.id, copy.id);
