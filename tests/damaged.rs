@@ -58,8 +58,16 @@ fn written() -> Written {
         let s = c.create_session("damaged").await.unwrap();
         let mut first = String::new();
         for i in 0..BIG + SMALL {
-            let state = if i < BIG { json!({"i": i, "big": "b".repeat(200_000)}) } else { json!({"i": i}) };
-            let id = c.checkpoint(&s, &format!("m{i}"), state, json!({"tags": ["t"]})).await.unwrap();
+            // Large states go to state segments, not blobs: the record (with
+            // 64 KB of message and of metadata) and the intent holding it
+            // with an 7 KB state are what make sled write blob files.
+            let (message, state, extra) = if i < BIG {
+                let big = json!({"tags": ["t"], "metadata": {"big": "x".repeat(64_000)}});
+                (format!("m{i}{}", "m".repeat(64_000)), json!({"i": i, "big": "b".repeat(7_000)}), big)
+            } else {
+                (format!("m{i}"), json!({"i": i}), json!({"tags": ["t"]}))
+            };
+            let id = c.checkpoint(&s, &message, state, extra).await.unwrap();
             if i == 0 {
                 first = id;
             }
