@@ -112,11 +112,21 @@ fn state_sizes(rt: &tokio::runtime::Runtime, window: Duration) {
         "| state | clients | raw append+fdatasync/s | checkpoints/s | ratio | p50 | p99 | p99/p50 | server CPU/checkpoint |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for (size, clients) in [(1024, 1), (1024, 16), (64 * 1024, 1), (64 * 1024, 8), (1 << 20, 1), (1 << 20, 8)] {
+    // `CHECKPOINTD_BENCH_SIZES=65536x1,1048576x8` runs only those points.
+    let points: Vec<(usize, usize)> = match std::env::var("CHECKPOINTD_BENCH_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|p| p.split_once('x'))
+            .filter_map(|(s, c)| Some((s.trim().parse().ok()?, c.trim().parse().ok()?)))
+            .collect(),
+        Err(_) => vec![(1024, 1), (1024, 16), (64 * 1024, 1), (64 * 1024, 8), (1 << 20, 1), (1 << 20, 8)],
+    };
+    for (size, clients) in points {
         let raw = raw_append(size, window);
         let dir = tempfile::tempdir().expect("tempdir");
         let server = Server::checkpointd(dir.path(), "sync");
         let state = json!({"step": 1, "scratch": "x".repeat(size.saturating_sub(40))});
+        eprintln!("server pid {} for {size} bytes x {clients}", server.child.id());
         let cpu_before = cpu_seconds(server.child.id());
         let s = rt.block_on(write_load(&server.url, clients, window, &state));
         let cpu = cpu_seconds(server.child.id()) - cpu_before;
