@@ -224,14 +224,16 @@ pub fn open<T>(
         }
         let out = then(&db, &trees, &segments).map_err(|e| in_dir(shown, e))?;
         count_live(&trees, &segments).map_err(|e| in_dir(shown, e))?;
-        if access == Access::Serve {
-            // Segments no record points into: dead appends, or compacted
-            // ones whose removal a crash cut short.
-            segments.remove_unreferenced().map_err(|e| io_error(shown, "cannot remove an unused segment", &e))?;
-        }
         if migrate::read_version(meta).map_err(|e| in_dir(shown, e))? == Some(migrate::CURRENT_FORMAT) {
             let damaged = |what| DirError::Damaged { dir: shown.to_path_buf(), what };
             check_recovered(&trees, &segments, mark.map(|m| m.counters)).map_err(damaged)?;
+            if access == Access::Serve {
+                // Only once what sled recovered is known to be whole: segments
+                // no record points into (appends whose change never became
+                // durable, or a compaction's source whose removal a crash cut
+                // short).
+                segments.remove_unreferenced().map_err(|e| io_error(shown, "cannot remove an unused segment", &e))?;
+            }
         }
         Ok((Opened { db, trees, segments: Arc::clone(&segments), pre_log_sync }, out))
     });

@@ -451,13 +451,18 @@ impl Segments {
         s
     }
 
-    /// Sealed segments more than half dead, most dead first: compaction's work.
+    /// Sealed segments more than half dead, most dead first: compaction's
+    /// work. The newest segment is never one: it is the active one, or (before
+    /// the first append) the one whose id the next segment must exceed, so
+    /// that no id is ever used twice in a directory (`dircopy` keeps a copied
+    /// segment whose name and length match).
     pub fn compactable(&self) -> Vec<u32> {
         let active = self.active_id();
         let usage = self.usage.lock().expect("segments lock");
+        let newest = usage.keys().next_back().copied();
         let mut out: Vec<(u64, u32)> = usage
             .iter()
-            .filter(|(id, u)| Some(**id) != active && u.size > 0 && u.live * 2 < u.size)
+            .filter(|(id, u)| Some(**id) != active && Some(**id) != newest && u.size > 0 && u.live * 2 < u.size)
             .map(|(id, u)| (u.size - u.live, *id))
             .collect();
         out.sort_unstable_by(|a, b| b.cmp(a));
@@ -480,10 +485,15 @@ impl Segments {
         Ok(())
     }
 
-    /// Removes every segment with no live byte (at open, after
-    /// [`Segments::recount`], before anything is appended). Returns how many.
+    /// Removes every segment with no live byte but the newest (at open,
+    /// after [`Segments::recount`], before anything is appended; the newest
+    /// stays so that its id is never used again, see
+    /// [`Segments::compactable`]). Returns how many.
     pub fn remove_unreferenced(&self) -> io::Result<usize> {
-        let dead: Vec<u32> = self.usage().iter().filter(|(_, u)| u.live == 0).map(|(id, _)| *id).collect();
+        let usage = self.usage();
+        let newest = usage.keys().next_back().copied();
+        let dead: Vec<u32> =
+            usage.iter().filter(|(id, u)| u.live == 0 && Some(**id) != newest).map(|(id, _)| *id).collect();
         for &id in &dead {
             self.remove(id)?;
         }
@@ -617,7 +627,7 @@ mod tests {
         segs.release(&ptrs[0]);
         segs.release(&ptrs[1]);
         assert_eq!(segs.compactable(), vec![1]);
-        // The active segment is never picked.
+        // The active (and newest) segment is never picked.
         segs.release(&ptrs[3]);
         segs.release(&ptrs[4]);
         segs.release(&ptrs[5]);
@@ -631,5 +641,9 @@ mod tests {
         assert_eq!(segs.remove_unreferenced().unwrap(), 1);
         assert_eq!(segs.ids(), vec![2]);
         assert!(!dir.path().join(SEGMENTS_DIR).join(file_name(1)).exists());
+        // With nothing live, the newest stays: the next id is never reused.
+        segs.recount([]).unwrap();
+        assert_eq!(segs.remove_unreferenced().unwrap(), 0);
+        assert_eq!(segs.append(&owner(4, b"k"), b"[]").unwrap().segment, 3);
     }
 }
