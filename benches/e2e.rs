@@ -5,7 +5,10 @@
 //! disk's ceiling). Results are printed as Markdown tables; BENCHMARKS.md
 //! keeps the latest.
 //!
-//! `cargo bench --bench e2e` (about two minutes); `-- --quick` for a short run.
+//! `cargo bench --bench e2e` (about three minutes); `-- --quick` for a short run;
+//! `-- --sizes` for the state-size table alone (issue 11: 1 KiB, 64 KiB and
+//! 1 MiB states against raw append + fdatasync of the same size, measured
+//! beside them in the same run).
 
 use checkpointd::client::Client;
 use futures_util::{SinkExt, StreamExt};
@@ -30,6 +33,9 @@ fn main() {
     let window = if quick { Duration::from_secs(1) } else { Duration::from_secs(4) };
     let events = if quick { 300 } else { EVENTS_PER_RUN };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    if std::env::args().any(|a| a == "--sizes") {
+        return state_sizes(&rt, window);
+    }
     let state = one_kib_state();
 
     println!("# checkpointd end-to-end benchmark ({} s per point)\n", window.as_secs());
@@ -93,6 +99,77 @@ fn main() {
             println!("| {name} | {n} | {} | {} |", ms(*p50), ms(*p99));
         }
     }
+}
+
+/// Checkpoints of 1 KiB, 64 KiB and 1 MiB states (`sync`), each beside raw
+/// append + fdatasync of the same number of bytes to one file on the same
+/// disk, measured just before it: the ratio is what issue 11 sets targets
+/// for. Also the server's CPU time per checkpoint (from /proc) and the data
+/// directory's size after each point.
+fn state_sizes(rt: &tokio::runtime::Runtime, window: Duration) {
+    println!("# State sizes, `sync` ({} s per point)\n", window.as_secs());
+    println!(
+        "| state | clients | raw append+fdatasync/s | checkpoints/s | ratio | p50 | p99 | p99/p50 | server CPU/checkpoint |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    // `CHECKPOINTD_BENCH_SIZES=65536x1,1048576x8` runs only those points.
+    let points: Vec<(usize, usize)> = match std::env::var("CHECKPOINTD_BENCH_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|p| p.split_once('x'))
+            .filter_map(|(s, c)| Some((s.trim().parse().ok()?, c.trim().parse().ok()?)))
+            .collect(),
+        Err(_) => vec![(1024, 1), (1024, 16), (64 * 1024, 1), (64 * 1024, 8), (1 << 20, 1), (1 << 20, 8)],
+    };
+    for (size, clients) in points {
+        let raw = raw_append(size, window);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = Server::checkpointd(dir.path(), "sync");
+        let state = json!({"step": 1, "scratch": "x".repeat(size.saturating_sub(40))});
+        eprintln!("server pid {} for {size} bytes x {clients}", server.child.id());
+        let cpu_before = cpu_seconds(server.child.id());
+        let s = rt.block_on(write_load(&server.url, clients, window, &state));
+        let cpu = cpu_seconds(server.child.id()) - cpu_before;
+        let n = s.rate * window.as_secs_f64();
+        println!(
+            "| {} | {clients} | {:.0} | {:.0} | {:.2}x | {} | {} | {:.1} | {:.3} ms |",
+            if size >= 1 << 20 { format!("{} MiB", size >> 20) } else { format!("{} KiB", size >> 10) },
+            raw.rate,
+            s.rate,
+            s.rate / raw.rate,
+            ms(s.p50),
+            ms(s.p99),
+            s.p99.as_secs_f64() / s.p50.as_secs_f64().max(1e-9),
+            cpu * 1000.0 / n.max(1.0)
+        );
+    }
+}
+
+/// Appends `size` bytes and fdatasyncs, one write after another.
+fn raw_append(size: usize, window: Duration) -> Stats {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut file = std::fs::File::create(dir.path().join("append")).expect("file");
+    let value = vec![7u8; size];
+    let start = Instant::now();
+    let mut lat = Vec::new();
+    while start.elapsed() < window {
+        let t = Instant::now();
+        file.write_all(&value).expect("write");
+        file.sync_data().expect("fdatasync");
+        lat.push(t.elapsed());
+    }
+    stats(lat, start.elapsed())
+}
+
+/// User + system CPU seconds a process has used (Linux /proc).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else { return 0.0 };
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn one_kib_state() -> Value {

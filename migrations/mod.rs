@@ -3,7 +3,9 @@
 //!
 //! Format 1 was the first released format; format 2 added client keys,
 //! namespaces, external ids and pending writes
-//! (`v0001_to_v0002_namespaces_and_keys`). `checkpoint-dump` runs the same
+//! (`v0001_to_v0002_namespaces_and_keys`); format 3 moved large values to
+//! state segments and stores times in nanoseconds
+//! (`v0002_to_v0003_segments_and_nanoseconds`). `checkpoint-dump` runs the same
 //! steps on its private copy of an older directory to read it. The runner
 //! itself is proven by `tests/migrations.rs` with test-only steps beyond the
 //! current format (on a copy of the fixture migrated to it), and
@@ -33,6 +35,7 @@
 use super::Step;
 
 mod v0001_to_v0002_namespaces_and_keys;
+mod v0002_to_v0003_segments_and_nanoseconds;
 
 /// Every step, in order: `STEPS[i].from == i + 1`.
-pub static STEPS: &[Step] = &[v0001_to_v0002_namespaces_and_keys::STEP];
+pub static STEPS: &[Step] = &[v0001_to_v0002_namespaces_and_keys::STEP, v0002_to_v0003_segments_and_nanoseconds::STEP];

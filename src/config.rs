@@ -97,6 +97,8 @@ pub struct StoreConfig {
     /// Before migrating an older format, copy the directory to
     /// `<data_dir>.backup-v<old version>`.
     pub backup_before_migrate: bool,
+    /// A state segment is sealed at this size (`storage::segments`).
+    pub segment_bytes: u64,
 }
 
 impl StoreConfig {
@@ -107,6 +109,7 @@ impl StoreConfig {
             event_retention: DEFAULT_EVENT_RETENTION,
             cache_bytes: DEFAULT_CACHE_BYTES,
             backup_before_migrate: true,
+            segment_bytes: crate::storage::segments::SEGMENT_BYTES,
         }
     }
 }

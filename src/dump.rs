@@ -199,6 +199,8 @@ fn summary(s: &Summary, json: bool, out: &mut dyn Write) -> Result<()> {
                 "event_sequence": c.event,
                 "sessions_created": c.sessions_created,
                 "bytes_on_disk": s.bytes_on_disk,
+                "state_live_bytes": s.state_live_bytes,
+                "state_dead_bytes": s.state_dead_bytes,
             }),
         );
     }
@@ -220,6 +222,8 @@ fn summary(s: &Summary, json: bool, out: &mut dyn Write) -> Result<()> {
         ("event_sequence", c.event.to_string()),
         ("sessions_created", c.sessions_created.to_string()),
         ("bytes_on_disk", s.bytes_on_disk.to_string()),
+        ("state_live_bytes", s.state_live_bytes.to_string()),
+        ("state_dead_bytes", s.state_dead_bytes.to_string()),
     ];
     record(out, &fields.map(|(k, v)| (k.to_string(), v)))
 }
@@ -489,11 +493,22 @@ fn verification(v: &Verification, json: bool, out: &mut dyn Write) -> Result<()>
                 "annotations": v.annotations,
                 "writes": v.writes,
                 "events": v.events,
+                "segments": v.segments,
+                "segment_live_bytes": v.segment_live_bytes,
+                "segment_dead_bytes": v.segment_dead_bytes,
+                "unreferenced_segments": v.unreferenced_segments,
             }),
         );
     }
     for p in &v.problems {
         writeln!(out, "problem: {p}")?;
+    }
+    if v.segments > 0 {
+        writeln!(
+            out,
+            "state segments: {}, {} bytes live, {} dead ({} segments no record points into, removed when checkpointd next opens the directory)",
+            v.segments, v.segment_live_bytes, v.segment_dead_bytes, v.unreferenced_segments
+        )?;
     }
     if v.ok() {
         writeln!(out, "ok: {checked}; no problems")?;

@@ -369,7 +369,13 @@ pub struct Metrics {
     pub global_sequence: u64,
     pub event_sequence: u64,
     pub oldest_event: Option<u64>,
+    /// sled's files and the state segments.
     pub bytes_on_disk: u64,
+    /// Bytes of the state segments that records point to.
+    pub state_live_bytes: u64,
+    /// Bytes of the state segments nothing points to, until compaction
+    /// reclaims them.
+    pub state_dead_bytes: u64,
 }
 
 /// The last numbers a store handed out; none is ever handed out again.

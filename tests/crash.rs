@@ -1,7 +1,10 @@
 //! Crash test: a child process (this test binary, re-invoked to run only
 //! `crash_child`) writes checkpoints and prints each acknowledgement; the
 //! parent kills it with SIGKILL at a random moment, reopens the directory and
-//! checks that every acknowledged write is there, intact.
+//! checks that every acknowledged write is there, intact. A third of the
+//! states are large enough for state segments (small ones, so they seal
+//! often), and a churning writer keeps segments more than half dead, so the
+//! kill also lands during appends to segments and during their compaction.
 
 mod common;
 
@@ -32,11 +35,16 @@ const ACK_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The state the child stores for writer `w`'s `i`-th checkpoint of `round`.
 fn state_for(round: u64, w: usize, i: u64) -> String {
+    // Every third state goes to a segment (over 8 KiB).
+    let pad = if i % 3 == 1 { 10_000 + (i % 5) as usize * 5_000 } else { (i % 7) as usize * 50 };
     format!(
         r#"{{"round":{round},"writer":{w},"i":{i},"big":123456789012345678901234567890,"text":"é😀 {}","nested":[{{"k":[{i},null,true]}}]}}"#,
-        "x".repeat((i % 7) as usize * 50)
+        "x".repeat(pad)
     )
 }
+
+/// Segments seal at this size in the child, so compaction has work.
+const CHILD_SEGMENT_BYTES: u64 = 128 * 1024;
 
 fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -52,8 +60,25 @@ async fn crash_child() {
     let round: u64 = std::env::var(ROUND_ENV).unwrap().parse().unwrap();
     let mut config = StoreConfig::new(dir);
     config.durability = std::env::var(DURABILITY_ENV).unwrap().parse().unwrap();
+    config.segment_bytes = CHILD_SEGMENT_BYTES;
     let service = Service::open(config).expect("child opens the store");
     let mut tasks = Vec::new();
+    // The churn: large states, compacted to the newest two, so sealed
+    // segments keep going more than half dead and compaction keeps running.
+    let churn = service.clone();
+    tasks.push(tokio::spawn(async move {
+        let s = churn.create_session(Some(format!("round {round} churn")), None).await.unwrap().id;
+        let keep = checkpointd::model::RetentionPolicy { keep_recent: Some(2), preserve_tags: vec![] };
+        for i in 0..1_000_000u64 {
+            let state = format!(r#"{{"churn":{i},"x":"{}"}}"#, "c".repeat(40_000));
+            let new =
+                NewCheckpoint { state: Some(RawValue::from_string(state).unwrap()), ..NewCheckpoint::new(s, "c") };
+            churn.checkpoint(new).await.unwrap();
+            if i % 4 == 3 {
+                churn.compact(s, keep.clone()).await.unwrap();
+            }
+        }
+    }));
     for w in 0..WRITERS {
         let service = service.clone();
         tasks.push(tokio::spawn(async move {
@@ -237,6 +262,23 @@ fn check_consistent(store: &Store) {
     }
 }
 
+/// After a crash the segments hold every live value, and one compaction
+/// pass brings them within twice the live bytes (plus a segment).
+fn check_segments(store: &Store, durability: Durability) {
+    let before = store.space();
+    // (In `async` mode a kill may take every write since the last flush.)
+    assert!(before.live_bytes > 0 || durability == Durability::Async, "large states are in segments");
+    block(store.compact_segments()).unwrap();
+    let after = store.space();
+    assert_eq!(after.live_bytes, before.live_bytes);
+    assert!(
+        after.bytes_on_disk <= 2 * after.live_bytes + CHILD_SEGMENT_BYTES,
+        "segments hold {} bytes for {} live",
+        after.bytes_on_disk,
+        after.live_bytes
+    );
+}
+
 #[test]
 fn crash_sync_keeps_every_acknowledged_checkpoint() {
     let dir = TempDir::new().unwrap();
@@ -255,6 +297,7 @@ fn crash_sync_keeps_every_acknowledged_checkpoint() {
 
         let store = Store::open(StoreConfig::new(&data_dir)).expect("reopen after SIGKILL");
         check_consistent(&store);
+        check_segments(&store, Durability::Sync);
         let m = block(store.metrics()).unwrap();
         let max_acked = acked.values().map(|a| a.seq).max().unwrap();
         assert!(m.global_sequence >= max_acked, "global sequence {} below acked {max_acked}", m.global_sequence);
@@ -301,6 +344,7 @@ fn crash_async_leaves_a_consistent_store() {
         config.durability = Durability::Async;
         let store = Store::open(config).expect("reopen after SIGKILL");
         check_consistent(&store);
+        check_segments(&store, Durability::Async);
         store.close();
     }
 }

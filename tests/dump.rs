@@ -349,7 +349,8 @@ fn format_2_data_is_shown_in_every_view() {
     populate_format2(&dir);
 
     let summary = &json_lines(&dump_ok(&dir, &["--json", "summary"]))[0];
-    assert_eq!((&summary["format_version"], &summary["read_format"]), (&json!(2), &json!(2)));
+    let current = json!(checkpointd::storage::migrate::CURRENT_FORMAT);
+    assert_eq!((&summary["format_version"], &summary["read_format"]), (&current, &current));
     assert_eq!((&summary["checkpoints"], &summary["writes"]), (&json!(4), &json!(5)));
     assert!(dump_ok(&dir, &["summary"]).lines().any(|l| l.split_whitespace().eq(["writes", "5"])));
 

@@ -256,7 +256,7 @@ fn forge_export_becomes_forge_sessions_without_state() {
     let a_name = format!("forge:{FORGE_SESSION_A}");
     let b_name = format!("forge:{FORGE_SESSION_B}");
     assert_eq!(names, [(FORGE_SESSION_A, a_name.as_str()), (FORGE_SESSION_B, b_name.as_str())]);
-    assert_eq!(sessions[0]["created_at"], "2026-02-19T10:15:30.123456Z", "first checkpoint's time, to the µs");
+    assert_eq!(sessions[0]["created_at"], "2026-02-19T10:15:30.123456789Z", "first checkpoint's time, to the ns");
 
     let rows = json_lines(&dump_ok(&dir, &["--json", "checkpoints", "--session", FORGE_SESSION_A, "--with-state"]));
     let brief: Vec<Value> = rows
@@ -271,7 +271,7 @@ fn forge_export_becomes_forge_sessions_without_state() {
             json!([
                 "70783f7c-e8db-48ad-ab40-88c07088a18b",
                 1,
-                "2026-02-19T10:15:30.123456Z",
+                "2026-02-19T10:15:30.123456789Z",
                 "Initial investigation",
                 ["investigation", "gguf"],
                 "manual",

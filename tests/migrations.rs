@@ -1,6 +1,7 @@
 //! The on-disk format: the format-1 fixture migrates to the current format
-//! (2) with every session, checkpoint, index entry and event intact, and the
-//! server then serves format 2's features on it; and the migration runner,
+//! (3) with every session, checkpoint, index entry and event intact, and the
+//! server then serves format 2's features on it; the format-2 fixture
+//! migrates to format 3 (large values into state segments, nanoseconds); and the migration runner,
 //! proven with test-only steps that take a copy of the fixture already
 //! migrated to the current format one and two versions further, is atomic,
 //! idempotent, records the version after each step, keeps a backup, resumes
@@ -212,8 +213,8 @@ fn tree_entries(db: &sled::Db, name: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
 }
 
 /// The trees format 2 left as format 1 wrote them.
-const UNCHANGED_TREES: [&str; 7] =
-    ["session_order", "states", "checkpoint_ids", "sequences", "tags", "annotations", "events"];
+/// Format 3 rewrote the times in `annotations` and `events` (nanoseconds).
+const UNCHANGED_TREES: [&str; 5] = ["session_order", "states", "checkpoint_ids", "sequences", "tags"];
 
 /// What format 2 adds, checked record by record against the fixture's
 /// format-1 export (what the format-1 tool read): every session and
@@ -224,7 +225,6 @@ const UNCHANGED_TREES: [&str; 7] =
 /// and the server then serves format 2's features on the migrated data.
 #[test]
 fn v1_fixture_migrates_to_format_2_exactly_and_serves_format_2() {
-    assert_eq!(CURRENT_FORMAT, 2, "a later format adds its own fixture and migration test");
     let export = std::fs::read_to_string(fixture_file("v1.export.jsonl")).unwrap();
     let expected_events = std::fs::read_to_string(fixture_file("v1.events.jsonl")).unwrap();
     let lines = json_lines(&export);
@@ -239,19 +239,24 @@ fn v1_fixture_migrates_to_format_2_exactly_and_serves_format_2() {
     drop(db);
     wait_unlocked(&dir);
 
-    // The migration, as checkpointd runs it: with a backup.
+    // The migration, as checkpointd runs it: with a backup, through format 2
+    // to the current one (format 3's own step is checked from the format-2
+    // fixture; what it changes here, the times, is checked through reads).
     let store = Store::open(config(&dir, true)).expect("format 1 migrates");
-    assert_eq!(store.format_version(), 2);
+    assert_eq!(store.format_version(), CURRENT_FORMAT);
     store.close();
     drop(store);
     wait_unlocked(&dir);
     let backup = migrate::backup_path(&dir, 1).unwrap();
     let backup_summary = &json_lines(&dump_ok(&backup, &["--json", "summary"]))[0];
-    assert_eq!((&backup_summary["format_version"], &backup_summary["read_format"]), (&json!(1), &json!(2)));
+    assert_eq!(
+        (&backup_summary["format_version"], &backup_summary["read_format"]),
+        (&json!(1), &json!(CURRENT_FORMAT))
+    );
     assert_eq!(comparable(&dump_ok(&backup, &["export"])), comparable(&export), "the backup is format 1, whole");
 
     let db = open_sled(&dir);
-    assert_eq!(version(&db), Some(2));
+    assert_eq!(version(&db), Some(CURRENT_FORMAT));
     let after: Vec<_> = UNCHANGED_TREES.iter().map(|t| tree_entries(&db, t)).collect();
     for ((name, b), a) in UNCHANGED_TREES.iter().zip(&before).zip(&after) {
         assert_eq!(a, b, "tree {name} unchanged");
@@ -490,6 +495,65 @@ fn v2_fixture_opens_intact_with_current_code() {
     let verify = dump(&dir, &["verify"]);
     assert!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stdout));
     assert_eq!(comparable(&dump_ok(&dir, &["export"])), comparable(&expected_export));
+}
+
+/// Format 2 → 3 on the format-2 fixture, with one state and one pending
+/// write made large first (by format 2's rules, in sled): both move to a
+/// state segment (sled keeps a pointer), every record reads back exactly
+/// (times were microseconds and are now nanoseconds: the export is the
+/// same), `verify` is clean, and the server serves it.
+#[test]
+fn v2_fixture_migrates_to_format_3_moving_large_values_to_segments() {
+    use checkpointd::storage::segments::{Pointer, SEGMENTS_DIR};
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("data");
+    copy_dir(&fixture(2), &dir);
+    let big_state = format!("{{\"big\":\"{}\"}}", "x".repeat(50_000));
+    let big_value = format!("[\"{}\"]", "y".repeat(20_000));
+    let db = open_sled(&dir);
+    assert_eq!(version(&db), Some(2));
+    let (checkpoints, states, writes) =
+        (db.open_tree("checkpoints").unwrap(), db.open_tree("states").unwrap(), db.open_tree("writes").unwrap());
+    let (key, record) = checkpoints.iter().next().unwrap().unwrap();
+    let mut rec: CheckpointRecord = codec::decode(&record, "checkpoint").unwrap();
+    rec.state_crc = crc32fast::hash(big_state.as_bytes());
+    checkpoints.insert(&key, codec::encode(&rec)).unwrap();
+    states.insert(&key, big_state.as_bytes()).unwrap();
+    let (write_key, write) = writes.iter().next().unwrap().unwrap();
+    let mut w: checkpointd::storage::records::WriteRecord = codec::decode(&write, "write").unwrap();
+    w.value = big_value.clone().into_bytes();
+    writes.insert(&write_key, codec::encode(&w)).unwrap();
+    db.flush().unwrap();
+    drop((checkpoints, states, writes, db));
+    wait_unlocked(&dir);
+    let before = comparable(&dump_ok(&dir, &["export"]));
+    assert!(!dir.join(SEGMENTS_DIR).exists());
+
+    let store = Store::open(config(&dir, true)).expect("format 2 migrates");
+    assert_eq!(store.format_version(), 3);
+    let got = store.reader().checkpoint(rec.id).unwrap();
+    assert_eq!(got.state.get(), big_state);
+    assert_eq!(store.space().live_bytes, (big_state.len() + big_value.len()) as u64);
+    store.close();
+    drop(store);
+    wait_unlocked(&dir);
+    let db = open_sled(&dir);
+    assert_eq!(version(&db), Some(3));
+    assert!(Pointer::decode(&db.open_tree("states").unwrap().get(&key).unwrap().unwrap()).is_some());
+    let w: checkpointd::storage::records::WriteRecord =
+        codec::decode(&db.open_tree("writes").unwrap().get(&write_key).unwrap().unwrap(), "write").unwrap();
+    assert!(Pointer::decode(&w.value).is_some(), "the large write value is a pointer");
+    // A time is stored in nanoseconds.
+    let migrated: CheckpointRecord =
+        codec::decode(&db.open_tree("checkpoints").unwrap().get(&key).unwrap().unwrap(), "checkpoint").unwrap();
+    assert_eq!(migrated.timestamp, rec.timestamp * 1000);
+    drop(db);
+    wait_unlocked(&dir);
+    assert_eq!(comparable(&dump_ok(&dir, &["export"])), before, "every record reads back the same");
+    let verify = dump(&dir, &["verify"]);
+    assert!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stdout));
+    let backup = migrate::backup_path(&dir, 2).unwrap();
+    assert!(!backup.join(SEGMENTS_DIR).exists(), "the backup is format 2, without segments");
 }
 
 #[test]

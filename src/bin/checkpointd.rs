@@ -77,6 +77,9 @@ struct ServeArgs {
     /// Journal events kept for `subscribe` with `since`.
     #[arg(long, env = "CHECKPOINTD_EVENT_RETENTION", default_value_t = DEFAULT_EVENT_RETENTION)]
     event_retention: u64,
+    /// Bytes after which a state segment is sealed (and may be compacted).
+    #[arg(long, env = "CHECKPOINTD_SEGMENT_BYTES", default_value_t = checkpointd::storage::segments::SEGMENT_BYTES, hide = true)]
+    segment_bytes: u64,
     /// Allow listening on a non-loopback address without a token.
     #[arg(long)]
     allow_unauthenticated: bool,
@@ -155,6 +158,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             durability: args.durability,
             event_retention: args.event_retention,
             backup_before_migrate: !args.no_backup,
+            segment_bytes: args.segment_bytes.max(4096),
             ..StoreConfig::new(&args.data_dir)
         };
         let service = Service::open(store).map_err(|e| e.to_string())?;

@@ -43,8 +43,12 @@ pub fn render_error(id: &str, error: &Error) -> String {
         .expect("strings always serialise")
 }
 
+/// RFC 3339 with microseconds, as the seed's protocol wrote them, or with
+/// nanoseconds when the time has them (an imported one: format 3 keeps them).
 pub fn timestamp(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    let digits =
+        if t.timestamp_subsec_nanos().is_multiple_of(1000) { SecondsFormat::Micros } else { SecondsFormat::Nanos };
+    t.to_rfc3339_opts(digits, true)
 }
 
 /// One row of `list_checkpoints`.
@@ -350,6 +354,8 @@ pub fn validation(v: &Validation) -> ValidationView {
 pub struct MetricsView {
     active_sessions: u64,
     bytes_on_disk: u64,
+    state_dead_bytes: u64,
+    state_live_bytes: u64,
     connections: usize,
     event_sequence: u64,
     global_sequence: u64,
@@ -363,6 +369,8 @@ pub fn metrics(m: &Metrics, connections: usize, subscriptions: usize) -> Metrics
     MetricsView {
         active_sessions: m.active_sessions,
         bytes_on_disk: m.bytes_on_disk,
+        state_dead_bytes: m.state_dead_bytes,
+        state_live_bytes: m.state_live_bytes,
         connections,
         event_sequence: m.event_sequence,
         global_sequence: m.global_sequence,
@@ -383,8 +391,17 @@ pub struct HealthView {
     healthy: bool,
     max_connections: usize,
     max_message_bytes: usize,
+    space: SpaceView,
     subscriptions: usize,
     version: &'static str,
+}
+
+/// The state segments' bytes: pointed to, awaiting compaction, on disk.
+#[derive(Serialize)]
+pub struct SpaceView {
+    bytes_on_disk: u64,
+    dead_bytes: u64,
+    live_bytes: u64,
 }
 
 pub fn health(h: &Health, connections: usize, max_connections: usize, max_message_bytes: usize) -> HealthView {
@@ -395,6 +412,11 @@ pub fn health(h: &Health, connections: usize, max_connections: usize, max_messag
         healthy: h.healthy,
         max_connections,
         max_message_bytes,
+        space: SpaceView {
+            bytes_on_disk: h.space.bytes_on_disk,
+            dead_bytes: h.space.dead_bytes,
+            live_bytes: h.space.live_bytes,
+        },
         subscriptions: h.subscriptions,
         version: env!("CARGO_PKG_VERSION"),
     }
@@ -539,17 +561,25 @@ mod tests {
             event_sequence: 5,
             oldest_event: None,
             bytes_on_disk: 6,
+            state_live_bytes: 9,
+            state_dead_bytes: 10,
         };
         assert_eq!(
             render_ok("1", metrics(&m, 7, 8)),
-            r(r#"{"active_sessions":2,"bytes_on_disk":6,"connections":7,"event_sequence":5,"global_sequence":4,"oldest_event":null,"subscriptions":8,"total_checkpoints":1,"total_sessions_created":3}"#.into())
+            r(r#"{"active_sessions":2,"bytes_on_disk":6,"state_dead_bytes":10,"state_live_bytes":9,"connections":7,"event_sequence":5,"global_sequence":4,"oldest_event":null,"subscriptions":8,"total_checkpoints":1,"total_sessions_created":3}"#.into())
         );
-        let h = Health { healthy: true, durability: Durability::Sync, format_version: 1, subscriptions: 3 };
+        let space =
+            crate::storage::segments::SpaceUsage { segments: 1, live_bytes: 2, dead_bytes: 3, bytes_on_disk: 5 };
+        let us = DateTime::from_timestamp_nanos(1_740_000_000_123_456_000);
+        assert_eq!(timestamp(us), "2025-02-19T21:20:00.123456Z", "microseconds as the seed wrote them");
+        let ns = DateTime::from_timestamp_nanos(1_740_000_000_123_456_789);
+        assert_eq!(timestamp(ns), "2025-02-19T21:20:00.123456789Z", "nanoseconds kept");
+        let h = Health { healthy: true, durability: Durability::Sync, format_version: 1, subscriptions: 3, space };
         let version = env!("CARGO_PKG_VERSION");
         assert_eq!(
             render_ok("1", health(&h, 1, 1024, 4096)),
             r(format!(
-                r#"{{"connections":1,"durability":"sync","format_version":1,"healthy":true,"max_connections":1024,"max_message_bytes":4096,"subscriptions":3,"version":"{version}"}}"#
+                r#"{{"connections":1,"durability":"sync","format_version":1,"healthy":true,"max_connections":1024,"max_message_bytes":4096,"space":{{"bytes_on_disk":5,"dead_bytes":3,"live_bytes":2}},"subscriptions":3,"version":"{version}"}}"#
             ))
         );
         assert_eq!(render_ok("1", retention(None)), r("null".into()));

@@ -35,6 +35,8 @@ pub struct Health {
     pub durability: Durability,
     pub format_version: u32,
     pub subscriptions: usize,
+    /// The state segments' live, dead and on-disk bytes.
+    pub space: crate::storage::segments::SpaceUsage,
 }
 
 impl Service {
@@ -287,6 +289,7 @@ impl Service {
             durability: self.store.durability(),
             format_version: self.store.format_version(),
             subscriptions: self.hub.subscriptions(),
+            space: self.store.space(),
         }
     }
 

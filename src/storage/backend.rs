@@ -53,6 +53,12 @@ pub trait Backend: Send + Sync + 'static {
     fn format_version(&self) -> u32;
     /// Whether it still accepts writes.
     fn healthy(&self) -> bool;
+
+    /// Bytes of large values kept outside the index (the sled store's state
+    /// segments): live, dead, on disk. Zero for a store without them.
+    fn space(&self) -> super::segments::SpaceUsage {
+        super::segments::SpaceUsage::default()
+    }
     /// Flushes and syncs everything, and stops accepting writes.
     fn close(&self);
     /// The local directory holding the store's files, if it has one (the

@@ -17,7 +17,8 @@
 use super::codec;
 use super::error::{Result, StorageError};
 use super::keys::{self, TREE_COUNT, TreeId, Trees};
-use super::records::{Counters, EventRecord};
+use super::records::{Counters, EventRecord, WriteRecord};
+use super::segments::{self, Pointer, Segments};
 use crate::model::{EventKind, SessionId};
 use serde::{Deserialize, Serialize};
 
@@ -50,15 +51,35 @@ impl Op {
 pub(crate) struct Change {
     pub counters: Counters,
     ops: Vec<Op>,
-    /// The write's time, in microseconds: every record it stamps gets it.
+    /// The write's time, in nanoseconds: every record it stamps gets it.
     pub now: i64,
     /// Journal events kept (see `StoreConfig::event_retention`).
     event_retention: u64,
+    /// Where values too large for sled go (see `segments`).
+    segments: std::sync::Arc<Segments>,
 }
 
 impl Change {
-    pub fn new(counters: Counters, now: i64, event_retention: u64) -> Change {
-        Change { counters, ops: Vec::with_capacity(16), now, event_retention }
+    pub fn new(counters: Counters, now: i64, event_retention: u64, segments: std::sync::Arc<Segments>) -> Change {
+        Change { counters, ops: Vec::with_capacity(16), now, event_retention, segments }
+    }
+
+    /// What to store for `value` under `tree`/`key`: the value itself when
+    /// short, else a pointer to it appended to a segment (durable with the
+    /// group commit that makes this change durable).
+    pub fn stored_value(&mut self, tree: TreeId, key: &[u8], value: &[u8]) -> Result<Vec<u8>> {
+        if value.len() <= segments::VALUE_THRESHOLD {
+            return Ok(value.to_vec());
+        }
+        let p = self.segments.append(&segments::owner(tree as u8, key), value)?;
+        Ok(p.encode().to_vec())
+    }
+
+    /// Puts a value that may be large (a state): see [`Change::stored_value`].
+    pub fn put_value(&mut self, tree: TreeId, key: impl AsRef<[u8]>, value: &[u8]) -> Result<()> {
+        let stored = self.stored_value(tree, key.as_ref(), value)?;
+        self.put(tree, key, stored);
+        Ok(())
     }
 
     pub fn put(&mut self, tree: TreeId, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
@@ -91,25 +112,51 @@ impl Change {
 }
 
 /// Applies one change atomically with respect to crashes: the intent
-/// record first, then each key in phase order.
-pub(crate) fn apply(trees: &Trees, mut ops: Vec<Op>) -> sled::Result<()> {
+/// record first, then each key in phase order. Every pointer to a segment
+/// the change stores or replaces is counted in `segments`' live bytes.
+pub(crate) fn apply(trees: &Trees, mut ops: Vec<Op>, segments: Option<&Segments>) -> sled::Result<()> {
     if ops.is_empty() {
         return Ok(());
     }
     ops.sort_by_key(Op::phase);
     trees.get(TreeId::Meta).insert(keys::META_INTENT, codec::encode(&ops))?;
-    apply_keys(trees, &ops)
+    apply_keys(trees, &ops, segments)
 }
 
-fn apply_keys(trees: &Trees, ops: &[Op]) -> sled::Result<()> {
+/// The segment pointer a value of `tree` holds, if any: a state that is
+/// one, or a pending write whose value is one.
+pub(crate) fn pointer_in(tree: u8, value: &[u8]) -> Option<Pointer> {
+    if tree == TreeId::States as u8 {
+        Pointer::decode(value)
+    } else if tree == TreeId::Writes as u8 {
+        let rec: WriteRecord = codec::decode(value, "pending write").ok()?;
+        Pointer::decode(&rec.value)
+    } else {
+        None
+    }
+}
+
+fn holds_values(tree: u8) -> bool {
+    tree == TreeId::States as u8 || tree == TreeId::Writes as u8
+}
+
+fn apply_keys(trees: &Trees, ops: &[Op], segments: Option<&Segments>) -> sled::Result<()> {
     for op in ops {
         // `replay` checked the tree numbers of a stored intent; a change
         // built here only names trees of the schema.
         let Some(tree) = trees.by_number(op.tree) else { continue };
-        match &op.value {
+        let old = match &op.value {
             Some(value) => tree.insert(&op.key, value.as_slice())?,
             None => tree.remove(&op.key)?,
         };
+        if let Some(segments) = segments.filter(|_| holds_values(op.tree)) {
+            if let Some(p) = op.value.as_deref().and_then(|v| pointer_in(op.tree, v)) {
+                segments.acquire(&p);
+            }
+            if let Some(p) = old.as_deref().and_then(|v| pointer_in(op.tree, v)) {
+                segments.release(&p);
+            }
+        }
     }
     Ok(())
 }
@@ -124,7 +171,7 @@ pub(crate) fn replay(db: &sled::Db, trees: &Trees) -> Result<()> {
     if ops.iter().any(|op| usize::from(op.tree) >= TREE_COUNT) {
         return Err(StorageError::corrupt("intent names an unknown tree"));
     }
-    apply_keys(trees, &ops)?;
+    apply_keys(trees, &ops, None)?;
     meta.remove(keys::META_INTENT)?;
     db.flush()?;
     Ok(())
@@ -136,6 +183,6 @@ pub(crate) fn replay(db: &sled::Db, trees: &Trees) -> Result<()> {
 pub(crate) fn apply_prefix(trees: &Trees, intent: &[u8], applied: usize) -> usize {
     let ops: Vec<Op> = codec::decode(intent, "intent").expect("an intent");
     trees.get(TreeId::Meta).insert(keys::META_INTENT, intent).expect("insert the intent");
-    apply_keys(trees, &ops[..applied.min(ops.len())]).expect("apply");
+    apply_keys(trees, &ops[..applied.min(ops.len())], None).expect("apply");
     ops.len()
 }

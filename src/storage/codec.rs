@@ -77,9 +77,51 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     Ok(value)
 }
 
+/// Rewrites the first fields of a record (`H`, a prefix of its shape) with
+/// `f`, keeping the rest of the record byte for byte (migrations).
+pub fn rewrite_head<H: Serialize + DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+    f: impl FnOnce(&mut H) -> Result<()>,
+) -> Result<Vec<u8>> {
+    if !checksum_ok(bytes) {
+        return Err(StorageError::Corrupt(format!("{what}: stored record failed its checksum")));
+    }
+    let body = &bytes[..bytes.len() - TRAILER];
+    if body.first() != Some(&RECORD_FORMAT) {
+        return Err(StorageError::Corrupt(format!("{what}: record format is not {RECORD_FORMAT}")));
+    }
+    let (mut head, used): (H, usize) = bincode::serde::decode_from_slice(&body[1..], decode_config())
+        .map_err(|e| StorageError::Corrupt(format!("{what}: undecodable record: {e}")))?;
+    f(&mut head)?;
+    let mut out = Vec::with_capacity(bytes.len() + 8);
+    out.push(RECORD_FORMAT);
+    bincode::serde::encode_into_std_write(&head, &mut out, config())
+        .expect("writing to a Vec cannot fail and our records always encode");
+    out.extend_from_slice(&body[1 + used..]);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_is_rewritten_and_the_rest_kept() {
+        let v = (7u64, -5i64, "tail".to_string(), vec![9u8; 300]);
+        let bytes = encode(&v);
+        let out = rewrite_head(&bytes, "t", |h: &mut (u64, i64)| {
+            h.1 *= 1_000_000;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            decode::<(u64, i64, String, Vec<u8>)>(&out, "t").unwrap(),
+            (7, -5_000_000, "tail".into(), vec![9; 300])
+        );
+    }
 
     #[test]
     fn round_trip_and_detects_flipped_byte() {

@@ -20,6 +20,7 @@
 use super::datadir;
 use super::error::{Result, StorageError};
 use super::records::{Counters, Mark};
+use super::segments::Segments;
 use crate::config::{ASYNC_FLUSH_DELAY, ASYNC_FLUSH_INTERVAL, Durability, MARK_INTERVAL};
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -77,6 +78,7 @@ struct Shared {
     wake: Condvar,
     synced: watch::Sender<Synced>,
     db: sled::Db,
+    segments: Arc<Segments>,
     dir: PathBuf,
     data_file: File,
     /// Tests hold this to keep the commit thread from flushing.
@@ -92,7 +94,13 @@ pub struct Committer {
 impl Committer {
     /// Starts the flushing thread for `db`, stored in `dir`, whose counters
     /// (all of it on disk) are `counters`.
-    pub fn start(db: sled::Db, dir: &Path, mode: Durability, counters: Counters) -> Result<Committer> {
+    pub fn start(
+        db: sled::Db,
+        segments: Arc<Segments>,
+        dir: &Path,
+        mode: Durability,
+        counters: Counters,
+    ) -> Result<Committer> {
         let event_seq = counters.event_seq;
         let data_file = File::open(dir.join("db"))?;
         // Whatever sled recovered or wrote while opening (a crash may have
@@ -100,7 +108,7 @@ impl Committer {
         // if on disk) and the directory entries it created must survive a
         // power loss too, before anything is acknowledged.
         let mut blobs = BlobSync::default();
-        flush_and_sync(&db, &data_file, dir, &mut blobs, Writes::Quiet)?;
+        flush_and_sync(&db, &segments, &data_file, dir, &mut blobs, Writes::Quiet)?;
         File::open(dir.join("conf"))?.sync_all()?;
         data_file.sync_all()?;
         File::open(dir)?.sync_all()?;
@@ -125,6 +133,7 @@ impl Committer {
             wake: Condvar::new(),
             synced,
             db,
+            segments,
             dir: dir.to_path_buf(),
             data_file,
             #[cfg(test)]
@@ -380,24 +389,28 @@ impl Shared {
     /// Makes every write up to ticket `applied` durable.
     fn flush(&self, blobs: &mut BlobSync, applied: u64) -> std::io::Result<()> {
         let writes = Writes::Running { applied, reserved: &self.reserved };
-        flush_and_sync(&self.db, &self.data_file, &self.dir, blobs, writes)
+        flush_and_sync(&self.db, &self.segments, &self.data_file, &self.dir, blobs, writes)
     }
 }
 
-/// Makes everything sled has applied durable: `Db::flush` (which on Linux
-/// only calls `sync_file_range`), `fdatasync` of the `db` file, then every
-/// blob file not yet synced at its current length.
+/// Makes everything sled has applied durable: first every state segment
+/// appended to (so no durable pointer ever points to bytes that are not;
+/// sled's log writes run the same sync first, see `segments`), then
+/// `Db::flush` (which on Linux only calls `sync_file_range`), `fdatasync` of
+/// the `db` file, then every blob file not yet synced at its current length.
 ///
 /// Invariant: a blob file is complete before the insert that wrote it
 /// returns (sled writes it in the inserting thread, in several `write`
 /// calls), so when this runs for a write, that write's blobs are whole.
 fn flush_and_sync(
     db: &sled::Db,
+    segments: &Segments,
     data_file: &File,
     dir: &Path,
     blobs: &mut BlobSync,
     writes: Writes<'_>,
 ) -> std::io::Result<()> {
+    segments.sync()?;
     db.flush().map_err(std::io::Error::other)?;
     data_file.sync_data()?;
     // Listing the blobs needs a descriptor. Running out of them (clients
@@ -418,9 +431,9 @@ fn flush_and_sync(
 
 /// Flushes and fsyncs a database opened outside the store (migrations):
 /// the same steps as a group commit, with every blob file synced.
-pub fn sync_database(db: &sled::Db, dir: &Path) -> Result<()> {
+pub fn sync_database(db: &sled::Db, segments: &Segments, dir: &Path) -> Result<()> {
     let data_file = File::open(dir.join("db"))?;
-    flush_and_sync(db, &data_file, dir, &mut BlobSync::default(), Writes::Quiet)?;
+    flush_and_sync(db, segments, &data_file, dir, &mut BlobSync::default(), Writes::Quiet)?;
     Ok(())
 }
 

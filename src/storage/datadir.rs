@@ -46,10 +46,12 @@ use super::error::{Result, StorageError};
 use super::keys::{TreeId, Trees};
 use super::reads::Reader;
 use super::records::{Counters, Mark};
+use super::segments::Segments;
 use super::{change, codec, migrate};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// sled's default segment size (its `conf` records the one in use).
 const DEFAULT_SEGMENT_BYTES: u64 = 512 * 1024;
@@ -158,10 +160,14 @@ pub struct Survey {
     pub snapshot_lsn: Option<u64>,
 }
 
-/// sled opened and recovered, every tree open, the last change completed.
+/// sled opened and recovered, every tree open, the last change completed,
+/// the state segments' live bytes counted.
 pub struct Opened {
     pub db: sled::Db,
     pub trees: Trees,
+    pub segments: Arc<Segments>,
+    /// Keeps sled syncing the segments before its log (see `segments`).
+    pub pre_log_sync: sled::PreLogSync,
 }
 
 /// Opens sled on `dir` after the checks of step 1, recovers it (step 2),
@@ -173,7 +179,8 @@ pub fn open<T>(
     shown: &Path,
     access: Access,
     cache_bytes: u64,
-    then: impl FnOnce(&sled::Db, &Trees) -> Result<T>,
+    segment_bytes: u64,
+    then: impl FnOnce(&sled::Db, &Trees, &Arc<Segments>) -> Result<T>,
 ) -> Result<(Opened, T)> {
     let survey = survey(dir, shown, access)?;
     if survey.had_db && access == Access::Serve {
@@ -190,6 +197,12 @@ pub fn open<T>(
         false => None,
     };
     check_blobs(dir, shown, &survey, mark.and_then(|m| m.blob_lsn))?;
+    let segments = Arc::new(Segments::open_sized(dir, true, segment_bytes).map_err(|e| DirError::Damaged {
+        dir: shown.to_path_buf(),
+        what: format!("its state segments cannot be read: {e}"),
+    })?);
+    let hooked = Arc::clone(&segments);
+    let pre_log_sync = sled::register_pre_log_sync(dir, move || hooked.sync());
     let recovered = crate::panics::catch(|| -> Result<(Opened, T)> {
         let db = sled::Config::new()
             .path(dir)
@@ -209,12 +222,20 @@ pub fn open<T>(
         if version.is_none_or(|v| v <= migrate::CURRENT_FORMAT) {
             change::replay(&db, &trees).map_err(|e| in_dir(shown, e))?;
         }
-        let out = then(&db, &trees).map_err(|e| in_dir(shown, e))?;
+        let out = then(&db, &trees, &segments).map_err(|e| in_dir(shown, e))?;
+        count_live(&trees, &segments).map_err(|e| in_dir(shown, e))?;
         if migrate::read_version(meta).map_err(|e| in_dir(shown, e))? == Some(migrate::CURRENT_FORMAT) {
             let damaged = |what| DirError::Damaged { dir: shown.to_path_buf(), what };
-            check_recovered(&trees, mark.map(|m| m.counters)).map_err(damaged)?;
+            check_recovered(&trees, &segments, mark.map(|m| m.counters)).map_err(damaged)?;
+            if access == Access::Serve {
+                // Only once what sled recovered is known to be whole: segments
+                // no record points into (appends whose change never became
+                // durable, or a compaction's source whose removal a crash cut
+                // short).
+                segments.remove_unreferenced().map_err(|e| io_error(shown, "cannot remove an unused segment", &e))?;
+            }
         }
-        Ok((Opened { db, trees }, out))
+        Ok((Opened { db, trees, segments: Arc::clone(&segments), pre_log_sync }, out))
     });
     match recovered {
         Ok(result) => result,
@@ -224,6 +245,24 @@ pub fn open<T>(
         }
         .into()),
     }
+}
+
+/// Counts the live bytes of every segment from the pointers sled holds
+/// (states, and pending writes' values). Reads both trees whole: the cost
+/// of opening grows with the number of states and writes (their values are
+/// at most `segments::VALUE_THRESHOLD` bytes each).
+pub fn count_live(trees: &Trees, segments: &Segments) -> Result<()> {
+    let mut pointers = Vec::new();
+    for id in [TreeId::States, TreeId::Writes] {
+        for entry in trees.get(id).iter() {
+            let (_, v) = entry?;
+            if let Some(p) = super::change::pointer_in(id as u8, &v) {
+                pointers.push(p);
+            }
+        }
+    }
+    segments.recount(pointers)?;
+    Ok(())
 }
 
 /// An error met while recovering, naming the directory once.
@@ -473,9 +512,9 @@ fn blob_intact(path: &Path) -> io::Result<bool> {
 
 /// Step 3: what sled recovered is consistent with the persisted counters,
 /// as far as a constant number of reads can tell. `Err` says what is wrong.
-pub fn check_recovered(trees: &Trees, mark: Option<Counters>) -> Result<(), String> {
+pub fn check_recovered(trees: &Trees, segments: &Arc<Segments>, mark: Option<Counters>) -> Result<(), String> {
     let tree = |id: TreeId| trees.get(id);
-    let read = Reader::new(trees.clone());
+    let read = Reader::new(trees.clone(), Arc::clone(segments));
     let has_data = trees.data().iter().any(|t| !t.is_empty());
     let counters = match read.counters().map_err(|e| e.to_string())? {
         Some(counters) => counters,

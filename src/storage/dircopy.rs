@@ -53,7 +53,8 @@ fn copy_level(from: &Path, to: &Path, mode: Mode, write_once: bool, depth: usize
         let kind = entry.file_type()?;
         let dest = to.join(entry.file_name());
         if kind.is_dir() {
-            let blobs = depth == 0 && entry.file_name() == "blobs";
+            // State segments are append-only too (`storage::segments`).
+            let blobs = depth == 0 && (entry.file_name() == "blobs" || entry.file_name() == "segments");
             bytes += copy_level(&entry.path(), &dest, mode, blobs, depth + 1)?;
         } else if kind.is_file() {
             if redundant_link(from, &entry.file_name(), depth) {

@@ -12,7 +12,7 @@ use super::error::{Result, StorageError};
 use super::keys;
 use super::pending::StoredWrite;
 use super::reads::Reader;
-use super::records::{AnnotationRecord, CheckpointRecord, SessionRecord, WriteRecord, micros};
+use super::records::{AnnotationRecord, CheckpointRecord, SessionRecord, WriteRecord, stored_time};
 use super::writes;
 use crate::model::{Annotation, CheckpointId, RetentionPolicy, SessionId, Trigger};
 use chrono::{DateTime, Utc};
@@ -157,7 +157,7 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
             id: s.id,
             ordinal,
             name: s.name,
-            created_at: micros(s.created_at),
+            created_at: stored_time(s.created_at, "session")?,
             metadata: s.metadata.get().as_bytes().to_vec(),
             retention: s.retention.filter(|p| !p.is_empty()),
             checkpoint_count: 0,
@@ -210,7 +210,7 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
             id,
             session_id: cp.session_id,
             sequence_number: seq,
-            timestamp: micros(cp.timestamp),
+            timestamp: stored_time(cp.timestamp, "checkpoint")?,
             message: cp.message,
             tags: cp.tags,
             trigger: cp.trigger,
@@ -221,7 +221,7 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
             external_id: cp.external_id,
             parent_external_id: cp.parent_external_id,
         };
-        writes::store_checkpoint(c, &rec, &cp.state);
+        writes::store_checkpoint(c, &rec, &cp.state)?;
         new_ids.insert(id, rec.session_id);
         c.counters.checkpoints += 1;
         c.counters.global_seq = c.counters.global_seq.max(seq);
@@ -246,7 +246,7 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
         let rec = AnnotationRecord {
             note: a.annotation.note,
             severity: a.annotation.severity,
-            timestamp: micros(a.annotation.timestamp),
+            timestamp: stored_time(a.annotation.timestamp, "annotation")?,
         };
         writes::store_annotation(c, id, index, &rec);
         counts.annotations += 1;
@@ -265,7 +265,7 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
             )));
         }
         let rec = WriteRecord { task_path: w.task_path, channel: w.channel, value: w.value.get().as_bytes().to_vec() };
-        writes::store_write(c, &key, &rec);
+        writes::store_write(c, &key, &rec)?;
         counts.writes += 1;
     }
     for rec in touched.values() {

@@ -29,7 +29,7 @@ use super::error::Result;
 use super::keys::TreeId;
 use super::reads::Reader;
 use super::verify::{self, Verification};
-use super::{dircopy, migrate};
+use super::{dircopy, migrate, segments};
 use crate::config::StoreConfig;
 use crate::model::Sequences;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,8 @@ const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 pub struct Inspector {
     // Field order is drop order: sled closes before its files are removed.
     read: Reader,
-    _db: sled::Db,
+    /// The database, and the hook syncing its segments before its log.
+    _db: (sled::Db, sled::PreLogSync),
     /// The private copy, when the inspector made one.
     copy: Option<tempfile::TempDir>,
     source: PathBuf,
@@ -82,6 +83,10 @@ pub struct Summary {
     /// As persisted; `None` for a directory never written to.
     pub sequences: Option<Sequences>,
     pub bytes_on_disk: u64,
+    /// Bytes of the state segments records point to.
+    pub state_live_bytes: u64,
+    /// Bytes of the state segments nothing points to (compaction's work).
+    pub state_dead_bytes: u64,
 }
 
 /// Opens a copy of a data directory (`source` names the original in
@@ -89,23 +94,24 @@ pub struct Summary {
 /// server would when it opens the directory; a damaged copy is refused
 /// (`datadir`). With `migrate`, a copy of an older format is migrated to
 /// the current one (no backup: it is a copy).
-fn open_sled(path: &Path, source: &Path, migrate: bool) -> Result<(sled::Db, Reader, Migration)> {
-    let (opened, migrated) = datadir::open(path, source, Access::Inspect, CACHE_BYTES, |db, trees| {
-        let meta = trees.get(TreeId::Meta);
-        match migrate::read_version(meta)? {
-            Some(from) if migrate && from < migrate::CURRENT_FORMAT => {
-                let config = StoreConfig { backup_before_migrate: false, ..StoreConfig::new(path) };
-                // A step that fails changes nothing (see `migrate`).
-                Ok(match migrate::prepare(db, meta, &config) {
-                    Ok(()) => Migration::Migrated { from },
-                    Err(e) => Migration::Failed { from, error: e.to_string() },
-                })
+fn open_sled(path: &Path, source: &Path, migrate: bool) -> Result<((sled::Db, sled::PreLogSync), Reader, Migration)> {
+    let (opened, migrated) =
+        datadir::open(path, source, Access::Inspect, CACHE_BYTES, segments::SEGMENT_BYTES, |db, trees, _| {
+            let meta = trees.get(TreeId::Meta);
+            match migrate::read_version(meta)? {
+                Some(from) if migrate && from < migrate::CURRENT_FORMAT => {
+                    let config = StoreConfig { backup_before_migrate: false, ..StoreConfig::new(path) };
+                    // A step that fails changes nothing (see `migrate`).
+                    Ok(match migrate::prepare(db, meta, &config) {
+                        Ok(()) => Migration::Migrated { from },
+                        Err(e) => Migration::Failed { from, error: e.to_string() },
+                    })
+                }
+                _ => Ok(Migration::None),
             }
-            _ => Ok(Migration::None),
-        }
-    })?;
-    let datadir::Opened { db, trees } = opened;
-    Ok((db, Reader::new(trees), migrated))
+        })?;
+    let datadir::Opened { db, trees, segments, pre_log_sync } = opened;
+    Ok(((db, pre_log_sync), Reader::new(trees, segments), migrated))
 }
 
 impl std::ops::Deref for Inspector {
@@ -184,6 +190,8 @@ impl Inspector {
             newest_event: self.read.newest_event()?,
             sequences: self.read.counters()?.map(|c| c.sequences()),
             bytes_on_disk: self.source_bytes,
+            state_live_bytes: self.read.segments().space().live_bytes,
+            state_dead_bytes: self.read.segments().space().dead_bytes,
         })
     }
 

@@ -26,13 +26,14 @@ pub use steps::STEPS;
 use super::dircopy;
 use super::error::{Result, StorageError};
 use super::keys::{self, TREE_NAMES, TreeId};
+use super::segments::{self, Segments};
 use crate::config::StoreConfig;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Batch, Transactional, Tree};
 use std::path::{Path, PathBuf};
 
 /// The format this binary writes.
-pub const CURRENT_FORMAT: u32 = 2;
+pub const CURRENT_FORMAT: u32 = 3;
 
 /// One upgrade of the on-disk format, from version `from` to `from + 1`.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +52,9 @@ pub struct Step {
 pub struct StepWrite<'a> {
     db: &'a sled::Db,
     trees: Vec<(String, Tree, Batch)>,
+    /// The directory's state segments (format 3), for steps that move
+    /// values out of sled; synced before the step's transaction.
+    segments: Segments,
 }
 
 impl StepWrite<'_> {
@@ -78,6 +82,13 @@ impl StepWrite<'_> {
     }
 
     /// Stages a removal from tree `name`.
+    /// Appends a value to the directory's state segments and returns the
+    /// pointer to store in its place (see `storage::segments`).
+    pub fn append_value(&mut self, tree: TreeId, key: &[u8], value: &[u8]) -> Result<Vec<u8>> {
+        let p = self.segments.append(&segments::owner(tree as u8, key), value)?;
+        Ok(p.encode().to_vec())
+    }
+
     pub fn del(&mut self, name: &str, key: impl AsRef<[u8]>) -> Result<()> {
         let i = self.slot(name)?;
         self.trees[i].2.remove(key.as_ref());
@@ -172,11 +183,14 @@ pub fn migrate(db: &sled::Db, config: &StoreConfig, steps: &[Step], target: u32)
 /// makes both durable.
 fn run_step(db: &sled::Db, meta: &Tree, data_dir: &Path, step: &Step) -> Result<()> {
     let to = step.from + 1;
-    let mut w = StepWrite { db, trees: Vec::new() };
+    let mut w = StepWrite { db, trees: Vec::new(), segments: Segments::open(data_dir, true)? };
     (step.run)(&mut w).map_err(|e| {
         StorageError::Refused(format!("migration step {} (version {} to {to}) failed: {e}", step.name, step.from))
     })?;
     w.put(TREE_NAMES[TreeId::Meta as usize], keys::META_FORMAT_VERSION, to.to_be_bytes())?;
+    // What the step appended is durable before anything pointing to it.
+    w.segments.sync()?;
+    let segments = w.segments;
     let trees: Vec<Tree> = w.trees.iter().map(|(_, t, _)| t.clone()).collect();
     let batches: Vec<Batch> = w.trees.into_iter().map(|(_, _, b)| b).collect();
     let result: Result<(), TransactionError<()>> = trees.as_slice().transaction(|txs| {
@@ -192,7 +206,7 @@ fn run_step(db: &sled::Db, meta: &Tree, data_dir: &Path, step: &Step) -> Result<
     }
     // sled's flush does not fsync on Linux: sync as a group commit does,
     // blob files included.
-    super::commit::sync_database(db, data_dir)?;
+    super::commit::sync_database(db, &segments, data_dir)?;
     debug_assert_eq!(read_version(meta)?, Some(to));
     Ok(())
 }

@@ -19,6 +19,9 @@
 //!   of pending writes with their keys (`checkpoint-dump`, export, `verify`).
 //! - [`journal`]: the live feed of journal appends; trimming.
 //! - [`commit`]: group commit, fsync and the durable mark.
+//! - [`segments`]: the value log where states and pending-write values too
+//!   large for sled live (format 3); [`compaction`]: reclaiming their
+//!   dead space in the background.
 //! - [`keys`]: the whole key schema; [`records`] and [`codec`]: the stored
 //!   shapes and their encoding.
 //! - [`datadir`]: opening a data directory safely (damage, locks, marks);
@@ -30,6 +33,7 @@ pub mod backend;
 pub mod change;
 pub mod codec;
 pub mod commit;
+pub mod compaction;
 pub mod datadir;
 pub mod dircopy;
 pub mod error;
@@ -41,6 +45,7 @@ pub mod migrate;
 pub mod pending;
 pub mod reads;
 pub mod records;
+pub mod segments;
 pub mod store;
 pub mod verify;
 pub mod writes;

@@ -27,7 +27,7 @@ pub struct StoredWrite {
 }
 
 /// A `writes` entry, key and record.
-pub(crate) fn decode_stored_write(k: &[u8], v: &[u8]) -> Result<StoredWrite> {
+pub(crate) fn decode_stored_write(r: &Reader, k: &[u8], v: &[u8]) -> Result<StoredWrite> {
     let key =
         keys::decode_write_key(k).ok_or_else(|| StorageError::corrupt(format!("writes: undecodable key {k:?}")))?;
     let rec: WriteRecord = codec::decode(v, "pending write")?;
@@ -39,7 +39,7 @@ pub(crate) fn decode_stored_write(k: &[u8], v: &[u8]) -> Result<StoredWrite> {
         task_path: rec.task_path,
         idx: key.idx,
         channel: rec.channel,
-        value: raw_json(rec.value, "pending write value")?,
+        value: raw_json(r.resolve(&rec.value, "pending write value")?, "pending write value")?,
     })
 }
 
@@ -60,7 +60,7 @@ impl Reader {
             .scan_prefix(prefix)
             .map(|entry| {
                 let (k, v) = entry?;
-                decode_stored_write(&k, &v)
+                decode_stored_write(self, &k, &v)
             })
             .collect::<Result<Vec<_>>>()?;
         out.sort_by(|a, b| (&a.task_path, &a.task_id, a.idx).cmp(&(&b.task_path, &b.task_id, b.idx)));
@@ -72,7 +72,7 @@ impl Reader {
     pub fn writes_of_session(&self, session: SessionId) -> impl Iterator<Item = Result<StoredWrite>> + '_ {
         self.tree(TreeId::Writes).scan_prefix(keys::session_key(session)).map(|entry| {
             let (k, v) = entry?;
-            decode_stored_write(&k, &v)
+            decode_stored_write(self, &k, &v)
         })
     }
 

@@ -12,6 +12,7 @@ use super::codec;
 use super::error::{Result, StorageError};
 use super::keys::{self, TreeId, Trees};
 use super::records::{AnnotationRecord, CheckpointRecord, Counters, EventRecord, SessionRecord, raw_json};
+use super::segments::{Pointer, ReadError, Segments};
 use crate::config::MAX_PAGE_BYTES;
 use crate::model::{
     Annotation, Checkpoint, CheckpointId, CheckpointSummary, JournalEvent, ListQuery, Page, SearchQuery, Session,
@@ -19,6 +20,7 @@ use crate::model::{
 };
 use serde_json::value::RawValue;
 use sled::IVec;
+use std::sync::Arc;
 
 /// The highest numbers stored (see [`Reader::newest_numbers`]).
 pub(crate) struct NewestNumbers {
@@ -27,10 +29,11 @@ pub(crate) struct NewestNumbers {
     pub session_ordinal: Option<u64>,
 }
 
-/// Reads of one open database.
+/// Reads of one open database and its state segments.
 #[derive(Clone)]
 pub struct Reader {
     trees: Trees,
+    segments: Arc<Segments>,
 }
 
 type Entry = sled::Result<(IVec, IVec)>;
@@ -92,18 +95,42 @@ impl PageBuilder {
     }
 }
 
-/// A state as stored, checked against the CRC its record carries.
-pub(crate) fn check_state(rec: &CheckpointRecord, state: Option<IVec>) -> Result<IVec> {
-    let state = state.ok_or_else(|| StorageError::corrupt(format!("checkpoint {}: no stored state", rec.id)))?;
-    if crc32fast::hash(&state) != rec.state_crc {
-        return Err(StorageError::corrupt(format!("checkpoint {}: stored state failed its checksum", rec.id)));
-    }
-    Ok(state)
-}
-
 impl Reader {
-    pub(crate) fn new(trees: Trees) -> Reader {
-        Reader { trees }
+    pub(crate) fn new(trees: Trees, segments: Arc<Segments>) -> Reader {
+        Reader { trees, segments }
+    }
+
+    /// A tree by the number a change's op or a segment entry's owner
+    /// carries; `None` for a number no tree has.
+    pub(crate) fn tree_by_number(&self, n: u8) -> Option<&sled::Tree> {
+        self.trees.by_number(n)
+    }
+
+    pub(crate) fn segments(&self) -> &Arc<Segments> {
+        &self.segments
+    }
+
+    /// A value as stored: inline, or read through its segment pointer
+    /// (checked against the pointer's CRC).
+    pub(crate) fn resolve(&self, stored: &[u8], what: &str) -> Result<Vec<u8>> {
+        match Pointer::decode(stored) {
+            Some(p) => self.segments.read(&p).map_err(|e| match e {
+                ReadError::Io(e) => StorageError::from(e),
+                e => StorageError::corrupt(format!("{what}: {e}")),
+            }),
+            None if Pointer::is_pointer(stored) => Err(StorageError::corrupt(format!("{what}: a damaged pointer"))),
+            None => Ok(stored.to_vec()),
+        }
+    }
+
+    /// A state as stored, checked against the CRC its record carries.
+    pub(crate) fn check_state(&self, rec: &CheckpointRecord, stored: Option<IVec>) -> Result<Vec<u8>> {
+        let stored = stored.ok_or_else(|| StorageError::corrupt(format!("checkpoint {}: no stored state", rec.id)))?;
+        let state = self.resolve(&stored, &format!("checkpoint {}: stored state", rec.id))?;
+        if crc32fast::hash(&state) != rec.state_crc {
+            return Err(StorageError::corrupt(format!("checkpoint {}: stored state failed its checksum", rec.id)));
+        }
+        Ok(state)
     }
 
     pub(crate) fn tree(&self, id: TreeId) -> &sled::Tree {
@@ -336,8 +363,8 @@ impl Reader {
     /// A checkpoint's state, checked against the CRC its record carries.
     pub(crate) fn state(&self, rec: &CheckpointRecord) -> Result<Box<RawValue>> {
         let key = keys::checkpoint_key(rec.session_id, rec.sequence_number);
-        let state = check_state(rec, self.tree(TreeId::States).get(key)?)?;
-        raw_json(state.to_vec(), "state")
+        let state = self.check_state(rec, self.tree(TreeId::States).get(key)?)?;
+        raw_json(state, "state")
     }
 
     /// Sequence of the newest checkpoint of `session` below `seq`.

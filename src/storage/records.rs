@@ -1,5 +1,6 @@
 //! Stored shapes of the records. They mirror `model` but hold JSON as bytes
-//! (bincode cannot carry `serde_json` values) and times as microseconds.
+//! (bincode cannot carry `serde_json` values) and times as nanoseconds since
+//! the epoch (format 3; microseconds before).
 
 use super::error::{Result, StorageError};
 use crate::model::{
@@ -10,12 +11,20 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-pub fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
+/// A time as stored: nanoseconds since the epoch. `None` past the years
+/// 1677–2262 that `i64` nanoseconds reach.
+pub fn nanos(t: DateTime<Utc>) -> Option<i64> {
+    t.timestamp_nanos_opt()
 }
 
-pub fn from_micros(us: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(us).unwrap_or_default()
+/// A time to store, refused when out of range (an imported record).
+pub fn stored_time(t: DateTime<Utc>, what: &str) -> Result<i64> {
+    nanos(t)
+        .ok_or_else(|| StorageError::Refused(format!("{what}: time {t} is outside 1677-2262, which cannot be stored")))
+}
+
+pub fn from_nanos(ns: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(ns)
 }
 
 pub fn raw_json(bytes: Vec<u8>, what: &str) -> Result<Box<RawValue>> {
@@ -91,7 +100,7 @@ impl SessionRecord {
             id: self.id,
             key: self.key.clone(),
             name: self.name.clone(),
-            created_at: from_micros(self.created_at),
+            created_at: from_nanos(self.created_at),
             metadata: raw_json(self.metadata.clone(), "session metadata")?,
             retention: self.retention.clone(),
             checkpoint_count: self.checkpoint_count,
@@ -130,7 +139,7 @@ impl CheckpointRecord {
             namespace: self.namespace.clone(),
             external_id: self.external_id.clone(),
             sequence_number: self.sequence_number,
-            timestamp: from_micros(self.timestamp),
+            timestamp: from_nanos(self.timestamp),
             message: self.message.clone(),
             tags: self.tags.clone(),
             trigger: self.trigger.clone(),
@@ -150,7 +159,7 @@ pub struct AnnotationRecord {
 
 impl AnnotationRecord {
     pub fn to_model(&self) -> Annotation {
-        Annotation { note: self.note.clone(), severity: self.severity, timestamp: from_micros(self.timestamp) }
+        Annotation { note: self.note.clone(), severity: self.severity, timestamp: from_nanos(self.timestamp) }
     }
 }
 
@@ -176,7 +185,7 @@ impl EventRecord {
         JournalEvent {
             seq,
             session_id: self.session_id,
-            timestamp: from_micros(self.timestamp),
+            timestamp: from_nanos(self.timestamp),
             kind: self.kind.clone(),
         }
     }

@@ -16,13 +16,15 @@
 use super::backend::{Backend, EventFeed, WritePause};
 use super::change::{self, Change};
 use super::commit::{Committer, Synced, Ticket};
+use super::compaction::{self, Compactor};
 use super::datadir::{self, Access};
 use super::error::{Result, StorageError};
 use super::import::{self, ImportBatch, ImportCounts};
 use super::journal::{self, EventWatch};
 use super::keys::{TreeId, Trees};
 use super::reads::Reader;
-use super::records::{Counters, micros};
+use super::records::{Counters, nanos};
+use super::segments::Segments;
 use super::{migrate, verify, writes};
 use crate::config::{Durability, StoreConfig};
 use crate::model::{
@@ -35,7 +37,25 @@ use std::sync::{Arc, Mutex};
 
 /// The durable checkpoint store on sled. Cheap to share behind an `Arc`.
 pub struct Store {
+    core: Arc<Core>,
+    /// Rewrites segments more than half dead, in the background.
+    compactor: Compactor,
+    _pre_log_sync: sled::PreLogSync,
+}
+
+impl std::ops::Deref for Store {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+/// The write pipeline and what it writes to, shared with the compactor.
+pub struct Core {
     db: sled::Db,
+    /// Large values; synced by the group commit, and by sled before its log.
+    pub(crate) segments: Arc<Segments>,
     trees: Trees,
     read: Reader,
     /// Every write passes it shared; [`Backend::pause_writes`] takes it
@@ -52,16 +72,25 @@ impl Store {
     /// ([`datadir`]). Reads a constant number of keys: counters live in the
     /// meta tree, no tree is scanned.
     pub fn open(config: StoreConfig) -> Result<Store> {
-        let (opened, counters) =
-            datadir::open(&config.data_dir, &config.data_dir, Access::Serve, config.cache_bytes, |db, trees| {
+        let (opened, counters) = datadir::open(
+            &config.data_dir,
+            &config.data_dir,
+            Access::Serve,
+            config.cache_bytes,
+            config.segment_bytes,
+            |db, trees, segs| {
                 migrate::prepare(db, trees.get(TreeId::Meta), &config)?;
-                Ok(Reader::new(trees.clone()).counters()?.unwrap_or_default())
-            })?;
-        let datadir::Opened { db, trees } = opened;
-        let committer = Committer::start(db.clone(), &config.data_dir, config.durability, counters)?;
+                Ok(Reader::new(trees.clone(), Arc::clone(segs)).counters()?.unwrap_or_default())
+            },
+        )?;
+        let datadir::Opened { db, trees, segments, pre_log_sync } = opened;
+        let committer =
+            Committer::start(db.clone(), Arc::clone(&segments), &config.data_dir, config.durability, counters)?;
         let gate = Arc::new(tokio::sync::RwLock::new(()));
-        let read = Reader::new(trees.clone());
-        let store = Store { db, trees, read, gate, writer: Mutex::new(counters), committer, config };
+        let read = Reader::new(trees.clone(), Arc::clone(&segments));
+        let core = Arc::new(Core { db, segments, trees, read, gate, writer: Mutex::new(counters), committer, config });
+        let compactor = Compactor::start(Arc::clone(&core))?;
+        let store = Store { core, compactor, _pre_log_sync: pre_log_sync };
         // The journal after its retention was lowered.
         if let Some(keep_from) = store.event_sequence().checked_sub(store.config.event_retention) {
             journal::trim(&store.trees, keep_from + 1)?;
@@ -74,10 +103,33 @@ impl Store {
         &self.config
     }
 
+    /// Compacts every sealed segment more than half dead now, as the
+    /// background compactor would (tests, and `checkpoint-dump`-free
+    /// maintenance): returns how many segments were removed.
+    pub async fn compact_segments(&self) -> Result<usize> {
+        compaction::pass(&self.core, &|| false).await
+    }
+}
+
+impl Core {
     /// Reads of this store, unsettled: for the store's own operations and
     /// tests. Answers to clients go through [`Backend`]'s reads.
     pub fn reader(&self) -> &Reader {
         &self.read
+    }
+
+    pub(crate) fn trees_ref(&self) -> &Trees {
+        &self.trees
+    }
+
+    /// Waits until everything applied so far is durable, in either mode.
+    pub(crate) async fn flush_now(&self) -> Result<()> {
+        self.committer.flush_now().await
+    }
+
+    /// Takes the write gate shared: no pause for a copy is in progress.
+    pub(crate) async fn gate_open(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().await
     }
 
     /// As last committed: a writer that panicked left them unchanged.
@@ -95,7 +147,7 @@ impl Store {
 
     /// Builds one change with `op`, applies it, and waits until it is
     /// durable. The single path by which anything is written.
-    async fn write<T>(&self, op: impl FnOnce(&mut Change, &Reader) -> Result<T>) -> Result<T> {
+    pub(crate) async fn write<T>(&self, op: impl FnOnce(&mut Change, &Reader) -> Result<T>) -> Result<T> {
         let (out, ticket) = {
             let _open = self.gate.read().await;
             self.write_now(op)?
@@ -110,11 +162,16 @@ impl Store {
         if committed.exhausted() {
             return Err(StorageError::Failed(format!("sequence numbers are exhausted: {:?}", *committed)));
         }
-        let mut change = Change::new(*committed, micros(Utc::now()), self.config.event_retention);
+        let mut change = Change::new(
+            *committed,
+            nanos(Utc::now()).unwrap_or(i64::MAX),
+            self.config.event_retention,
+            Arc::clone(&self.segments),
+        );
         let out = op(&mut change, &self.read)?;
         let counters = change.counters;
         self.committer.reserve();
-        if let Err(e) = change::apply(&self.trees, change.into_ops(&committed)) {
+        if let Err(e) = change::apply(&self.trees, change.into_ops(&committed), Some(&self.segments)) {
             // Part of the change may be applied; the intent completes it at
             // the next open. Until then, fail closed.
             self.committer.fail();
@@ -123,7 +180,9 @@ impl Store {
         *committed = counters;
         Ok((out, self.committer.applied(counters)))
     }
+}
 
+impl Store {
     /// Answers a read (value or error) only once everything it may have
     /// observed is durable: in `sync` mode no reply shows a change, or the
     /// absence of a deleted one, that a crash could still undo. In `async`
@@ -173,12 +232,18 @@ impl Backend for Store {
         migrate::CURRENT_FORMAT
     }
 
+    fn space(&self) -> super::segments::SpaceUsage {
+        self.segments.space()
+    }
+
     fn healthy(&self) -> bool {
         self.committer.check().is_ok()
     }
 
     /// Flushes and syncs everything, and stops the commit thread.
     fn close(&self) {
+        // The compactor's last batch completes (or fails) first.
+        self.compactor.stop();
         self.committer.close();
         // Only when every write applied is on disk: no flush failed.
         if !self.committer.subscribe().borrow().failed
@@ -382,6 +447,7 @@ impl Backend for Store {
 impl Store {
     fn metrics_now(&self) -> Result<Metrics> {
         let c = self.counters();
+        let space = self.segments.space();
         Ok(Metrics {
             total_checkpoints: c.checkpoints,
             active_sessions: c.active_sessions,
@@ -389,7 +455,9 @@ impl Store {
             global_sequence: c.global_seq,
             event_sequence: c.event_seq,
             oldest_event: self.read.oldest_event()?,
-            bytes_on_disk: self.db.size_on_disk()?,
+            bytes_on_disk: self.db.size_on_disk()? + space.bytes_on_disk,
+            state_live_bytes: space.live_bytes,
+            state_dead_bytes: space.dead_bytes,
         })
     }
 }

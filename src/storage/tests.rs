@@ -142,21 +142,22 @@ async fn a_blob_deleted_ahead_of_its_replacement_is_restored_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreConfig::new(dir.path())).unwrap();
     let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
+    // States that large go to segments (`segments`), metadata does not.
     let text = format!("{{\"x\":\"{}\"}}", "b".repeat(300 * 1024));
-    let state = RawValue::from_string(text.clone()).unwrap();
-    let new = NewCheckpoint { state: Some(state), ..NewCheckpoint::new(session, "big") };
+    let metadata = RawValue::from_string(text.clone()).unwrap();
+    let new = NewCheckpoint { metadata: Some(metadata), ..NewCheckpoint::new(session, "big") };
     let (cp, _) = store.put_checkpoint(new).await.unwrap();
     drop(store);
     let (blobs, kept) = (dir.path().join("blobs"), dir.path().join(commit::KEPT_BLOBS));
     let names: Vec<_> = std::fs::read_dir(&blobs).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(!names.is_empty(), "a 300 KiB state is a blob file");
+    assert!(!names.is_empty(), "300 KiB of metadata is a blob file");
     for name in &names {
         let ino = |d: &std::path::Path| std::fs::metadata(d.join(name)).unwrap().ino();
         assert_eq!(ino(&blobs), ino(&kept), "{name:?} has a kept link");
         std::fs::remove_file(blobs.join(name)).unwrap();
     }
     let store = open_when_released(StoreConfig::new(dir.path()));
-    assert_eq!(store.checkpoint(cp.id).await.unwrap().state.get(), text);
+    assert_eq!(store.checkpoint(cp.id).await.unwrap().metadata.get(), text);
     assert_eq!(store.metrics().await.unwrap().global_sequence, 1);
 }
 
@@ -202,4 +203,209 @@ async fn deleting_a_large_session_leaves_nothing() {
     assert_eq!(deleted.len(), 1);
     assert_eq!(deleted[0].kind, EventKind::SessionDeleted { removed: n as u64 });
     assert_eq!(store.checkpoint(kept.id).await.unwrap().summary.session_id, other);
+}
+
+fn big_json(bytes: usize, seed: u64) -> Box<RawValue> {
+    RawValue::from_string(format!("{{\"seed\":{seed},\"x\":\"{}\"}}", "s".repeat(bytes))).unwrap()
+}
+
+/// A large state is written once, to a segment: sled holds a pointer (no
+/// blob file, an intent of a few bytes), and it reads back, also after
+/// reopening; its bytes count as live.
+#[tokio::test]
+async fn a_large_state_is_written_once_to_a_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+    let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
+    let state = big_json(300 * 1024, 1);
+    let new = NewCheckpoint { state: Some(state.clone()), ..NewCheckpoint::new(session, "big") };
+    let (cp, _) = store.put_checkpoint(new).await.unwrap();
+    let stored = store.trees().get(TreeId::States).iter().values().next().unwrap().unwrap();
+    let p = segments::Pointer::decode(&stored).expect("the states tree holds a pointer");
+    assert_eq!(p.len as usize, state.get().len());
+    let intent = store.trees().get(TreeId::Meta).get(keys::META_INTENT).unwrap().unwrap();
+    assert!(intent.len() < 4096, "the intent holds the pointer, not the state ({} bytes)", intent.len());
+    let blobs = std::fs::read_dir(dir.path().join("blobs")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(blobs, 0, "no blob file");
+    assert_eq!(store.checkpoint(cp.id).await.unwrap().state.get(), state.get());
+    assert_eq!(store.space().live_bytes, state.get().len() as u64);
+    drop(store);
+    let store = open_when_released(StoreConfig::new(dir.path()));
+    assert_eq!(store.checkpoint(cp.id).await.unwrap().state.get(), state.get());
+    assert_eq!(store.space().live_bytes, state.get().len() as u64);
+    // A small state stays inline.
+    let small = NewCheckpoint { state: Some(big_json(100, 2)), ..NewCheckpoint::new(session, "small") };
+    let (small, _) = store.put_checkpoint(small).await.unwrap();
+    let key = keys::checkpoint_key(session, small.sequence_number);
+    let stored = store.trees().get(TreeId::States).get(key).unwrap().unwrap();
+    assert!(segments::Pointer::decode(&stored).is_none());
+    assert_eq!(store.space().live_bytes, state.get().len() as u64);
+}
+
+/// Under churn (write, compact to a few, repeat) the segments stay within
+/// twice the live bytes plus one segment, with every kept state readable,
+/// also across reopening; deleting everything leaves only the newest
+/// segment after a compaction pass and a reopen.
+#[tokio::test]
+async fn compaction_keeps_segments_within_twice_the_live_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = 256 * 1024;
+    let config = StoreConfig { segment_bytes: seg, ..StoreConfig::new(dir.path()) };
+    let mut store = Store::open(config.clone()).unwrap();
+    let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
+    let policy = crate::model::RetentionPolicy { keep_recent: Some(4), preserve_tags: vec![] };
+    let mut kept = std::collections::VecDeque::new();
+    let mut written = 0u64;
+    for round in 0..12u64 {
+        for i in 0..8u64 {
+            let state = big_json(20 * 1024, round * 100 + i);
+            written += state.get().len() as u64;
+            let new = NewCheckpoint { state: Some(state.clone()), ..NewCheckpoint::new(session, "c") };
+            let (cp, _) = store.put_checkpoint(new).await.unwrap();
+            kept.push_back((cp.id, state));
+        }
+        store.compact(session, &policy, false).await.unwrap();
+        while kept.len() > 4 {
+            kept.pop_front();
+        }
+        store.compact_segments().await.unwrap();
+        let space = store.space();
+        let live: u64 = kept.iter().map(|(_, s)| s.get().len() as u64).sum();
+        assert_eq!(space.live_bytes, live, "round {round}");
+        assert!(
+            space.bytes_on_disk <= 2 * live + seg,
+            "round {round}: {} bytes of segments for {live} live ({written} written)",
+            space.bytes_on_disk
+        );
+        if round % 4 == 3 {
+            drop(store);
+            store = open_when_released(config.clone());
+        }
+        for (id, state) in &kept {
+            assert_eq!(store.checkpoint(*id).await.unwrap().state.get(), state.get(), "round {round}");
+        }
+    }
+    assert!(written > 6 * seg, "the churn wrote many segments' worth");
+    store.delete_session(session).await.unwrap();
+    store.compact_segments().await.unwrap();
+    drop(store);
+    let store = open_when_released(config);
+    // Only the newest segment is left (its id must not be used again).
+    let space = store.space();
+    assert_eq!((space.segments, space.live_bytes), (1, 0));
+    assert!(space.bytes_on_disk <= seg);
+    let left = std::fs::read_dir(dir.path().join(segments::SEGMENTS_DIR)).unwrap().count();
+    assert_eq!(left, 1, "only the newest segment file is left");
+}
+
+/// A large pending-write value goes to a segment too, reads back, and is
+/// moved by compaction like a state.
+#[tokio::test]
+async fn a_large_pending_write_value_lives_in_a_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig { segment_bytes: 64 * 1024, ..StoreConfig::new(dir.path()) };
+    let store = Store::open(config).unwrap();
+    let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
+    // A state that dies shares the write's segment: it is then more than
+    // half dead.
+    let dead = NewCheckpoint { state: Some(big_json(45 * 1024, 0)), ..NewCheckpoint::new(session, "dead") };
+    let (dead, _) = store.put_checkpoint(dead).await.unwrap();
+    let value = big_json(15 * 1024, 7);
+    let new = crate::model::NewWrites {
+        session_id: session,
+        namespace: String::new(),
+        external_id: "e1".into(),
+        task_id: "t".into(),
+        task_path: "p".into(),
+        writes: vec![(0, "ch".into(), value.clone())],
+    };
+    assert_eq!(store.put_writes(new).await.unwrap(), 1);
+    let stored = store.trees().get(TreeId::Writes).iter().values().next().unwrap().unwrap();
+    assert!(change::pointer_in(TreeId::Writes as u8, &stored).is_some());
+    let read = store.reader().checkpoint_writes(session, "", "e1").unwrap();
+    assert_eq!(read[0].value.get(), value.get());
+    // Seal the segment, kill the state, compact: the write moves to a
+    // newer segment and still reads back.
+    let first = change::pointer_in(TreeId::Writes as u8, &stored).unwrap().segment;
+    store.delete_checkpoint(dead.id, None).await.unwrap();
+    for i in 0..2 {
+        let new = NewCheckpoint { state: Some(big_json(30 * 1024, i)), ..NewCheckpoint::new(session, "x") };
+        let (cp, _) = store.put_checkpoint(new).await.unwrap();
+        store.delete_checkpoint(cp.id, None).await.unwrap();
+    }
+    assert!(store.compact_segments().await.unwrap() >= 1);
+    let stored = store.trees().get(TreeId::Writes).iter().values().next().unwrap().unwrap();
+    assert!(change::pointer_in(TreeId::Writes as u8, &stored).unwrap().segment > first);
+    let read = store.reader().checkpoint_writes(session, "", "e1").unwrap();
+    assert_eq!(read[0].value.get(), value.get());
+}
+
+/// Opens `checkpoint-dump`'s view of a directory once the store that had it
+/// has let go of its lock, and verifies it.
+fn verify_when_released(dir: &std::path::Path) -> Verification {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Inspector::open(dir, false) {
+            Ok(ins) => return ins.verify().unwrap(),
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("inspect {}: {e}", dir.display()),
+        }
+    }
+}
+
+/// `verify` checks the segments: a flipped byte in a value and a segment cut
+/// short under a pointer are problems; a segment no record points into (what
+/// a crash leaves of appends whose change never became durable) is counted;
+/// an intact directory is clean.
+#[tokio::test]
+async fn verify_finds_damage_in_segments() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let store = Store::open(StoreConfig::new(&dir)).unwrap();
+    let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
+    for i in 0..2 {
+        let new = NewCheckpoint { state: Some(big_json(20_000, i)), ..NewCheckpoint::new(session, "big") };
+        store.put_checkpoint(new).await.unwrap();
+    }
+    let pointers: Vec<segments::Pointer> = store
+        .trees()
+        .get(TreeId::States)
+        .iter()
+        .values()
+        .map(|v| segments::Pointer::decode(&v.unwrap()).unwrap())
+        .collect();
+    store.close();
+    drop(store);
+    let clean = verify_when_released(&dir);
+    assert!(clean.ok(), "{:?}", clean.problems);
+    assert_eq!((clean.segments, clean.segment_live_bytes), (1, 2 * u64::from(pointers[0].len)));
+    let damaged = |name: &str, damage: &dyn Fn(&std::path::Path)| {
+        let copy = root.path().join(name);
+        copy_dir(&dir, &copy);
+        damage(&copy.join(segments::SEGMENTS_DIR).join(segments::file_name(pointers[0].segment)));
+        verify_when_released(&copy)
+    };
+    use std::os::unix::fs::FileExt;
+    let flipped = damaged("flipped", &|f| {
+        let file = std::fs::OpenOptions::new().write(true).open(f).unwrap();
+        file.write_all_at(b"#", pointers[0].offset + 100).unwrap();
+    });
+    let flipped = flipped.problems.join("\n");
+    assert!(flipped.contains("fail their checksum"), "{flipped}");
+    let cut = damaged("cut", &|f| {
+        std::fs::OpenOptions::new().write(true).open(f).unwrap().set_len(pointers[1].offset + 10).unwrap();
+    });
+    let cut = cut.problems.join("\n");
+    assert!(cut.contains("reaches past its end"), "{cut}");
+    let orphan = damaged("orphan", &|f| {
+        // An older segment holding an entry no record points to.
+        let name = segments::file_name(0);
+        let other = segments::Segments::open(&root.path().join("scratch"), true).unwrap();
+        other.append(&segments::owner(TreeId::States as u8, b"nobody"), &[b'1'; 9000]).unwrap();
+        std::fs::copy(other.dir().join(segments::file_name(1)), f.with_file_name(name)).unwrap();
+    });
+    assert_eq!(orphan.unreferenced_segments, 1, "a segment no record points into is counted");
+    assert!(orphan.ok(), "dead appends are not damage: {:?}", orphan.problems);
 }

@@ -13,7 +13,7 @@ use super::codec;
 use super::error::{Result, StorageError};
 use super::keys::{self, TreeId};
 use super::reads::Reader;
-use super::records::{AnnotationRecord, CheckpointRecord, SessionRecord, WriteRecord, micros};
+use super::records::{AnnotationRecord, CheckpointRecord, SessionRecord, WriteRecord, stored_time};
 use crate::config::{MAX_CHANGE_CHECKPOINTS, MAX_CHANGE_WRITES};
 use crate::model::{
     Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, EventKind, MetadataFilter, NewCheckpoint,
@@ -36,10 +36,11 @@ pub(crate) fn store_session(c: &mut Change, rec: &SessionRecord) {
 }
 
 /// Stores a checkpoint's record, state and every index entry of it.
-pub(crate) fn store_checkpoint(c: &mut Change, rec: &CheckpointRecord, state: &RawValue) {
+/// A large state goes to a segment, and the `states` tree holds a pointer.
+pub(crate) fn store_checkpoint(c: &mut Change, rec: &CheckpointRecord, state: &RawValue) -> Result<()> {
     let key = keys::checkpoint_key(rec.session_id, rec.sequence_number);
     c.put(TreeId::Checkpoints, key, codec::encode(rec));
-    c.put(TreeId::States, key, state.get().as_bytes());
+    c.put_value(TreeId::States, key, state.get().as_bytes())?;
     c.put(TreeId::CheckpointIds, keys::checkpoint_id_key(rec.id), key);
     c.put(TreeId::Sequences, keys::sequence_key(rec.sequence_number), keys::sequence_value(rec.session_id, rec.id));
     for tag in &rec.tags {
@@ -50,11 +51,16 @@ pub(crate) fn store_checkpoint(c: &mut Change, rec: &CheckpointRecord, state: &R
         let key = keys::external_id_key(rec.session_id, &rec.namespace, external);
         c.put(TreeId::ExternalIds, key, keys::external_id_value(rec.sequence_number));
     }
+    Ok(())
 }
 
-/// Stores one pending write under its `writes` key (see `keys::write_key`).
-pub(crate) fn store_write(c: &mut Change, key: &[u8], rec: &WriteRecord) {
-    c.put(TreeId::Writes, key, codec::encode(rec));
+/// Stores one pending write under its `writes` key (see `keys::write_key`);
+/// a large value goes to a segment and the record holds a pointer to it.
+pub(crate) fn store_write(c: &mut Change, key: &[u8], rec: &WriteRecord) -> Result<()> {
+    let value = c.stored_value(TreeId::Writes, key, &rec.value)?;
+    let stored = WriteRecord { task_path: rec.task_path.clone(), channel: rec.channel.clone(), value };
+    c.put(TreeId::Writes, key, codec::encode(&stored));
+    Ok(())
 }
 
 pub(crate) fn store_annotation(c: &mut Change, id: CheckpointId, index: u32, rec: &AnnotationRecord) {
@@ -245,7 +251,7 @@ pub(crate) fn put_checkpoint(
         external_id: new.external_id,
         parent_external_id: parent_external_id.flatten(),
     };
-    store_checkpoint(c, &rec, &state);
+    store_checkpoint(c, &rec, &state)?;
     session.checkpoint_count += 1;
     session.last_sequence = Some(seq);
     c.event(rec.session_id, EventKind::CheckpointCreated { checkpoint_id: rec.id, sequence_number: seq });
@@ -425,7 +431,7 @@ impl WriteMerge {
         if idx >= 0 && (self.put.contains(&key) || r.has_write_key(&key)?) {
             return Ok(false);
         }
-        store_write(c, &key, rec);
+        store_write(c, &key, rec)?;
         self.put.insert(key);
         Ok(true)
     }
@@ -487,9 +493,13 @@ pub(crate) fn copy_session(
             parent_id: rec.parent_id.and_then(|p| copies.get(&p).copied()),
             ..rec.clone()
         };
-        store_checkpoint(c, &copy, &state);
+        store_checkpoint(c, &copy, &state)?;
         for (index, a) in r.annotations(rec.id)? {
-            let note = AnnotationRecord { note: a.note, severity: a.severity, timestamp: micros(a.timestamp) };
+            let note = AnnotationRecord {
+                note: a.note,
+                severity: a.severity,
+                timestamp: stored_time(a.timestamp, "annotation")?,
+            };
             store_annotation(c, copy.id, index, &note);
         }
         copies.insert(rec.id, copy.id);

@@ -143,7 +143,7 @@ pub fn format2_export() -> String {
     use serde_json::json;
     let t = |n: u32| format!("2026-11-30T15:{n:02}:00.123456Z");
     let lines = [
-        json!({"type": "header", "export_version": 2, "format_version": 2, "global_sequence": 10, "event_sequence": 4,
+        json!({"type": "header", "export_version": 2, "format_version": checkpointd::storage::migrate::CURRENT_FORMAT, "global_sequence": 10, "event_sequence": 4,
                "sessions_created": 2, "sessions": 2, "checkpoints": 4, "annotations": 1, "writes": 5,
                "exported_at": t(59)}),
         json!({"type": "session", "id": F2_THREAD, "ordinal": 1, "name": "thread one", "created_at": t(0),

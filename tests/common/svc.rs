@@ -77,7 +77,7 @@ pub fn seqs(list: &[CheckpointSummary]) -> Vec<u64> {
 
 /// Metrics without the one figure that changes by itself (file size).
 pub async fn metrics(service: &Service) -> Metrics {
-    Metrics { bytes_on_disk: 0, ..service.metrics().await.expect("metrics") }
+    Metrics { bytes_on_disk: 0, state_dead_bytes: 0, ..service.metrics().await.expect("metrics") }
 }
 
 pub async fn journal(store: &SharedBackend) -> Vec<JournalEvent> {

@@ -110,6 +110,9 @@ macro_rules! testing_assert {
     };
 }
 
+/// checkpointd: work that must be durable before any log buffer of a
+/// database is (see `vendor/README.md`, change 3).
+pub mod pre_log_sync;
 mod arc;
 mod atomic_shim;
 mod batch;
@@ -218,6 +221,7 @@ const DEFAULT_TREE_ID: &[u8] = b"__sled__default";
 
 /// hidden re-export of items for testing purposes
 #[doc(hidden)]
+pub use pre_log_sync::{register_pre_log_sync, PreLogSync};
 pub use {
     self::{
         config::RunningConfig,

@@ -727,6 +727,11 @@ impl IoBufs {
         #[cfg(not(feature = "io_uring"))]
         {
             let f = &self.config.file;
+            if !self.config.temporary {
+                // checkpointd: what the log may point to (state segments)
+                // is made durable before any of this buffer can be.
+                crate::pre_log_sync::run(&self.config.get_path())?;
+            }
             pwrite_all(f, data, log_offset)?;
             if !self.config.temporary {
                 // checkpointd: fdatasync, not sync_file_range. sled treats a
