@@ -31,7 +31,7 @@ use crate::model::{
     Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, JournalEvent, ListQuery, MetadataFilter,
     Metrics, NewCheckpoint, NewWrites, Page, RetentionPolicy, SearchQuery, Session, SessionId, Severity, Validation,
 };
-use chrono::Utc;
+use chrono::{DurationRound, TimeDelta, Utc};
 use serde_json::value::RawValue;
 use std::sync::{Arc, Mutex};
 
@@ -164,7 +164,10 @@ impl Core {
         }
         let mut change = Change::new(
             *committed,
-            nanos(Utc::now()).unwrap_or(i64::MAX),
+            // Live times are stamped to the microsecond (the wire's
+            // documented precision); imported ones keep their nanoseconds.
+            nanos(Utc::now().duration_trunc(TimeDelta::microseconds(1)).unwrap_or_else(|_| Utc::now()))
+                .unwrap_or(i64::MAX),
             self.config.event_retention,
             Arc::clone(&self.segments),
         );
