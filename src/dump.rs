@@ -503,17 +503,17 @@ fn verification(v: &Verification, json: bool, out: &mut dyn Write) -> Result<()>
     for p in &v.problems {
         writeln!(out, "problem: {p}")?;
     }
+    if v.ok() {
+        writeln!(out, "ok: {checked}; no problems")?;
+    } else {
+        writeln!(out, "{} problems found{shown}; {checked}", v.total_problems)?;
+    }
     if v.segments > 0 {
         writeln!(
             out,
             "state segments: {}, {} bytes live, {} dead ({} segments no record points into, removed when checkpointd next opens the directory)",
             v.segments, v.segment_live_bytes, v.segment_dead_bytes, v.unreferenced_segments
         )?;
-    }
-    if v.ok() {
-        writeln!(out, "ok: {checked}; no problems")?;
-    } else {
-        writeln!(out, "{} problems found{shown}; {checked}", v.total_problems)?;
     }
     Ok(())
 }

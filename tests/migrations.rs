@@ -498,8 +498,9 @@ fn v2_fixture_opens_intact_with_current_code() {
 }
 
 /// Format 2 → 3 on the format-2 fixture, with one state and one pending
-/// write made large first (by format 2's rules, in sled): both move to a
-/// state segment (sled keeps a pointer), every record reads back exactly
+/// write made large first (by format 2's rules, in sled), and the segment
+/// an earlier attempt killed mid-step would have left: both values move to
+/// a new state segment (sled keeps a pointer), the earlier one is removed, every record reads back exactly
 /// (times were microseconds and are now nanoseconds: the export is the
 /// same), `verify` is clean, and the server serves it.
 #[test]
@@ -528,12 +529,22 @@ fn v2_fixture_migrates_to_format_3_moving_large_values_to_segments() {
     wait_unlocked(&dir);
     let before = comparable(&dump_ok(&dir, &["export"]));
     assert!(!dir.join(SEGMENTS_DIR).exists());
+    // What an earlier attempt killed after appending, before its transaction,
+    // leaves: a segment nothing points to (the step reruns from scratch).
+    {
+        let earlier = checkpointd::storage::segments::Segments::open(&dir, true).unwrap();
+        earlier.append(&[4, 0], big_state.as_bytes()).unwrap();
+        earlier.sync().unwrap();
+    }
+    let orphan = dir.join(SEGMENTS_DIR).join(checkpointd::storage::segments::file_name(1));
+    assert!(orphan.exists());
 
     let store = Store::open(config(&dir, true)).expect("format 2 migrates");
     assert_eq!(store.format_version(), 3);
     let got = store.reader().checkpoint(rec.id).unwrap();
     assert_eq!(got.state.get(), big_state);
     assert_eq!(store.space().live_bytes, (big_state.len() + big_value.len()) as u64);
+    assert!(!orphan.exists(), "the killed attempt's segment is removed at open");
     store.close();
     drop(store);
     wait_unlocked(&dir);
@@ -553,7 +564,15 @@ fn v2_fixture_migrates_to_format_3_moving_large_values_to_segments() {
     let verify = dump(&dir, &["verify"]);
     assert!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stdout));
     let backup = migrate::backup_path(&dir, 2).unwrap();
-    assert!(!backup.join(SEGMENTS_DIR).exists(), "the backup is format 2, without segments");
+    let backed_up: Vec<_> = std::fs::read_dir(backup.join(SEGMENTS_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        backed_up,
+        [checkpointd::storage::segments::file_name(1)],
+        "the backup is the directory before the step"
+    );
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Power-loss tests (issue 8): the real `checkpointd` serves a data directory
 //! on LazyFS while concurrent clients write small, medium and large states,
-//! delete, restore and compact, and a subscriber records every event. At a
+//! delete, restore and compact, and a subscriber records every event (medium
+//! and large states live in state segments of 1 MiB, which the background
+//! compaction rewrites as deletes and compactions kill them). At a
 //! random moment the power is cut (the server is frozen, LazyFS drops every
 //! byte not fsynced, the server is killed, the file system remounted) or a
 //! write of sled's data file is torn. Then the directory is checked: every

@@ -240,25 +240,26 @@ impl Segments {
         let len = u32::try_from(value.len()).map_err(|_| io::Error::other("value too large for a segment"))?;
         let owner_len = u16::try_from(owner.len()).map_err(|_| io::Error::other("owner key too long"))?;
         let crc = crc32fast::hash(value);
-        let mut entry = Vec::with_capacity(FIXED_HEADER + owner.len() + 4 + value.len());
-        entry.extend_from_slice(MAGIC);
-        entry.extend_from_slice(&len.to_be_bytes());
-        entry.extend_from_slice(&crc.to_be_bytes());
-        entry.extend_from_slice(&owner_len.to_be_bytes());
-        entry.extend_from_slice(owner);
-        let header_crc = crc32fast::hash(&entry);
-        entry.extend_from_slice(&header_crc.to_be_bytes());
-        let header_len = entry.len() as u64;
-        entry.extend_from_slice(value);
+        let mut header = Vec::with_capacity(FIXED_HEADER + owner.len() + 4);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&len.to_be_bytes());
+        header.extend_from_slice(&crc.to_be_bytes());
+        header.extend_from_slice(&owner_len.to_be_bytes());
+        header.extend_from_slice(owner);
+        let header_crc = crc32fast::hash(&header);
+        header.extend_from_slice(&header_crc.to_be_bytes());
+        let header_len = header.len() as u64;
+        let entry_len = header_len + value.len() as u64;
 
         let mut active = self.active.lock().expect("segments lock");
-        if active.as_ref().is_none_or(|a| a.len > 0 && a.len + entry.len() as u64 > a.max_bytes) {
+        if active.as_ref().is_none_or(|a| a.len > 0 && a.len + entry_len > a.max_bytes) {
             *active = Some(self.create_next()?);
         }
         let a = active.as_mut().expect("an active segment");
-        a.file.write_all_at(&entry, a.len)?;
+        // Header and value in one `pwritev`: the value is not copied.
+        write_all_vectored_at(&a.file, &header, value, a.len)?;
         let pointer = Pointer { segment: a.id, offset: a.len + header_len, len, crc };
-        a.len += entry.len() as u64;
+        a.len += entry_len;
         let size = a.len;
         let file = Arc::clone(&a.file);
         {
@@ -499,6 +500,37 @@ impl Segments {
         }
         Ok(dead.len())
     }
+}
+
+/// Writes `head` then `tail` at `offset`, with `pwritev` (a short write
+/// continues where it stopped).
+fn write_all_vectored_at(file: &File, head: &[u8], tail: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut done = 0usize;
+    let total = head.len() + tail.len();
+    while done < total {
+        let (h, t) = if done < head.len() { (&head[done..], tail) } else { (&[][..], &tail[done - head.len()..]) };
+        let iov = [
+            libc::iovec { iov_base: h.as_ptr() as *mut libc::c_void, iov_len: h.len() },
+            libc::iovec { iov_base: t.as_ptr() as *mut libc::c_void, iov_len: t.len() },
+        ];
+        let at =
+            libc::off_t::try_from(offset + done as u64).map_err(|_| io::Error::other("segment offset too large"))?;
+        // SAFETY: both buffers outlive the call and the lengths are theirs;
+        // the descriptor is open for writing.
+        let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), 2, at) };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing")),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Why a value could not be read from its segment.

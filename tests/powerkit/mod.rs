@@ -472,6 +472,9 @@ impl Server {
         let mut cmd = Command::new(SERVER);
         cmd.args(["--listen", "127.0.0.1:0", "--durability", durability, "--data-dir"])
             .arg(dir)
+            // State segments of 1 MiB: medium and large states seal them
+            // often, so cuts also land during their compaction (issue 11).
+            .args(["--segment-bytes", "1048576"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
