@@ -39,7 +39,6 @@ import asyncio
 import cProfile
 import io
 import json
-import operator
 import os
 import pstats
 import statistics
@@ -51,42 +50,22 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-from langgraph.graph import END, START, StateGraph
 
 from checkpointd.langgraph import AsyncCheckpointdSaver
 
 REPO = Path(__file__).resolve().parents[2]
+# The benchmark's graph is the tests' loop graph (python/tests/graphs.py).
+sys.path.insert(0, str(REPO / "python" / "tests"))
+from graphs import loop_graph  # noqa: E402
 KIB = 1024
 READY_PREFIX = "listening on ws://"
 START_TIMEOUT = 30.0
 """Seconds to wait for checkpointd's ready line."""
-
-
-class LoopState(TypedDict):
-    text: str
-    steps: Annotated[list[int], operator.add]
-
-
-def loop_graph(checkpointer: BaseCheckpointSaver[Any], *, steps: int, text_bytes: int) -> Any:
-    """``steps`` steps; step n replaces ``text`` with ``text_bytes`` new characters and appends n to ``steps``."""
-
-    def step(state: LoopState) -> dict[str, Any]:
-        n = len(state["steps"])
-        return {"text": (f"{n:08d}" * (text_bytes // 8 + 1))[:text_bytes], "steps": [n]}
-
-    def more(state: LoopState) -> str:
-        return "step" if len(state["steps"]) < steps else END
-
-    builder = StateGraph(LoopState)
-    builder.add_node("step", step)
-    builder.add_edge(START, "step")
-    builder.add_conditional_edges("step", more, ["step", END])
-    return builder.compile(checkpointer=checkpointer)
 
 
 @asynccontextmanager
