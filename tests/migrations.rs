@@ -392,17 +392,26 @@ fn make_v1_fixture() {
     let events = dump_ok(&dir, &["--json", "events"]);
     assert!(dump(&dir, &["verify"]).status.success());
     assert_eq!(json_lines(&export).len(), 1 + 2 + 3 + 3, "header, 2 sessions, 3 checkpoints, 3 annotations");
+    write_fixture(1, &dir, &export, &events);
+}
+
+/// Replaces `tests/fixtures/v{version}` (directory, export, events) with
+/// `dir`'s when CHECKPOINTD_WRITE_FIXTURES=1; only code of that format may.
+fn write_fixture(version: u32, dir: &Path, export: &str, events: &str) {
     if std::env::var("CHECKPOINTD_WRITE_FIXTURES").as_deref() != Ok("1") {
         return;
     }
-    assert_eq!(CURRENT_FORMAT, 1, "tests/fixtures/v1 must be written by format-1 code; add a new fixture instead");
-    let target = fixture(1);
+    assert_eq!(
+        CURRENT_FORMAT, version,
+        "tests/fixtures/v{version} must be written by format-{version} code; add a new fixture instead"
+    );
+    let target = fixture(version);
     if target.exists() {
         std::fs::remove_dir_all(&target).unwrap();
     }
-    copy_dir(&dir, &target);
-    std::fs::write(fixture_file("v1.export.jsonl"), export).unwrap();
-    std::fs::write(fixture_file("v1.events.jsonl"), events).unwrap();
+    copy_dir(dir, &target);
+    std::fs::write(fixture_file(&format!("v{version}.export.jsonl")), export).unwrap();
+    std::fs::write(fixture_file(&format!("v{version}.events.jsonl")), events).unwrap();
 }
 
 /// Writes `tests/fixtures/v2` when CHECKPOINTD_WRITE_FIXTURES=1 (only
@@ -419,17 +428,7 @@ fn make_v2_fixture() {
     let header = &json_lines(&export)[0];
     let counts = ["sessions", "checkpoints", "annotations", "writes"].map(|k| header[k].as_u64().unwrap());
     assert_eq!(counts, [5, 10, 4, 5], "{header}");
-    if std::env::var("CHECKPOINTD_WRITE_FIXTURES").as_deref() != Ok("1") {
-        return;
-    }
-    assert_eq!(CURRENT_FORMAT, 2, "tests/fixtures/v2 must be written by format-2 code; add a new fixture instead");
-    let target = fixture(2);
-    if target.exists() {
-        std::fs::remove_dir_all(&target).unwrap();
-    }
-    copy_dir(&dir, &target);
-    std::fs::write(fixture_file("v2.export.jsonl"), export).unwrap();
-    std::fs::write(fixture_file("v2.events.jsonl"), events).unwrap();
+    write_fixture(2, &dir, &export, &events);
 }
 
 /// The format-2 fixture opens intact with the current code (migrating it
