@@ -25,7 +25,7 @@ use checkpointd::storage::migrate::{self, CURRENT_FORMAT, Migrated, Step, StepWr
 use checkpointd::storage::records::{CheckpointRecord, SessionRecord};
 use checkpointd::storage::{Backend, StorageError, Store, codec, keys};
 use common::child::{CHECKPOINTD, Daemon, dump, dump_ok, json_lines, run, this_test_binary, wait_output};
-use common::fixtures::{fixture, fixture_file, populate, populate_v2};
+use common::fixtures::{fixture, fixture_file, populate, populate_v2, populate_v3};
 use common::fs::{copy_dir, open_sled, wait_unlocked};
 use common::wire::{err, ok};
 use serde::Deserialize;
@@ -431,20 +431,50 @@ fn make_v2_fixture() {
     write_fixture(2, &dir, &export, &events);
 }
 
+/// Writes `tests/fixtures/v3` when CHECKPOINTD_WRITE_FIXTURES=1 (only
+/// while format 3 is current); otherwise proves the generator in a
+/// temporary directory.
+#[test]
+fn make_v3_fixture() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("v3");
+    populate_v3(&dir);
+    let export = dump_ok(&dir, &["--json", "export"]);
+    let events = dump_ok(&dir, &["--json", "events"]);
+    assert!(dump(&dir, &["verify"]).status.success());
+    let header = &json_lines(&export)[0];
+    let counts = ["sessions", "checkpoints", "annotations", "writes"].map(|k| header[k].as_u64().unwrap());
+    assert_eq!(counts, [7, 12, 4, 9], "{header}");
+    write_fixture(3, &dir, &export, &events);
+}
+
 /// The format-2 fixture opens intact with the current code (migrating it
 /// once the format moves on): everything it exports, keys, namespaces,
 /// external ids and pending writes included, and every journal event.
 #[test]
 fn v2_fixture_opens_intact_with_current_code() {
-    let expected_export = std::fs::read_to_string(fixture_file("v2.export.jsonl")).unwrap();
-    let expected_events = std::fs::read_to_string(fixture_file("v2.events.jsonl")).unwrap();
+    fixture_opens_intact(2);
+}
+
+/// The same for the format-3 fixture, whose large states and pending write
+/// live in a state segment (with dead bytes of a compacted state beside).
+#[test]
+fn v3_fixture_opens_intact_with_current_code() {
+    fixture_opens_intact(3);
+}
+
+/// `tests/fixtures/v{version}` opens with the current code and reads back
+/// exactly what it exported when it was written.
+fn fixture_opens_intact(version: u32) {
+    let expected_export = std::fs::read_to_string(fixture_file(&format!("v{version}.export.jsonl"))).unwrap();
+    let expected_events = std::fs::read_to_string(fixture_file(&format!("v{version}.events.jsonl"))).unwrap();
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().join("data");
-    copy_dir(&fixture(2), &dir);
+    copy_dir(&fixture(version), &dir);
     assert_eq!(comparable(&dump_ok(&dir, &["export"])), comparable(&expected_export));
     assert_eq!(dump_ok(&dir, &["--json", "events"]), expected_events);
 
-    let store = Store::open(StoreConfig::new(&dir)).expect("current code opens format 2");
+    let store = Store::open(StoreConfig::new(&dir)).expect("current code opens an older format");
     assert_eq!(store.format_version(), CURRENT_FORMAT);
     let lines = json_lines(&expected_export);
     let mut writes = 0;

@@ -246,3 +246,52 @@ pub fn populate_v2(dir: &Path) -> Populated {
     wait_unlocked(dir);
     made
 }
+
+/// Fills an empty `dir` with one of everything format 3 stores, as the
+/// generator of `tests/fixtures/v3`: [`populate_v2`], then pending writes
+/// and a copied session through the service (journaling `writes_stored` and
+/// `session_copied`), and values large enough for the state segments: two
+/// states and a pending write over 8 KiB, one of the states then compacted
+/// away (dead bytes in a segment). Returns what [`populate`] made.
+pub fn populate_v3(dir: &Path) -> Populated {
+    use checkpointd::model::{NewWrites, RetentionPolicy};
+    let made = populate_v2(dir);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let svc = Service::new(Arc::new(open_store(&StoreConfig::new(dir))));
+        let (s, _) = svc.open_session("thread-3".into(), Some("large states".into()), None).await.unwrap();
+        let big = |n: u32| raw(&format!(r#"{{"step":{n},"scratch":"{}"}}"#, "ab".repeat(6000 + n as usize)));
+        for (n, external) in [(1, "big-1"), (2, "big-2")] {
+            let new = NewCheckpoint {
+                session_id: s.id,
+                message: format!("large {n}"),
+                tags: vec![],
+                trigger: Trigger::Auto(Some("loop".into())),
+                state: Some(big(n)),
+                metadata: Some(raw(&format!(r#"{{"step":{n}}}"#))),
+                parent_id: None,
+                namespace: String::new(),
+                external_id: Some(external.into()),
+                parent_external_id: None,
+            };
+            svc.checkpoint(new).await.unwrap();
+        }
+        let writes = NewWrites {
+            session_id: s.id,
+            namespace: String::new(),
+            external_id: "big-2".into(),
+            task_id: "t-big".into(),
+            task_path: "p".into(),
+            writes: vec![(0, "messages".into(), big(3)), (1, "small".into(), raw("[1]"))],
+        };
+        assert_eq!(svc.put_writes(writes).await.unwrap(), 2);
+        let policy = RetentionPolicy { keep_recent: Some(1), preserve_tags: vec![] };
+        assert_eq!(svc.compact(s.id, policy).await.unwrap().removed, 1);
+        let (copy, copied) = svc.copy_session(s.id, Some("thread-3-copy".into()), None, None).await.unwrap();
+        assert_eq!((copied, copy.key.as_deref()), (1, Some("thread-3-copy")));
+        svc.close();
+    });
+    drop(rt);
+    wait_unlocked(dir);
+    made
+}
