@@ -5,12 +5,14 @@
 //! namespaces, external ids and pending writes
 //! (`v0001_to_v0002_namespaces_and_keys`); format 3 moved large values to
 //! state segments and stores times in nanoseconds
-//! (`v0002_to_v0003_segments_and_nanoseconds`). `checkpoint-dump` runs the same
+//! (`v0002_to_v0003_segments_and_nanoseconds`); format 4 writes each
+//! change's intent to the state segments, which the group commit syncs
+//! alone (`v0003_to_v0004_intents_in_segments`). `checkpoint-dump` runs the same
 //! steps on its private copy of an older directory to read it. The runner
 //! itself is proven by `tests/migrations.rs` with test-only steps beyond the
 //! current format (on a copy of the fixture migrated to it), and
-//! `tests/fixtures/v1/` and `v2/` are directories written in formats 1 and
-//! 2 that every later version must migrate intact (`tests/migrations.rs`
+//! `tests/fixtures/v1/`, `v2/` and `v3/` are directories written in formats
+//! 1, 2 and 3 that every later version must migrate intact (`tests/migrations.rs`
 //! checks format 2's migration of v1 record by record).
 //!
 //! # Changing the format
@@ -36,6 +38,11 @@ use super::Step;
 
 mod v0001_to_v0002_namespaces_and_keys;
 mod v0002_to_v0003_segments_and_nanoseconds;
+mod v0003_to_v0004_intents_in_segments;
 
 /// Every step, in order: `STEPS[i].from == i + 1`.
-pub static STEPS: &[Step] = &[v0001_to_v0002_namespaces_and_keys::STEP, v0002_to_v0003_segments_and_nanoseconds::STEP];
+pub static STEPS: &[Step] = &[
+    v0001_to_v0002_namespaces_and_keys::STEP,
+    v0002_to_v0003_segments_and_nanoseconds::STEP,
+    v0003_to_v0004_intents_in_segments::STEP,
+];

@@ -47,6 +47,11 @@ pub const ASYNC_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// durable beside sled's files (`checkpointd.counters`; three fsyncs), so
 /// that an open can tell a log that damage cut short from a crash.
 pub const MARK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often, at most, the commit thread flushes sled's own log while
+/// writes come in (a group commit only syncs the state segments, where each
+/// change's intent is): an open re-applies at most this much of the newest
+/// changes from the segments.
+pub const SLED_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// In `async` mode, how long the first acknowledged write of a window waits
 /// for others to share its flush. The rest of [`ASYNC_FLUSH_INTERVAL`] is
 /// left for the flush itself.

@@ -1,9 +1,10 @@
 //! Running out of file descriptors never breaks the store: the server caps
 //! its connections below the open-files limit and keeps writing durably
-//! while sockets take every descriptor it may give them; and a flush that
-//! cannot list sled's blob directory waits for a free descriptor instead of
-//! failing the store closed (in a child process: this test binary,
-//! re-executed, because it lowers the open-files limit of its process).
+//! while sockets take every descriptor it may give them; a write is made
+//! durable without a new descriptor; and a full flush that cannot list
+//! sled's blob directory waits for a free descriptor instead of failing the
+//! store closed (in a child process: this test binary, re-executed, because
+//! it lowers the open-files limit of its process).
 
 mod common;
 
@@ -46,12 +47,16 @@ fn fd_child() {
             hog.push(f);
             assert!(hog.len() < 1024, "the limit did not hold");
         }
-        let writer = std::sync::Arc::clone(&store);
-        let mut write = tokio::spawn(async move { writer.put_checkpoint(new()).await });
-        // While none is free the write cannot be made durable, so it waits.
-        assert!(tokio::time::timeout(Duration::from_millis(200), &mut write).await.is_err(), "acknowledged unsynced");
+        // A group commit syncs the open segment file: no descriptor needed.
+        let written = tokio::time::timeout(Duration::from_secs(10), store.put_checkpoint(new())).await;
+        written.expect("a write waited for a descriptor").expect("the write failed");
+        // A full flush (into sled, listing its blobs) cannot run while none
+        // is free, so it waits.
+        let flusher = std::sync::Arc::clone(&store);
+        let mut full = tokio::spawn(async move { flusher.pause_writes().await.map(|_| ()) });
+        assert!(tokio::time::timeout(Duration::from_millis(200), &mut full).await.is_err(), "flushed without listing");
         drop(hog);
-        let done = tokio::time::timeout(Duration::from_secs(10), write).await.expect("write never completed");
+        let done = tokio::time::timeout(Duration::from_secs(10), full).await.expect("the flush never completed");
         done.unwrap().expect("the store failed closed on EMFILE");
         assert!(store.healthy());
         store.put_checkpoint(new()).await.expect("later writes work");

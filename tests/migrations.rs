@@ -431,6 +431,45 @@ fn make_v2_fixture() {
     write_fixture(2, &dir, &export, &events);
 }
 
+/// Format 3 → 4 on the format-3 fixture: the applied mark starts at the
+/// segment after the newest (so recovery never walks format 3's values for
+/// intents), and the first change's intent goes there.
+#[test]
+fn v3_fixture_migrates_to_format_4_marking_where_intents_begin() {
+    use checkpointd::storage::keys;
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("data");
+    copy_dir(&fixture(3), &dir);
+    let mark = |dir: &Path| {
+        let db = open_sled(dir);
+        let mark = db.open_tree("meta").unwrap().get(keys::META_APPLIED).unwrap();
+        (version(&db), mark.and_then(|m| keys::decode_applied_mark(&m)))
+    };
+    assert_eq!(mark(&dir), (Some(3), None));
+    wait_unlocked(&dir);
+    let store = Store::open(config(&dir, false)).expect("format 3 migrates");
+    store.close();
+    drop(store);
+    wait_unlocked(&dir);
+    assert_eq!(mark(&dir), (Some(4), Some((2, 0))), "segment 1 holds format 3's values");
+    wait_unlocked(&dir);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = Store::open(config(&dir, false)).unwrap();
+    let session = rt
+        .block_on(store.create_session("after".into(), serde_json::value::RawValue::from_string("{}".into()).unwrap()))
+        .unwrap();
+    store.close();
+    drop(store);
+    wait_unlocked(&dir);
+    let (_, Some((segment, offset))) = mark(&dir) else { panic!("no mark") };
+    assert_eq!(segment, 2);
+    assert!(offset > 0);
+    wait_unlocked(&dir);
+    let verify = dump(&dir, &["verify"]);
+    assert!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stdout));
+    assert!(dump_ok(&dir, &["sessions"]).contains(&session.id.to_string()));
+}
+
 /// Writes `tests/fixtures/v3` when CHECKPOINTD_WRITE_FIXTURES=1 (only
 /// while format 3 is current); otherwise proves the generator in a
 /// temporary directory.
@@ -526,7 +565,8 @@ fn fixture_opens_intact(version: u32) {
     assert_eq!(comparable(&dump_ok(&dir, &["export"])), comparable(&expected_export));
 }
 
-/// Format 2 → 3 on the format-2 fixture, with one state and one pending
+/// Format 2 → 3 (and on to the current format) on the format-2 fixture,
+/// with one state and one pending
 /// write made large first (by format 2's rules, in sled), and the segment
 /// an earlier attempt killed mid-step would have left: both values move to
 /// a new state segment (sled keeps a pointer), the earlier one is removed, every record reads back exactly
@@ -569,7 +609,7 @@ fn v2_fixture_migrates_to_format_3_moving_large_values_to_segments() {
     assert!(orphan.exists());
 
     let store = Store::open(config(&dir, true)).expect("format 2 migrates");
-    assert_eq!(store.format_version(), 3);
+    assert_eq!(store.format_version(), CURRENT_FORMAT);
     let got = store.reader().checkpoint(rec.id).unwrap();
     assert_eq!(got.state.get(), big_state);
     assert_eq!(store.space().live_bytes, (big_state.len() + big_value.len()) as u64);
@@ -578,7 +618,7 @@ fn v2_fixture_migrates_to_format_3_moving_large_values_to_segments() {
     drop(store);
     wait_unlocked(&dir);
     let db = open_sled(&dir);
-    assert_eq!(version(&db), Some(3));
+    assert_eq!(version(&db), Some(CURRENT_FORMAT));
     assert!(Pointer::decode(&db.open_tree("states").unwrap().get(&key).unwrap().unwrap()).is_some());
     let w: checkpointd::storage::records::WriteRecord =
         codec::decode(&db.open_tree("writes").unwrap().get(&write_key).unwrap().unwrap(), "write").unwrap();

@@ -1,14 +1,24 @@
-//! The atomic change: how one write's keys reach sled together.
+//! The atomic change: how one write's keys reach sled together, and the
+//! one file write that makes it durable.
 //!
 //! A write gathers its puts and removals into a `Change` (the operations
-//! of `writes` build them), then `apply` writes the whole change first as
-//! one *intent* record (a single sled insert, atomic by itself), then key by
-//! key. sled recovers a prefix of its log, so after a crash either the intent
-//! is missing (and so is every later key) or it is present and `replay`
-//! re-applies it when the directory is opened; re-applying is idempotent.
-//! This costs one extra insert where a sled transaction or batch would roll
-//! sled's I/O buffer twice (two extra `pwrite` + `sync_file_range` per write,
-//! measured as 2x the whole write).
+//! of `writes` build them), then `log_intent` appends the whole change as one
+//! *intent* entry to the state segments (`segments::INTENT_OWNER`; its
+//! large values were appended just before it), and `apply` applies it to
+//! sled key by key, and last sets `META_APPLIED` to the end of that intent. The group
+//! commit then makes the change durable with one `fdatasync` of the segment
+//! file: sled's own log is flushed only every `SLED_FLUSH_INTERVAL` (and
+//! when compaction, a backup or shutdown needs it), so the segments are a
+//! write-ahead log for sled, as WiscKey's value log is for its LSM tree.
+//!
+//! Recovery (`recover`, at open): sled recovers a prefix of its log, and no
+//! sled log reaches the disk before the segments it follows are synced (the
+//! vendored sled's `pre_log_sync` hook), so every change sled holds in part
+//! has its intent on disk, and `META_APPLIED` names the last change sled
+//! holds whole. Every intent after it is re-applied in order; re-applying
+//! is idempotent (each op sets or removes a whole key). The walk stops at a
+//! segment's first torn entry: only the newest segment at a crash can have
+//! one (a segment is synced before the next is created).
 //!
 //! Keys are applied in an order that keeps every index entry pointing at a
 //! record for concurrent readers too: new records before their indexes,
@@ -111,16 +121,25 @@ impl Change {
     }
 }
 
-/// Applies one change atomically with respect to crashes: the intent
-/// record first, then each key in phase order. Every pointer to a segment
-/// the change stores or replaces is counted in `segments`' live bytes.
-pub(crate) fn apply(trees: &Trees, mut ops: Vec<Op>, segments: Option<&Segments>) -> sled::Result<()> {
+/// Puts a change's ops in application order and appends them to the
+/// segments as its intent (`None` when there is nothing to apply). Nothing
+/// is applied yet: a failure here leaves the store as it was.
+pub(crate) fn log_intent(ops: &mut [Op], segments: &Segments) -> Result<Option<Pointer>> {
     if ops.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     ops.sort_by_key(Op::phase);
-    trees.get(TreeId::Meta).insert(keys::META_INTENT, codec::encode(&ops))?;
-    apply_keys(trees, &ops, segments)
+    Ok(Some(segments.append(segments::INTENT_OWNER, &codec::encode(&ops))?))
+}
+
+/// Applies a change whose intent is logged, atomically with respect to
+/// crashes: each key in phase order, then the applied mark. Every pointer
+/// to a segment the change stores or replaces is counted in `segments`'
+/// live bytes.
+pub(crate) fn apply(trees: &Trees, ops: &[Op], intent: Pointer, segments: &Segments) -> Result<()> {
+    apply_keys(trees, ops, Some(segments))?;
+    trees.get(TreeId::Meta).insert(keys::META_APPLIED, &keys::applied_mark(intent.segment, intent.end()))?;
+    Ok(())
 }
 
 /// The segment pointer a value of `tree` holds, if any: a state that is
@@ -142,7 +161,7 @@ fn holds_values(tree: u8) -> bool {
 
 fn apply_keys(trees: &Trees, ops: &[Op], segments: Option<&Segments>) -> sled::Result<()> {
     for op in ops {
-        // `replay` checked the tree numbers of a stored intent; a change
+        // Recovery checked the tree numbers of a stored intent; a change
         // built here only names trees of the schema.
         let Some(tree) = trees.by_number(op.tree) else { continue };
         let old = match &op.value {
@@ -161,10 +180,67 @@ fn apply_keys(trees: &Trees, ops: &[Op], segments: Option<&Segments>) -> sled::R
     Ok(())
 }
 
-/// Re-applies the last change's intent: completes it if a crash cut it
-/// short, and is a no-op otherwise. Then drops the intent, so that later
-/// direct writes (journal trimming, migrations) are never undone.
-pub(crate) fn replay(db: &sled::Db, trees: &Trees) -> Result<()> {
+/// Re-applies every intent after the last change sled holds whole (see the
+/// module's recovery), makes the result durable, and returns how many.
+pub(crate) fn recover(db: &sled::Db, trees: &Trees, segments: &Segments) -> Result<u64> {
+    let meta = trees.get(TreeId::Meta);
+    let from = match meta.get(keys::META_APPLIED)? {
+        Some(v) => {
+            Some(keys::decode_applied_mark(&v).ok_or_else(|| StorageError::corrupt("a malformed applied mark"))?)
+        }
+        // No change was ever applied in format 4: every intent is new.
+        None => None,
+    };
+    let ids = segments.ids();
+    // The mark's segment is never removed (`Segments::remove_unreferenced`
+    // keeps it; compaction only takes segments older than the one the
+    // newest change went to): without it, changes after the mark are lost.
+    if let Some((segment, _)) = from
+        && !ids.contains(&segment)
+        && ids.last().is_some_and(|&newest| newest > segment)
+    {
+        return Err(StorageError::corrupt(format!(
+            "state segment {} holding the newest changes is missing",
+            segments::file_name(segment)
+        )));
+    }
+    let mut replayed = 0;
+    for id in ids {
+        let start = match from {
+            Some((segment, _)) if id < segment => continue,
+            Some((segment, next)) if id == segment => next,
+            _ => 0,
+        };
+        // What is replayed must be on disk before sled's copy of it is: a
+        // crash may have left it only in the page cache.
+        segments.sync_file(id)?;
+        let (entries, _tail) = segments.entries_from(id, start)?;
+        for e in entries.iter().filter(|e| e.owner == segments::INTENT_OWNER) {
+            let bytes = match segments.read(&e.pointer) {
+                Ok(bytes) => bytes,
+                Err(segments::ReadError::Io(e)) => return Err(e.into()),
+                // A torn value ends the segment's log like a torn header.
+                Err(_) => break,
+            };
+            let ops: Vec<Op> = codec::decode(&bytes, "intent")?;
+            if ops.iter().any(|op| usize::from(op.tree) >= TREE_COUNT) {
+                return Err(StorageError::corrupt("intent names an unknown tree"));
+            }
+            apply_keys(trees, &ops, None)?;
+            meta.insert(keys::META_APPLIED, &keys::applied_mark(id, e.pointer.end()))?;
+            replayed += 1;
+        }
+    }
+    if replayed > 0 {
+        db.flush()?;
+    }
+    Ok(replayed)
+}
+
+/// Formats 1-3 kept the last change's intent in sled's meta tree, written
+/// before its keys: re-applies it (completing a change a crash cut short,
+/// a no-op otherwise), then drops it.
+pub(crate) fn replay_legacy(db: &sled::Db, trees: &Trees) -> Result<()> {
     let meta = trees.get(TreeId::Meta);
     let Some(bytes) = meta.get(keys::META_INTENT)? else { return Ok(()) };
     let ops: Vec<Op> = codec::decode(&bytes, "intent")?;
@@ -177,12 +253,25 @@ pub(crate) fn replay(db: &sled::Db, trees: &Trees) -> Result<()> {
     Ok(())
 }
 
-/// Test support: the intent as stored, applied only up to `applied` keys
-/// after it, as a crash in the middle of [`apply`] leaves it.
+/// Test support: the newest change's intent, as stored in the segments.
 #[cfg(test)]
-pub(crate) fn apply_prefix(trees: &Trees, intent: &[u8], applied: usize) -> usize {
+pub(crate) fn last_intent(trees: &Trees, segments: &Segments) -> Vec<u8> {
+    let mark = trees.get(TreeId::Meta).get(keys::META_APPLIED).unwrap().expect("an applied mark");
+    let (segment, next) = keys::decode_applied_mark(&mark).unwrap();
+    let (entries, _) = segments.entries(segment).unwrap();
+    let e = entries.iter().find(|e| e.pointer.end() == next).expect("the intent");
+    assert_eq!(e.owner, segments::INTENT_OWNER);
+    segments.read(&e.pointer).unwrap()
+}
+
+/// Test support: `intent` appended to the segments and applied only up to
+/// `applied` keys, without its applied mark, as a crash in the middle of
+/// [`apply`] leaves it. Returns how many keys the intent has.
+#[cfg(test)]
+pub(crate) fn apply_prefix(trees: &Trees, segments: &Segments, intent: &[u8], applied: usize) -> usize {
     let ops: Vec<Op> = codec::decode(intent, "intent").expect("an intent");
-    trees.get(TreeId::Meta).insert(keys::META_INTENT, intent).expect("insert the intent");
+    segments.append(segments::INTENT_OWNER, intent).expect("append the intent");
+    segments.sync().expect("sync the segments");
     apply_keys(trees, &ops[..applied.min(ops.len())], None).expect("apply");
     ops.len()
 }

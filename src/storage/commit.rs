@@ -1,14 +1,19 @@
 //! Group commit: makes acknowledged writes durable, sharing one fsync among
 //! every writer that is waiting for it.
 //!
-//! sled 0.34's `flush()` only calls `sync_file_range` on Linux: the pages
-//! reach the device but neither the file's metadata nor the drive's cache is
-//! flushed, so a power loss can still take them. After each flush this thread
-//! therefore calls `fdatasync` on sled's data file, and on any new blob files
-//! sled wrote beside it (sled writes large nodes there without syncing them).
-//! That is sled as published; the vendored sled (`vendor/README.md`) also
-//! fdatasyncs its log buffers and blob files itself, so what follows is now
-//! a second line, kept until the power-loss tests show it can go.
+//! Since format 4 a change is durable once its intent, appended to the
+//! state segments, is (`change`): a group commit is one `fdatasync` of the
+//! active segment. sled's log is flushed only by a *full* flush: every
+//! [`SLED_FLUSH_INTERVAL`] while writes come in (which bounds what an open
+//! re-applies), and whenever everything must be in sled itself (compaction
+//! removing a segment, a backup's pause, shutdown, open).
+//!
+//! A full flush: the segments, then `Db::flush` (which the vendored sled
+//! makes an `fdatasync` of its log; sled as published only calls
+//! `sync_file_range`), an `fdatasync` of sled's `db`, and any new blob file
+//! sled wrote beside it (sled writes large nodes there without syncing
+//! them). The vendored sled (`vendor/README.md`) also syncs its log buffers
+//! and blob files itself, so the blob syncs are a second line.
 //!
 //! Writers take a ticket after their transaction is applied in memory; one
 //! thread flushes everything applied so far and publishes the highest ticket
@@ -21,7 +26,7 @@ use super::datadir;
 use super::error::{Result, StorageError};
 use super::records::{Counters, Mark};
 use super::segments::Segments;
-use crate::config::{ASYNC_FLUSH_DELAY, ASYNC_FLUSH_INTERVAL, Durability, MARK_INTERVAL};
+use crate::config::{ASYNC_FLUSH_DELAY, ASYNC_FLUSH_INTERVAL, Durability, MARK_INTERVAL, SLED_FLUSH_INTERVAL};
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
@@ -44,6 +49,8 @@ pub struct Synced {
     /// Journal events up to this sequence may be delivered: in `sync` mode
     /// they are durable; in `async` mode they are acknowledged.
     pub event_seq: u64,
+    /// Full flushes (`flush_now`) done, up to this request.
+    pub full: u64,
     /// A flush or fsync failed: nothing more will be acknowledged.
     pub failed: bool,
     /// The store was closed: nothing more will be acknowledged.
@@ -59,8 +66,11 @@ struct Pending {
     counters: Counters,
     /// `async`: when the oldest write not yet taken on was acknowledged.
     window_start: Option<Instant>,
-    /// A flush was asked for now (`flush_now`): no `async` delay.
-    urgent: bool,
+    /// Full flushes asked for (`flush_now`), numbered; the thread takes
+    /// them all on at once, with no `async` delay.
+    full_asked: u64,
+    /// The last of them the thread has taken on.
+    full_taken: u64,
     closing: bool,
 }
 
@@ -116,7 +126,7 @@ impl Committer {
         if let Some(parent) = std::path::absolute(dir)?.parent() {
             File::open(parent)?.sync_all()?;
         }
-        let (synced, _) = watch::channel(Synced { ticket: 0, event_seq, failed: false, closed: false });
+        let (synced, _) = watch::channel(Synced { ticket: 0, event_seq, full: 0, failed: false, closed: false });
         let shared = Arc::new(Shared {
             mode,
             reserved: AtomicU64::new(0),
@@ -127,7 +137,8 @@ impl Committer {
                 taken: 0,
                 counters,
                 window_start: None,
-                urgent: false,
+                full_asked: 0,
+                full_taken: 0,
                 closing: false,
             }),
             wake: Condvar::new(),
@@ -187,16 +198,22 @@ impl Committer {
         self.wait_durable(ticket).await
     }
 
-    /// Flushes everything applied so far, in either mode, and returns once
-    /// it is on disk.
+    /// Flushes everything applied so far into sled itself (a full flush:
+    /// see the module), in either mode, and returns once it is on disk.
     pub async fn flush_now(&self) -> Result<()> {
-        let target = {
+        let asked = {
             let mut p = self.shared.pending.lock().expect("commit lock");
-            p.urgent = true;
+            p.full_asked += 1;
             self.shared.wake.notify_one();
-            p.issued
+            p.full_asked
         };
-        self.wait_durable(Ticket(target)).await
+        let mut rx = self.shared.synced.subscribe();
+        let synced = rx.wait_for(|s| s.full >= asked || s.failed || s.closed).await.map_err(|_| closed())?;
+        match *synced {
+            s if s.full >= asked => Ok(()),
+            s if s.failed => Err(failed()),
+            _ => Err(closed()),
+        }
     }
 
     /// Returns once the commit thread has synced `ticket`.
@@ -306,11 +323,12 @@ fn failed() -> StorageError {
 impl Shared {
     fn run(&self, mut blobs: BlobSync, mut marked: Counters) {
         let mut last_mark = Instant::now();
+        let mut last_full = Instant::now();
         loop {
-            let (target, counters, window_start, closing) = {
+            let (target, counters, window_start, closing, urgent) = {
                 let mut p = self.pending.lock().expect("commit lock");
                 // Sleeps until there is work: an idle server uses no CPU.
-                while p.issued == p.taken && !p.closing {
+                while p.issued == p.taken && p.full_asked == p.full_taken && !p.closing {
                     p = self.wake.wait(p).expect("commit lock");
                 }
                 // In async mode a whole window of writes shares one flush,
@@ -320,7 +338,7 @@ impl Shared {
                 // the flush itself.
                 if self.mode == Durability::Async {
                     let deadline = p.window_start.unwrap_or_else(Instant::now) + ASYNC_FLUSH_DELAY;
-                    while !p.closing && !p.urgent {
+                    while !p.closing && p.full_asked == p.full_taken {
                         let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
                         else {
                             break;
@@ -329,12 +347,21 @@ impl Shared {
                     }
                 }
                 p.taken = p.issued;
-                p.urgent = false;
-                (p.issued, p.counters, p.window_start.take(), p.closing)
+                let asked = p.full_asked;
+                let urgent = std::mem::replace(&mut p.full_taken, asked) != asked;
+                (p.issued, p.counters, p.window_start.take(), p.closing, urgent.then_some(asked))
             };
             #[cfg(test)]
             let _held = self.hold.lock().expect("hold lock");
-            if let Err(e) = self.flush(&mut blobs, target) {
+            let full = urgent.is_some() || closing || last_full.elapsed() >= SLED_FLUSH_INTERVAL;
+            let flushed = match full {
+                true => self.flush(&mut blobs, target),
+                false => retrying_descriptors(|| self.segments.sync()),
+            };
+            if full {
+                last_full = Instant::now();
+            }
+            if let Err(e) = flushed {
                 tracing::error!(error = %e, "flush to disk failed; the store now refuses writes");
                 self.synced.send_modify(|s| s.failed = true);
                 return;
@@ -357,6 +384,7 @@ impl Shared {
             self.synced.send_modify(|s| {
                 s.ticket = s.ticket.max(target);
                 s.event_seq = s.event_seq.max(counters.event_seq);
+                s.full = s.full.max(urgent.unwrap_or(0));
                 // After the final flush, waiters for later tickets give up.
                 s.closed |= closing;
             });
@@ -386,7 +414,7 @@ impl Shared {
         }
     }
 
-    /// Makes every write up to ticket `applied` durable.
+    /// Makes every write up to ticket `applied` durable in sled itself.
     fn flush(&self, blobs: &mut BlobSync, applied: u64) -> std::io::Result<()> {
         let writes = Writes::Running { applied, reserved: &self.reserved };
         flush_and_sync(&self.db, &self.segments, &self.data_file, &self.dir, blobs, writes)
@@ -410,18 +438,23 @@ fn flush_and_sync(
     blobs: &mut BlobSync,
     writes: Writes<'_>,
 ) -> std::io::Result<()> {
-    segments.sync()?;
+    retrying_descriptors(|| segments.sync())?;
     db.flush().map_err(std::io::Error::other)?;
     data_file.sync_data()?;
-    // Listing the blobs needs a descriptor. Running out of them (clients
-    // holding the rest) is not a disk failure: wait for one to be freed
-    // rather than fail the store closed.
+    retrying_descriptors(|| blobs.sync(dir, writes))
+}
+
+/// Runs `sync`, which may need a descriptor (listing the blobs, syncing the
+/// directory of a new segment). Running out of them (clients holding the
+/// rest) is not a disk failure: wait for one to be freed rather than fail
+/// the store closed.
+fn retrying_descriptors(mut sync: impl FnMut() -> std::io::Result<()>) -> std::io::Result<()> {
     let mut attempts = 0;
     loop {
-        match blobs.sync(dir, writes) {
+        match sync() {
             Err(e) if is_out_of_descriptors(&e) && attempts < DESCRIPTOR_RETRIES => {
                 attempts += 1;
-                tracing::warn!(error = %e, "out of file descriptors while syncing blobs; retrying");
+                tracing::warn!(error = %e, "out of file descriptors while syncing; retrying");
                 std::thread::sleep(DESCRIPTOR_RETRY_PAUSE);
             }
             other => return other,

@@ -43,7 +43,7 @@
 //! where its recovery stopped before step 3 can refuse the directory.
 
 use super::error::{Result, StorageError};
-use super::keys::{TreeId, Trees};
+use super::keys::{self, TreeId, Trees};
 use super::reads::Reader;
 use super::records::{Counters, Mark};
 use super::segments::Segments;
@@ -219,8 +219,11 @@ pub fn open<T>(
             return Err(DirError::NoFormatVersion { dir: shown.to_path_buf() }.into());
         }
         // A newer format is refused before anything of it is interpreted.
-        if version.is_none_or(|v| v <= migrate::CURRENT_FORMAT) {
-            change::replay(&db, &trees).map_err(|e| in_dir(shown, e))?;
+        if version.is_none_or(|v| v < migrate::CURRENT_FORMAT) {
+            change::replay_legacy(&db, &trees).map_err(|e| in_dir(shown, e))?;
+        }
+        if version == Some(migrate::CURRENT_FORMAT) {
+            change::recover(&db, &trees, &segments).map_err(|e| in_dir(shown, e))?;
         }
         let out = then(&db, &trees, &segments).map_err(|e| in_dir(shown, e))?;
         count_live(&trees, &segments).map_err(|e| in_dir(shown, e))?;
@@ -232,7 +235,10 @@ pub fn open<T>(
                 // no record points into (appends whose change never became
                 // durable, or a compaction's source whose removal a crash cut
                 // short).
-                segments.remove_unreferenced().map_err(|e| io_error(shown, "cannot remove an unused segment", &e))?;
+                let keep = meta.get(keys::META_APPLIED)?.and_then(|m| keys::decode_applied_mark(&m)).map(|(id, _)| id);
+                segments
+                    .remove_unreferenced(keep)
+                    .map_err(|e| io_error(shown, "cannot remove an unused segment", &e))?;
             }
         }
         Ok((Opened { db, trees, segments: Arc::clone(&segments), pre_log_sync }, out))

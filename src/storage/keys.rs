@@ -74,8 +74,30 @@ pub const TREE_NAMES: [&str; TREE_COUNT] = [
 
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
 pub const META_COUNTERS: &[u8] = b"counters";
-/// The last write's changes, written before them (see `storage` atomicity).
+/// Formats 1-3: the last write's changes, written before them (see
+/// `change::replay_legacy`). Format 4 writes intents to the segments.
 pub const META_INTENT: &[u8] = b"intent";
+/// Format 4: where in the segments the intent after the newest change
+/// whose keys are all applied starts ([`applied_mark`]); the last key of
+/// every change.
+pub const META_APPLIED: &[u8] = b"applied";
+
+/// The value of [`META_APPLIED`]: segment id, then the offset after that
+/// change's intent (big-endian).
+pub fn applied_mark(segment: u32, next: u64) -> [u8; 12] {
+    let mut out = [0; 12];
+    out[..4].copy_from_slice(&segment.to_be_bytes());
+    out[4..].copy_from_slice(&next.to_be_bytes());
+    out
+}
+
+pub fn decode_applied_mark(value: &[u8]) -> Option<(u32, u64)> {
+    let value: &[u8; 12] = value.try_into().ok()?;
+    Some((
+        u32::from_be_bytes(value[..4].try_into().expect("4 bytes")),
+        u64::from_be_bytes(value[4..].try_into().expect("8 bytes")),
+    ))
+}
 
 /// Every tree of one open database, addressed by [`TreeId`].
 #[derive(Clone)]

@@ -33,7 +33,7 @@ use sled::{Batch, Transactional, Tree};
 use std::path::{Path, PathBuf};
 
 /// The format this binary writes.
-pub const CURRENT_FORMAT: u32 = 3;
+pub const CURRENT_FORMAT: u32 = 4;
 
 /// One upgrade of the on-disk format, from version `from` to `from + 1`.
 #[derive(Debug, Clone, Copy)]
@@ -87,6 +87,11 @@ impl StepWrite<'_> {
     pub fn append_value(&mut self, tree: TreeId, key: &[u8], value: &[u8]) -> Result<Vec<u8>> {
         let p = self.segments.append(&segments::owner(tree as u8, key), value)?;
         Ok(p.encode().to_vec())
+    }
+
+    /// The newest state segment present, if any (segment ids only grow).
+    pub fn newest_segment(&self) -> Option<u32> {
+        self.segments.ids().last().copied()
     }
 
     pub fn del(&mut self, name: &str, key: impl AsRef<[u8]>) -> Result<()> {

@@ -42,6 +42,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+/// The owner of an entry that is a change's intent (format 4; see
+/// `change`), not a value: no tree has this number.
+pub const INTENT_OWNER: &[u8] = &[0xff];
+
 /// The directory of segment files inside a data directory.
 pub const SEGMENTS_DIR: &str = "segments";
 /// Values longer than this go to a segment; shorter ones stay in sled.
@@ -253,7 +257,7 @@ impl Segments {
 
         let mut active = self.active.lock().expect("segments lock");
         if active.as_ref().is_none_or(|a| a.len > 0 && a.len + entry_len > a.max_bytes) {
-            *active = Some(self.create_next()?);
+            *active = Some(self.create_next(active.as_ref())?);
         }
         let a = active.as_mut().expect("an active segment");
         // Header and value in one `pwritev`: the value is not copied.
@@ -274,7 +278,15 @@ impl Segments {
 
     /// Opens the segment after the newest one (the newest present may have
     /// a torn tail from before a crash: it is never appended to again).
-    fn create_next(&self) -> io::Result<Active> {
+    ///
+    /// The segment being sealed is fdatasynced first: no byte of the next
+    /// one can reach the disk before every byte of this one has, so only the
+    /// newest segment at a crash can have a torn tail, and an intent found
+    /// after a torn tail (in a later segment) was written after a restart.
+    fn create_next(&self, sealed: Option<&Active>) -> io::Result<Active> {
+        if let Some(sealed) = sealed {
+            sealed.file.sync_data()?;
+        }
         fs::create_dir_all(&self.dir)?;
         let id = {
             let usage = self.usage.lock().expect("segments lock");
@@ -322,6 +334,12 @@ impl Segments {
         result
     }
 
+    /// fdatasyncs segment `id` as it is on disk now, whoever wrote it (at
+    /// open: what a crash left in the page cache is replayed from it).
+    pub fn sync_file(&self, id: u32) -> io::Result<()> {
+        OpenOptions::new().write(true).open(self.dir.join(file_name(id)))?.sync_data()
+    }
+
     fn file(&self, id: u32) -> io::Result<Arc<File>> {
         if let Some(f) = self.files.read().expect("segments lock").get(&id) {
             return Ok(Arc::clone(f));
@@ -361,10 +379,14 @@ impl Segments {
     /// Walks segment `id` entry by entry, until its end or the first bytes
     /// that are not a whole entry (headers are checked; values are not read).
     pub fn entries(&self, id: u32) -> io::Result<(Vec<Entry>, Tail)> {
+        self.entries_from(id, 0)
+    }
+
+    /// [`Segments::entries`] from offset `at`, where an entry starts.
+    pub fn entries_from(&self, id: u32, mut at: u64) -> io::Result<(Vec<Entry>, Tail)> {
         let file = self.file(id)?;
         let size = file.metadata()?.len();
         let mut out = Vec::new();
-        let mut at = 0u64;
         while at < size {
             let mut fixed = [0u8; FIXED_HEADER];
             if at + FIXED_HEADER as u64 > size {
@@ -486,15 +508,19 @@ impl Segments {
         Ok(())
     }
 
-    /// Removes every segment with no live byte but the newest (at open,
-    /// after [`Segments::recount`], before anything is appended; the newest
-    /// stays so that its id is never used again, see
-    /// [`Segments::compactable`]). Returns how many.
-    pub fn remove_unreferenced(&self) -> io::Result<usize> {
+    /// Removes every segment with no live byte but the newest and `keep`
+    /// (at open, after [`Segments::recount`], before anything is appended;
+    /// the newest stays so that its id is never used again, see
+    /// [`Segments::compactable`]; `keep` holds the newest applied change's
+    /// intent, see `change`). Returns how many.
+    pub fn remove_unreferenced(&self, keep: Option<u32>) -> io::Result<usize> {
         let usage = self.usage();
         let newest = usage.keys().next_back().copied();
-        let dead: Vec<u32> =
-            usage.iter().filter(|(id, u)| u.live == 0 && Some(**id) != newest).map(|(id, _)| *id).collect();
+        let dead: Vec<u32> = usage
+            .iter()
+            .filter(|(id, u)| u.live == 0 && Some(**id) != newest && Some(**id) != keep)
+            .map(|(id, _)| *id)
+            .collect();
         for &id in &dead {
             self.remove(id)?;
         }
@@ -670,12 +696,12 @@ mod tests {
         // At open nothing is live: every segment goes.
         let segs = Segments::open_sized(dir.path(), true, 64 * 1024).unwrap();
         segs.recount([ptrs[3]]).unwrap();
-        assert_eq!(segs.remove_unreferenced().unwrap(), 1);
+        assert_eq!(segs.remove_unreferenced(None).unwrap(), 1);
         assert_eq!(segs.ids(), vec![2]);
         assert!(!dir.path().join(SEGMENTS_DIR).join(file_name(1)).exists());
         // With nothing live, the newest stays: the next id is never reused.
         segs.recount([]).unwrap();
-        assert_eq!(segs.remove_unreferenced().unwrap(), 0);
+        assert_eq!(segs.remove_unreferenced(None).unwrap(), 0);
         assert_eq!(segs.append(&owner(4, b"k"), b"[]").unwrap().segment, 3);
     }
 }

@@ -173,12 +173,15 @@ impl Core {
         );
         let out = op(&mut change, &self.read)?;
         let counters = change.counters;
+        let mut ops = change.into_ops(&committed);
+        // Refused (with nothing applied) if the intent cannot be written.
+        let intent = change::log_intent(&mut ops, &self.segments)?;
         self.committer.reserve();
-        if let Err(e) = change::apply(&self.trees, change.into_ops(&committed), Some(&self.segments)) {
+        if let Some(Err(e)) = intent.map(|intent| change::apply(&self.trees, &ops, intent, &self.segments)) {
             // Part of the change may be applied; the intent completes it at
             // the next open. Until then, fail closed.
             self.committer.fail();
-            return Err(e.into());
+            return Err(e);
         }
         *committed = counters;
         Ok((out, self.committer.applied(counters)))

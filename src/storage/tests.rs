@@ -59,7 +59,7 @@ async fn open_completes_a_change_cut_short() {
         parent_external_id: None,
     };
     let (created, _) = store.put_checkpoint(new).await.unwrap();
-    let intent = store.trees().get(TreeId::Meta).get(keys::META_INTENT).unwrap().unwrap();
+    let intent = change::last_intent(store.trees(), &store.segments);
     let expected = store.metrics().await.unwrap();
     drop(store);
     let mut ops = usize::MAX;
@@ -73,7 +73,8 @@ async fn open_completes_a_change_cut_short() {
         {
             let db = sled::open(&torn).unwrap();
             let trees = keys::Trees::open(&db).unwrap();
-            ops = change::apply_prefix(&trees, &intent, applied);
+            let segments = segments::Segments::open(&torn, true).unwrap();
+            ops = change::apply_prefix(&trees, &segments, &intent, applied);
             assert!(ops >= 8, "record, state, indexes, tag, session, counters, event");
             db.flush().unwrap();
         }
@@ -90,7 +91,8 @@ async fn open_completes_a_change_cut_short() {
         let tagged = ListQuery { tag: Some("t".into()), ..ListQuery::default() };
         assert_eq!(store.list_checkpoints(session, &tagged, 10).await.unwrap().len(), 1);
         assert_eq!(store.events(0, u64::MAX, Some(session), 10).await.unwrap().len(), 1);
-        assert!(store.trees().get(TreeId::Meta).get(keys::META_INTENT).unwrap().is_none());
+        let mark = store.trees().get(TreeId::Meta).get(keys::META_APPLIED).unwrap().unwrap();
+        assert_eq!(keys::decode_applied_mark(&mark).map(|(segment, _)| segment), Some(2), "the intent re-applied");
     }
 }
 
@@ -223,7 +225,7 @@ async fn a_large_state_is_written_once_to_a_segment() {
     let stored = store.trees().get(TreeId::States).iter().values().next().unwrap().unwrap();
     let p = segments::Pointer::decode(&stored).expect("the states tree holds a pointer");
     assert_eq!(p.len as usize, state.get().len());
-    let intent = store.trees().get(TreeId::Meta).get(keys::META_INTENT).unwrap().unwrap();
+    let intent = change::last_intent(store.trees(), &store.segments);
     assert!(intent.len() < 4096, "the intent holds the pointer, not the state ({} bytes)", intent.len());
     let blobs = std::fs::read_dir(dir.path().join("blobs")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(blobs, 0, "no blob file");
