@@ -15,12 +15,15 @@
 //! them). The vendored sled (`vendor/README.md`) also syncs its log buffers
 //! and blob files itself, so the blob syncs are a second line.
 //!
-//! Writers take a ticket after their transaction is applied in memory; one
-//! thread flushes everything applied so far and publishes the highest ticket
-//! (and event sequence) that is now durable. Writers that arrive while a flush
-//! runs are covered by the next one, so throughput grows with concurrency.
-//! The flush runs on its own OS thread: `Tree::flush_async` can deadlock in
-//! sled 0.34.7 (sled #1308).
+//! Writers take a ticket after their change is applied in memory. In
+//! `sync` mode the first writer to wait becomes the *leader*: on its own
+//! thread (no hand-off to another thread and back, which cost more than
+//! the fsync at one client) it syncs everything applied so far and
+//! publishes the highest ticket (and event sequence) now durable; writers
+//! that arrive meanwhile wait, and the next of them leads the next group,
+//! so throughput grows with concurrency. The commit thread does the rest:
+//! `async` windows and full flushes (`Tree::flush_async` can deadlock in
+//! sled 0.34.7, sled #1308, so sled is flushed from a plain thread).
 
 use super::datadir;
 use super::error::{Result, StorageError};
@@ -31,7 +34,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -66,6 +69,8 @@ struct Pending {
     counters: Counters,
     /// `async`: when the oldest write not yet taken on was acknowledged.
     window_start: Option<Instant>,
+    /// Tickets covered by the last full flush (sled itself is that far).
+    sled_synced: u64,
     /// Full flushes asked for (`flush_now`), numbered; the thread takes
     /// them all on at once, with no `async` delay.
     full_asked: u64,
@@ -91,9 +96,11 @@ struct Shared {
     segments: Arc<Segments>,
     dir: PathBuf,
     data_file: File,
-    /// Tests hold this to keep the commit thread from flushing.
+    /// `sync` mode: a writer is syncing for a group ([`Committer::wait`]).
+    leading: AtomicBool,
+    /// Tests hold this to keep the commit thread and leaders from flushing.
     #[cfg(test)]
-    hold: Mutex<()>,
+    hold: tokio::sync::RwLock<()>,
 }
 
 pub struct Committer {
@@ -137,6 +144,7 @@ impl Committer {
                 taken: 0,
                 counters,
                 window_start: None,
+                sled_synced: 0,
                 full_asked: 0,
                 full_taken: 0,
                 closing: false,
@@ -147,8 +155,9 @@ impl Committer {
             segments,
             dir: dir.to_path_buf(),
             data_file,
+            leading: AtomicBool::new(false),
             #[cfg(test)]
-            hold: Mutex::new(()),
+            hold: tokio::sync::RwLock::new(()),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -175,7 +184,13 @@ impl Committer {
         p.counters = counters;
         debug_assert_eq!(p.issued, self.shared.reserved.load(Ordering::SeqCst));
         match self.shared.mode {
-            Durability::Sync => self.shared.wake.notify_one(),
+            // Leaders sync it; the commit thread only needs to know that
+            // sled is behind again (for its periodic full flush).
+            Durability::Sync => {
+                if p.issued == p.sled_synced + 1 {
+                    self.shared.wake.notify_one();
+                }
+            }
             Durability::Async => {
                 self.shared.synced.send_modify(|s| s.event_seq = s.event_seq.max(event_seq));
                 // Only the first write of a window wakes the thread; the
@@ -195,7 +210,23 @@ impl Committer {
         if self.shared.mode == Durability::Async {
             return self.check();
         }
-        self.wait_durable(ticket).await
+        let mut rx = self.shared.synced.subscribe();
+        loop {
+            let synced = *rx.borrow_and_update();
+            if synced.ticket >= ticket.0 {
+                return Ok(());
+            } else if synced.failed {
+                return Err(failed());
+            } else if synced.closed {
+                return Err(closed());
+            }
+            match Leader::take(&self.shared) {
+                Some(leader) => leader.sync().await,
+                // The leader's group may not cover this ticket; its end
+                // (publication, then release) wakes this waiter to look again.
+                None => rx.changed().await.map_err(|_| closed())?,
+            }
+        }
     }
 
     /// Flushes everything applied so far into sled itself (a full flush:
@@ -213,20 +244,6 @@ impl Committer {
             s if s.full >= asked => Ok(()),
             s if s.failed => Err(failed()),
             _ => Err(closed()),
-        }
-    }
-
-    /// Returns once the commit thread has synced `ticket`.
-    async fn wait_durable(&self, ticket: Ticket) -> Result<()> {
-        let mut rx = self.shared.synced.subscribe();
-        let synced = rx.wait_for(|s| s.ticket >= ticket.0 || s.failed || s.closed).await.map_err(|_| closed())?;
-        if synced.ticket >= ticket.0 {
-            Ok(())
-        } else if synced.failed {
-            Err(failed())
-        } else {
-            // Applied after the final flush of `close`: never acknowledged.
-            Err(closed())
         }
     }
 
@@ -271,8 +288,8 @@ impl Committer {
 
     /// Keeps the commit thread from completing a flush while the guard lives.
     #[cfg(test)]
-    pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.shared.hold.lock().expect("hold lock")
+    pub(crate) fn hold(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.shared.hold.try_write().expect("hold lock")
     }
 
     /// Watermarks for event delivery.
@@ -304,6 +321,46 @@ impl Drop for Committer {
     }
 }
 
+/// The one writer syncing the segments for every write applied so far
+/// (`sync` mode). Released on drop, also when its future is dropped midway,
+/// and every waiter is woken to look again.
+struct Leader<'a>(&'a Shared);
+
+impl<'a> Leader<'a> {
+    fn take(shared: &'a Shared) -> Option<Leader<'a>> {
+        shared.leading.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).ok().map(|_| Leader(shared))
+    }
+
+    /// Syncs the segments on this thread and publishes what is durable.
+    /// It blocks the runtime thread for one fdatasync: cheaper than handing
+    /// the sync to another thread and being woken back.
+    async fn sync(self) {
+        #[cfg(test)]
+        let _held = self.0.hold.read().await;
+        let (target, event_seq) = {
+            let p = self.0.pending.lock().expect("commit lock");
+            (p.issued, p.counters.event_seq)
+        };
+        match retrying_descriptors(|| self.0.segments.sync()) {
+            Ok(()) => self.0.synced.send_modify(|s| {
+                s.ticket = s.ticket.max(target);
+                s.event_seq = s.event_seq.max(event_seq);
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "sync to disk failed; the store now refuses writes");
+                self.0.synced.send_modify(|s| s.failed = true);
+            }
+        }
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        self.0.leading.store(false, Ordering::Release);
+        self.0.synced.send_modify(|_| {});
+    }
+}
+
 /// How long the commit thread waits for a free descriptor before failing.
 const DESCRIPTOR_RETRIES: u32 = 100;
 const DESCRIPTOR_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
@@ -325,11 +382,27 @@ impl Shared {
         let mut last_mark = Instant::now();
         let mut last_full = Instant::now();
         loop {
-            let (target, counters, window_start, closing, urgent) = {
+            let (target, counters, window_start, closing, urgent, full) = {
                 let mut p = self.pending.lock().expect("commit lock");
-                // Sleeps until there is work: an idle server uses no CPU.
-                while p.issued == p.taken && p.full_asked == p.full_taken && !p.closing {
-                    p = self.wake.wait(p).expect("commit lock");
+                // Sleeps until there is work (an idle server uses no CPU):
+                // a full flush asked for, closing, an `async` window, or
+                // sled behind for SLED_FLUSH_INTERVAL.
+                loop {
+                    let behind = p.issued > p.sled_synced;
+                    if p.closing
+                        || p.full_asked != p.full_taken
+                        || (behind && last_full.elapsed() >= SLED_FLUSH_INTERVAL)
+                        || (self.mode == Durability::Async && p.issued > p.taken)
+                    {
+                        break;
+                    }
+                    p = match behind {
+                        true => {
+                            let left = SLED_FLUSH_INTERVAL.saturating_sub(last_full.elapsed());
+                            self.wake.wait_timeout(p, left).expect("commit lock").0
+                        }
+                        false => self.wake.wait(p).expect("commit lock"),
+                    };
                 }
                 // In async mode a whole window of writes shares one flush,
                 // started ASYNC_FLUSH_DELAY after the window's first write
@@ -349,11 +422,14 @@ impl Shared {
                 p.taken = p.issued;
                 let asked = p.full_asked;
                 let urgent = std::mem::replace(&mut p.full_taken, asked) != asked;
-                (p.issued, p.counters, p.window_start.take(), p.closing, urgent.then_some(asked))
+                let full = urgent || p.closing || last_full.elapsed() >= SLED_FLUSH_INTERVAL;
+                if full {
+                    p.sled_synced = p.issued;
+                }
+                (p.issued, p.counters, p.window_start.take(), p.closing, urgent.then_some(asked), full)
             };
             #[cfg(test)]
-            let _held = self.hold.lock().expect("hold lock");
-            let full = urgent.is_some() || closing || last_full.elapsed() >= SLED_FLUSH_INTERVAL;
+            let _held = self.hold.blocking_read();
             let flushed = match full {
                 true => self.flush(&mut blobs, target),
                 false => retrying_descriptors(|| self.segments.sync()),

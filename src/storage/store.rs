@@ -218,7 +218,7 @@ impl Store {
 
     /// Test support: holds the commit thread while the guard lives.
     #[cfg(test)]
-    pub(crate) fn hold_commits(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn hold_commits(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
         self.committer.hold()
     }
 
