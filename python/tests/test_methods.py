@@ -161,6 +161,8 @@ async def test_metrics_and_health(client: AsyncClient) -> None:
     health = await client.health()
     assert health.healthy and health.durability == "sync"
     assert health.format_version == 4 and health.max_connections == 1024
+    assert health.space is not None
+    assert health.space.bytes_on_disk == health.space.live_bytes + health.space.dead_bytes
     # Servers that report their request limit are believed; today's do not.
     assert client.max_request_bytes == (health.max_message_bytes or 16 * 1024 * 1024)
 

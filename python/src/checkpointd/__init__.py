@@ -37,6 +37,7 @@ from .models import (
     RetentionPolicy,
     Session,
     SessionDetails,
+    Space,
     Validation,
 )
 from .sync import Client, SyncSubscription
@@ -69,6 +70,7 @@ __all__ = [
     "RetentionPolicy",
     "Session",
     "SessionDetails",
+    "Space",
     "Subscription",
     "SyncSubscription",
     "TooLarge",

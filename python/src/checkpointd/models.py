@@ -290,6 +290,23 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Space:
+    """Bytes of the server's state segments (``health``'s ``space``)."""
+
+    bytes_on_disk: int
+    dead_bytes: int
+    live_bytes: int
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Space:
+        return cls(
+            bytes_on_disk=data["bytes_on_disk"],
+            dead_bytes=data["dead_bytes"],
+            live_bytes=data["live_bytes"],
+        )
+
+
+@dataclass(frozen=True)
 class Health:
     """The result of ``health``."""
 
@@ -302,6 +319,8 @@ class Health:
     version: str
     max_message_bytes: int | None
     """The largest request the server accepts; ``None`` from servers that do not say."""
+    space: Space | None = None
+    """Live, dead and on-disk bytes of the state segments; ``None`` from servers that do not say."""
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Health:
@@ -314,6 +333,7 @@ class Health:
             subscriptions=data["subscriptions"],
             version=data["version"],
             max_message_bytes=data.get("max_message_bytes"),
+            space=Space.from_wire(data["space"]) if data.get("space") is not None else None,
         )
 
 
