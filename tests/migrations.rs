@@ -419,16 +419,23 @@ fn write_fixture(version: u32, dir: &Path, export: &str, events: &str) {
 /// temporary directory.
 #[test]
 fn make_v2_fixture() {
+    make_fixture(2, |dir| _ = populate_v2(dir), [5, 10, 4, 5]);
+}
+
+/// Fills a directory with `populate`, checks it (`verify`, and its export's
+/// counts of sessions, checkpoints, annotations and writes), and writes it as
+/// `tests/fixtures/v{version}` when asked ([`write_fixture`]).
+fn make_fixture(version: u32, populate: impl FnOnce(&Path), counts: [u64; 4]) {
     let tmp = TempDir::new().unwrap();
-    let dir = tmp.path().join("v2");
-    populate_v2(&dir);
+    let dir = tmp.path().join(format!("v{version}"));
+    populate(&dir);
     let export = dump_ok(&dir, &["--json", "export"]);
     let events = dump_ok(&dir, &["--json", "events"]);
     assert!(dump(&dir, &["verify"]).status.success());
     let header = &json_lines(&export)[0];
-    let counts = ["sessions", "checkpoints", "annotations", "writes"].map(|k| header[k].as_u64().unwrap());
-    assert_eq!(counts, [5, 10, 4, 5], "{header}");
-    write_fixture(2, &dir, &export, &events);
+    let got = ["sessions", "checkpoints", "annotations", "writes"].map(|k| header[k].as_u64().unwrap());
+    assert_eq!(got, counts, "{header}");
+    write_fixture(version, &dir, &export, &events);
 }
 
 /// Format 3 → 4 on the format-3 fixture: the applied mark starts at the
@@ -475,16 +482,7 @@ fn v3_fixture_migrates_to_format_4_marking_where_intents_begin() {
 /// temporary directory.
 #[test]
 fn make_v3_fixture() {
-    let tmp = TempDir::new().unwrap();
-    let dir = tmp.path().join("v3");
-    populate_v3(&dir);
-    let export = dump_ok(&dir, &["--json", "export"]);
-    let events = dump_ok(&dir, &["--json", "events"]);
-    assert!(dump(&dir, &["verify"]).status.success());
-    let header = &json_lines(&export)[0];
-    let counts = ["sessions", "checkpoints", "annotations", "writes"].map(|k| header[k].as_u64().unwrap());
-    assert_eq!(counts, [7, 12, 4, 9], "{header}");
-    write_fixture(3, &dir, &export, &events);
+    make_fixture(3, |dir| _ = populate_v3(dir), [7, 12, 4, 9]);
 }
 
 /// The format-2 fixture opens intact with the current code (migrating it
