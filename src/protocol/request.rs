@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::model::{
     CheckpointId, ListQuery, MetadataFilter, NewCheckpoint, NewWrites, RetentionPolicy, SearchQuery, SessionId,
-    Severity, Trigger,
+    Severity, StateJson, Trigger,
 };
 use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
+use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 
 /// A parsed envelope: the id to answer with and the command, or why the
 /// command is unusable (answered with the same id).
@@ -207,6 +208,17 @@ pub fn request_id(text: &str) -> String {
 /// answered with id `"unknown"`, as the seed did. An unknown method is
 /// reported as such whatever its params (the seed never looked at them).
 pub fn parse_request(text: &str) -> std::result::Result<Request, Error> {
+    parse(text, None)
+}
+
+/// [`parse_request`] of a received text frame: a checkpoint's state is
+/// shared with the frame rather than copied.
+pub fn parse_frame(frame: &Utf8Bytes) -> std::result::Result<Request, Error> {
+    parse(frame.as_str(), Some(frame.as_ref()))
+}
+
+/// `text` is `frame`'s when there is one.
+fn parse(text: &str, frame: Option<&Bytes>) -> std::result::Result<Request, Error> {
     let (id, method, params) = match serde_json::from_str::<SplitEnvelope>(text) {
         Ok(env) => {
             let params = match env.params {
@@ -223,7 +235,7 @@ pub fn parse_request(text: &str) -> std::result::Result<Request, Error> {
         }
     };
     let command = if METHODS.contains(&method.as_str()) {
-        params.and_then(|p| p.command(&method))
+        params.and_then(|p| Params { frame, ..p }.command(&method))
     } else {
         Err(Error::UnknownMethod(format!("Unknown method: {method}")))
     };
@@ -280,7 +292,12 @@ fn check_depth(name: &str, raw: &RawValue) -> Result<()> {
 /// a method asks for it. A name given twice means its last value (as a map
 /// would have it); there are a handful, so a list is searched.
 #[derive(Default)]
-struct Params<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+struct Params<'a> {
+    values: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// The frame the values lie in, when the caller has it: the state is
+    /// then shared with it rather than copied.
+    frame: Option<&'a Bytes>,
+}
 
 impl<'de: 'a, 'a> Deserialize<'de> for ParamsValue<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
@@ -302,7 +319,7 @@ impl<'de: 'a, 'a> Visitor<'de> for ParamsVisitor<'a> {
         while let Some(Name(name)) = map.next_key::<Name<'a>>()? {
             params.push((name, map.next_value::<&'a RawValue>()?));
         }
-        Ok(ParamsValue::Object(Params(params)))
+        Ok(ParamsValue::Object(Params { values: params, frame: None }))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error> {
@@ -376,7 +393,7 @@ impl<'a> Params<'a> {
     }
 
     fn get(&self, name: &str) -> Option<&'a RawValue> {
-        self.0.iter().rev().find(|(n, _)| n == name).map(|&(_, raw)| raw)
+        self.values.iter().rev().find(|(n, _)| n == name).map(|&(_, raw)| raw)
     }
 
     fn command(self, method: &str) -> Result<Command> {
@@ -447,7 +464,7 @@ impl<'a> Params<'a> {
                     Some(t) => t.parse::<Trigger>().map_err(Error::InvalidParams)?,
                     None => Trigger::Manual,
                 },
-                state: p.raw_value("state")?,
+                state: p.state("state")?,
                 metadata: p.raw_object("metadata")?,
                 parent_id: p.opt_id("parent_id")?,
             }),
@@ -563,13 +580,17 @@ impl<'a> Params<'a> {
         }
     }
 
-    /// Any JSON value, kept as the client's text (`null` included).
-    fn raw_value(&self, name: &str) -> Result<Option<Box<RawValue>>> {
+    /// A state: any JSON value, kept as the client's text (`null`
+    /// included), shared with the frame when there is one.
+    fn state(&self, name: &str) -> Result<Option<StateJson>> {
         match self.get(name) {
             None => Ok(None),
             Some(raw) => {
                 check_depth(name, raw)?;
-                Ok(Some(raw.to_owned()))
+                Ok(Some(match self.frame {
+                    Some(frame) => StateJson::shared(frame, raw),
+                    None => raw.to_owned().into(),
+                }))
             }
         }
     }
@@ -729,6 +750,21 @@ mod tests {
         );
         let e = parse_request(r#"{"id":"1","method":"metrics","params":{"a":1,}}"#).unwrap_err();
         assert_eq!(e.to_string(), "Invalid JSON: key must be a string at line 1 column 46");
+    }
+
+    #[test]
+    fn a_frames_state_is_shared_with_it_not_copied() {
+        let sid = uuid::Uuid::new_v4();
+        let text =
+            format!(r#"{{"id":"1","method":"checkpoint","params":{{"session_id":"{sid}","state":{{"a": [1, 2]}}}}}}"#);
+        let frame = Utf8Bytes::from(text.clone());
+        let Ok(Command::Checkpoint(new)) = parse_frame(&frame).unwrap().command else { panic!() };
+        let state = new.state.unwrap();
+        assert_eq!(state.get(), r#"{"a": [1, 2]}"#);
+        assert!(frame.as_bytes().as_ptr_range().contains(&state.get().as_ptr()));
+        // Without a frame, a copy.
+        let Ok(Command::Checkpoint(new)) = parse(&text) else { panic!() };
+        assert_eq!(new.state.unwrap().get(), r#"{"a": [1, 2]}"#);
     }
 
     #[test]

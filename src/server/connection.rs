@@ -127,7 +127,7 @@ pub(crate) async fn serve(
                 Outcome::Reply(render_error(&request_id(text.as_str()), &e))
             }
             Some(Ok(Message::Text(text))) => {
-                let (outcome, held) = handler.handle_text(text.as_str()).await;
+                let (outcome, held) = handler.handle_text(&text).await;
                 hold = held;
                 outcome
             }
