@@ -47,7 +47,7 @@ fn main() {
                 message: format!("{n}"),
                 tags: vec![],
                 trigger: Trigger::Manual,
-                state: Some(raw(&format!("{{\"n\":{n},\"f\":\"{filler}\"}}"))),
+                state: Some(raw(&format!("{{\"n\":{n},\"f\":\"{filler}\"}}")).into()),
                 metadata: None,
                 parent_id: None,
                 namespace: String::new(),

@@ -308,7 +308,9 @@ struct Server {
 
 impl Server {
     fn checkpointd(dir: &std::path::Path, durability: &str) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_checkpointd"));
+        // `CHECKPOINTD_BENCH_BIN` runs another build (an A/B comparison in one run).
+        let bin = std::env::var_os("CHECKPOINTD_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_checkpointd").into());
+        let mut cmd = Command::new(bin);
         cmd.args(["--listen", "127.0.0.1:0", "--durability", durability, "--data-dir"]).arg(dir);
         Server::spawn(cmd)
     }

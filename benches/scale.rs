@@ -131,7 +131,7 @@ fn populate(dir: &Path, big: u64, small: u64) -> Populated {
                     message: format!("step {i}"),
                     tags: vec!["bench".into()],
                     trigger: Trigger::Auto(Some("step".into())),
-                    state: Some(state.clone()),
+                    state: Some(state.clone().into()),
                     metadata: None,
                     parent_id: None,
                     namespace: String::new(),

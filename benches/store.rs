@@ -96,7 +96,7 @@ impl Fixture {
             message: "bench checkpoint".into(),
             tags: vec!["bench".into()],
             trigger: Trigger::Auto(Some("step".into())),
-            state: Some(self.state.clone()),
+            state: Some(self.state.clone().into()),
             metadata: None,
             parent_id: None,
             namespace: String::new(),

@@ -46,7 +46,7 @@ fn main() {
                         message: format!("{w}-{n}"),
                         tags: vec![],
                         trigger: Trigger::Manual,
-                        state: Some(state(size, n)),
+                        state: Some(state(size, n).into()),
                         metadata: None,
                         parent_id: None,
                         namespace: String::new(),

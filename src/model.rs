@@ -260,11 +260,61 @@ pub struct NewCheckpoint {
     pub message: String,
     pub tags: Vec<String>,
     pub trigger: Trigger,
-    pub state: Option<Box<RawValue>>,
+    pub state: Option<StateJson>,
     pub metadata: Option<Box<RawValue>>,
     pub parent_id: Option<CheckpointId>,
     /// The parent by its external id, in the same (session, namespace).
     pub parent_external_id: Option<String>,
+}
+
+/// A checkpoint's state as the client sent it: JSON text, owned, or shared
+/// with the WebSocket frame it arrived in, so that a large state reaches
+/// storage without being copied (`From<Box<RawValue>>` makes an owned one).
+#[derive(Clone)]
+pub struct StateJson(StateRepr);
+
+#[derive(Clone)]
+enum StateRepr {
+    Owned(Box<RawValue>),
+    /// Exactly the bytes of a `&RawValue` (so UTF-8 and JSON) in a frame.
+    Shared(tokio_tungstenite::tungstenite::Bytes),
+}
+
+impl StateJson {
+    /// `raw`, which must lie within `frame`, shared with it; a copy if it
+    /// does not (never the case for a value parsed from the frame).
+    pub fn shared(frame: &tokio_tungstenite::tungstenite::Bytes, raw: &RawValue) -> StateJson {
+        let (start, len) = (frame.as_ptr() as usize, frame.len());
+        let at = raw.get().as_ptr() as usize;
+        match at.checked_sub(start) {
+            Some(offset) if offset.checked_add(raw.get().len()).is_some_and(|end| end <= len) => {
+                StateJson(StateRepr::Shared(frame.slice_ref(raw.get().as_bytes())))
+            }
+            _ => StateJson(StateRepr::Owned(raw.to_owned())),
+        }
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        match &self.0 {
+            StateRepr::Owned(raw) => raw.get(),
+            // SAFETY: `Shared` holds exactly the bytes of a `str` (a
+            // `RawValue`'s text, see `shared`), and `Bytes` never change.
+            StateRepr::Shared(bytes) => unsafe { std::str::from_utf8_unchecked(bytes) },
+        }
+    }
+}
+
+impl From<Box<RawValue>> for StateJson {
+    fn from(raw: Box<RawValue>) -> StateJson {
+        StateJson(StateRepr::Owned(raw))
+    }
+}
+
+impl fmt::Debug for StateJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("StateJson").field(&self.get()).finish()
+    }
 }
 
 impl NewCheckpoint {
@@ -456,4 +506,23 @@ pub fn json_null() -> Box<RawValue> {
 /// `{}` as a RawValue, for absent metadata.
 pub fn json_empty_object() -> Box<RawValue> {
     RawValue::from_string("{}".to_string()).expect("{} is JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::Bytes;
+
+    #[test]
+    fn a_state_outside_the_frame_is_copied() {
+        let frame = Bytes::from_static(b"[1,2]");
+        let raw = RawValue::from_string("[1,2]".to_string()).unwrap();
+        let state = StateJson::shared(&frame, &raw);
+        assert_eq!(state.get(), "[1,2]");
+        assert!(!frame.as_ptr_range().contains(&state.get().as_ptr()));
+        let inside: &RawValue = serde_json::from_slice(&frame).unwrap();
+        let state = StateJson::shared(&frame, inside);
+        assert_eq!(state.get(), "[1,2]");
+        assert_eq!(state.get().as_ptr(), frame.as_ptr());
+    }
 }

@@ -71,8 +71,10 @@ async fn crash_child() {
         let keep = checkpointd::model::RetentionPolicy { keep_recent: Some(2), preserve_tags: vec![] };
         for i in 0..1_000_000u64 {
             let state = format!(r#"{{"churn":{i},"x":"{}"}}"#, "c".repeat(40_000));
-            let new =
-                NewCheckpoint { state: Some(RawValue::from_string(state).unwrap()), ..NewCheckpoint::new(s, "c") };
+            let new = NewCheckpoint {
+                state: Some(RawValue::from_string(state).unwrap().into()),
+                ..NewCheckpoint::new(s, "c")
+            };
             churn.checkpoint(new).await.unwrap();
             if i % 4 == 3 {
                 churn.compact(s, keep.clone()).await.unwrap();
@@ -91,7 +93,7 @@ async fn crash_child() {
                         message: format!("round {round} writer {w} #{i}"),
                         tags: vec![format!("w{w}")],
                         trigger: Trigger::Auto(Some("crash".into())),
-                        state: Some(RawValue::from_string(state_for(round, w, i)).unwrap()),
+                        state: Some(RawValue::from_string(state_for(round, w, i)).unwrap().into()),
                         metadata: None,
                         parent_id: parent,
                         namespace: String::new(),

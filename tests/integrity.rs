@@ -29,7 +29,8 @@ async fn validate_and_reads_concurrent_with_writes_see_no_damage() {
             tokio::spawn(async move {
                 for i in 0..300 {
                     let state = format!(r#"{{"w":{w},"i":{i},"pad":"{}"}}"#, "p".repeat(200));
-                    let new = NewCheckpoint { state: Some(raw(&state)), ..new_cp(s, &format!("{w}-{i}"), &["t"]) };
+                    let new =
+                        NewCheckpoint { state: Some(raw(&state).into()), ..new_cp(s, &format!("{w}-{i}"), &["t"]) };
                     let c = service.checkpoint(new).await.unwrap();
                     if i % 4 == 3 {
                         service.delete_checkpoint(c.id, None).await.unwrap();
@@ -103,7 +104,7 @@ async fn validate_reports_a_flipped_byte() {
         for i in 0..6 {
             let state = format!(r#"{{"i":{i},"payload":"{}"}}"#, "z".repeat(100));
             let new = NewCheckpoint {
-                state: Some(raw(&state)),
+                state: Some(raw(&state).into()),
                 metadata: Some(raw(r#"{"some":"metadata to make the record longer"}"#)),
                 ..new_cp(if i % 2 == 0 { s } else { other }, &format!("message number {i}"), &["a", "b"])
             };

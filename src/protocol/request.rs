@@ -4,12 +4,15 @@
 use crate::error::{Error, Result};
 use crate::model::{
     CheckpointId, ListQuery, MetadataFilter, NewCheckpoint, NewWrites, RetentionPolicy, SearchQuery, SessionId,
-    Severity, Trigger,
+    Severity, StateJson, Trigger,
 };
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 
 /// A parsed envelope: the id to answer with and the command, or why the
 /// command is unusable (answered with the same id).
@@ -133,12 +136,35 @@ impl Command {
     }
 }
 
+/// The envelope, read in one pass over the frame: `params`, when it is an
+/// object, is split into its values right away, each borrowed from the
+/// frame as raw JSON (validated once, copied only if a method keeps it).
 #[derive(Deserialize)]
-struct Envelope {
+struct SplitEnvelope<'a> {
     id: String,
     method: String,
-    #[serde(default)]
-    params: Option<Box<RawValue>>,
+    #[serde(default, borrow)]
+    params: Option<ParamsValue<'a>>,
+}
+
+/// What `params` held, as [`SplitEnvelope`] reads it.
+enum ParamsValue<'a> {
+    Object(Params<'a>),
+    /// Not an object and not `null` (refused, unless the method is unknown).
+    Other,
+}
+
+/// The envelope as first written (`params` kept whole as raw JSON, split
+/// in a second pass): [`parse_request`] falls back to it for any text the
+/// one-pass reading refuses, so every error keeps its exact wording, and
+/// text only the one-pass reading would refuse (`"params": 1e999`, whose
+/// number serde only range-checks when it visits it) is still accepted.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    id: String,
+    method: String,
+    #[serde(default, borrow)]
+    params: Option<&'a RawValue>,
 }
 
 /// Every method the server answers, as the wire spells it.
@@ -182,13 +208,38 @@ pub fn request_id(text: &str) -> String {
 /// answered with id `"unknown"`, as the seed did. An unknown method is
 /// reported as such whatever its params (the seed never looked at them).
 pub fn parse_request(text: &str) -> std::result::Result<Request, Error> {
-    let env: Envelope = serde_json::from_str(text).map_err(|e| Error::InvalidJson(format!("Invalid JSON: {e}")))?;
-    let command = if METHODS.contains(&env.method.as_str()) {
-        Params::parse(env.params.as_deref()).and_then(|p| p.command(&env.method))
-    } else {
-        Err(Error::UnknownMethod(format!("Unknown method: {}", env.method)))
+    parse(text, None)
+}
+
+/// [`parse_request`] of a received text frame: a checkpoint's state is
+/// shared with the frame rather than copied.
+pub fn parse_frame(frame: &Utf8Bytes) -> std::result::Result<Request, Error> {
+    parse(frame.as_str(), Some(frame.as_ref()))
+}
+
+/// `text` is `frame`'s when there is one.
+fn parse(text: &str, frame: Option<&Bytes>) -> std::result::Result<Request, Error> {
+    let (id, method, params) = match serde_json::from_str::<SplitEnvelope>(text) {
+        Ok(env) => {
+            let params = match env.params {
+                None => Ok(Params::default()),
+                Some(ParamsValue::Object(params)) => Ok(params),
+                Some(ParamsValue::Other) => Err(Error::invalid("params must be an object")),
+            };
+            (env.id, env.method, params)
+        }
+        Err(_) => {
+            let env: Envelope =
+                serde_json::from_str(text).map_err(|e| Error::InvalidJson(format!("Invalid JSON: {e}")))?;
+            (env.id, env.method, Params::parse(env.params))
+        }
     };
-    Ok(Request { id: env.id, method: env.method, command })
+    let command = if METHODS.contains(&method.as_str()) {
+        params.and_then(|p| Params { frame, ..p }.command(&method))
+    } else {
+        Err(Error::UnknownMethod(format!("Unknown method: {method}")))
+    };
+    Ok(Request { id, method, command })
 }
 
 /// Deepest nesting of arrays and objects accepted in `state` and `metadata`.
@@ -237,18 +288,112 @@ fn check_depth(name: &str, raw: &RawValue) -> Result<()> {
     Ok(())
 }
 
-/// A request's params, each value left as raw JSON until a method asks for it.
-struct Params(HashMap<String, Box<RawValue>>);
+/// A request's params, each value borrowed from the frame as raw JSON until
+/// a method asks for it. A name given twice means its last value (as a map
+/// would have it); there are a handful, so a list is searched.
+#[derive(Default)]
+struct Params<'a> {
+    values: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// The frame the values lie in, when the caller has it: the state is
+    /// then shared with it rather than copied.
+    frame: Option<&'a Bytes>,
+}
 
-impl Params {
-    fn parse(raw: Option<&RawValue>) -> Result<Params> {
+impl<'de: 'a, 'a> Deserialize<'de> for ParamsValue<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_any(ParamsVisitor(PhantomData))
+    }
+}
+
+struct ParamsVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for ParamsVisitor<'a> {
+    type Value = ParamsValue<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+        let mut params = Vec::new();
+        while let Some(Name(name)) = map.next_key::<Name<'a>>()? {
+            params.push((name, map.next_value::<&'a RawValue>()?));
+        }
+        Ok(ParamsValue::Object(Params { values: params, frame: None }))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(ParamsValue::Other)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
+        // `null` inside `Some`: serde reads a bare `null` as `None` first.
+        Ok(ParamsValue::Object(Params::default()))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> std::result::Result<Self::Value, E> {
+        Ok(ParamsValue::Other)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> std::result::Result<Self::Value, E> {
+        Ok(ParamsValue::Other)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> std::result::Result<Self::Value, E> {
+        Ok(ParamsValue::Other)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<Self::Value, E> {
+        Ok(ParamsValue::Other)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> std::result::Result<Self::Value, E> {
+        Ok(ParamsValue::Other)
+    }
+}
+
+/// A param's name: borrowed from the frame unless it has escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct NameVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for NameVisitor<'a> {
+            type Value = Name<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(Name(Cow::Owned(v.to_string())))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor(PhantomData))
+    }
+}
+
+impl<'a> Params<'a> {
+    /// The second pass of [`Envelope`]'s reading.
+    fn parse(raw: Option<&'a RawValue>) -> Result<Params<'a>> {
         match raw.map(RawValue::get).map(str::trim) {
-            None | Some("null") => Ok(Params(HashMap::new())),
-            Some(text) if text.starts_with('{') => serde_json::from_str(text)
-                .map(Params)
-                .map_err(|e| Error::InvalidJson(format!("Invalid JSON: params: {e}"))),
+            None | Some("null") => Ok(Params::default()),
+            Some(text) if text.starts_with('{') => match serde_json::from_str::<ParamsValue>(text) {
+                Ok(ParamsValue::Object(params)) => Ok(params),
+                Ok(ParamsValue::Other) => Err(Error::invalid("params must be an object")),
+                Err(e) => Err(Error::InvalidJson(format!("Invalid JSON: params: {e}"))),
+            },
             Some(_) => Err(Error::invalid("params must be an object")),
         }
+    }
+
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.values.iter().rev().find(|(n, _)| n == name).map(|&(_, raw)| raw)
     }
 
     fn command(self, method: &str) -> Result<Command> {
@@ -319,7 +464,7 @@ impl Params {
                     Some(t) => t.parse::<Trigger>().map_err(Error::InvalidParams)?,
                     None => Trigger::Manual,
                 },
-                state: p.raw_value("state")?,
+                state: p.state("state")?,
                 metadata: p.raw_object("metadata")?,
                 parent_id: p.opt_id("parent_id")?,
             }),
@@ -382,12 +527,12 @@ impl Params {
 
     /// Whether param `name` is given (not absent, not `null`).
     fn has(&self, name: &str) -> bool {
-        self.0.get(name).is_some_and(|raw| raw.get() != "null")
+        self.get(name).is_some_and(|raw| raw.get() != "null")
     }
 
     /// An optional param of type `T`; JSON `null` counts as absent.
     fn opt<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
-        match self.0.get(name) {
+        match self.get(name) {
             None => Ok(None),
             Some(raw) if raw.get() == "null" => Ok(None),
             Some(raw) => serde_json::from_str(raw.get()).map(Some).map_err(|_| {
@@ -424,24 +569,28 @@ impl Params {
 
     /// A param that must be a JSON object, kept as the client's text.
     fn raw_object(&self, name: &str) -> Result<Option<Box<RawValue>>> {
-        match self.0.get(name) {
+        match self.get(name) {
             None => Ok(None),
             Some(raw) if raw.get() == "null" => Ok(None),
             Some(raw) if raw.get().starts_with('{') => {
                 check_depth(name, raw)?;
-                Ok(Some(raw.clone()))
+                Ok(Some(raw.to_owned()))
             }
             Some(_) => Err(Error::invalid(format!("Invalid {name} parameter: expected an object"))),
         }
     }
 
-    /// Any JSON value, kept as the client's text (`null` included).
-    fn raw_value(&self, name: &str) -> Result<Option<Box<RawValue>>> {
-        match self.0.get(name) {
+    /// A state: any JSON value, kept as the client's text (`null`
+    /// included), shared with the frame when there is one.
+    fn state(&self, name: &str) -> Result<Option<StateJson>> {
+        match self.get(name) {
             None => Ok(None),
             Some(raw) => {
                 check_depth(name, raw)?;
-                Ok(Some(raw.clone()))
+                Ok(Some(match self.frame {
+                    Some(frame) => StateJson::shared(frame, raw),
+                    None => raw.to_owned().into(),
+                }))
             }
         }
     }
@@ -453,7 +602,7 @@ impl Params {
 
     /// A list bound: a sequence number, or an external id (a string).
     fn cursor(&self, name: &str) -> Result<(Option<u64>, Option<String>)> {
-        match self.0.get(name) {
+        match self.get(name) {
             Some(raw) if raw.get().starts_with('"') => Ok((None, self.opt(name)?)),
             _ => Ok((self.opt(name)?, None)),
         }
@@ -467,7 +616,7 @@ impl Params {
             channel: String,
             value: Box<RawValue>,
         }
-        let raw = self.0.get("writes").ok_or_else(|| Error::invalid("Missing writes parameter"))?;
+        let raw = self.get("writes").ok_or_else(|| Error::invalid("Missing writes parameter"))?;
         check_depth("writes", raw)?;
         let writes: Vec<Write> = serde_json::from_str(raw.get()).map_err(|_| {
             Error::invalid("Invalid writes parameter: expected an array of {idx: integer, channel: string, value}")
@@ -572,6 +721,50 @@ mod tests {
         assert!(parse(&meta).is_ok());
         let meta = format!(r#"{{"id":"1","method":"create_session","params":{{"metadata":{{"a":{}}}}}}}"#, nested(100));
         assert_eq!(parse(&meta).unwrap_err().code(), "too_large");
+    }
+
+    #[test]
+    fn one_pass_reading_answers_as_the_two_pass_one() {
+        // A name given twice means its last value; names may be escaped.
+        let sid = uuid::Uuid::new_v4();
+        let text =
+            format!(r#"{{"id":"1","method":"subscribe","params":{{"session_id":"x","session\u005fid":"{sid}"}}}}"#);
+        assert!(
+            matches!(parse(&text), Ok(Command::Subscribe { session_id, .. }) if session_id.to_string() == sid.to_string())
+        );
+        // Only the two-pass reading accepts a number serde cannot range.
+        let e = parse(r#"{"id":"1","method":"checkpoint","params":1e999}"#).unwrap_err();
+        assert_eq!(e.to_string(), "params must be an object");
+        let e = parse(r#"{"id":"1","method":"nope","params":-1e999}"#).unwrap_err();
+        assert_eq!(e.to_string(), "Unknown method: nope");
+        for params in ["[1,{}]", "\"x\"", "true", "7"] {
+            let e = parse(&format!(r#"{{"id":"1","method":"metrics","params":{params}}}"#)).unwrap_err();
+            assert_eq!(e.to_string(), "params must be an object", "{params}");
+        }
+        // Errors keep their wording, the envelope's type name included (the
+        // one-pass reading would call the last one a trailing comma).
+        let e = parse_request(r#""{""#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"Invalid JSON: invalid type: string "{", expected struct Envelope at line 1 column 3"#
+        );
+        let e = parse_request(r#"{"id":"1","method":"metrics","params":{"a":1,}}"#).unwrap_err();
+        assert_eq!(e.to_string(), "Invalid JSON: key must be a string at line 1 column 46");
+    }
+
+    #[test]
+    fn a_frames_state_is_shared_with_it_not_copied() {
+        let sid = uuid::Uuid::new_v4();
+        let text =
+            format!(r#"{{"id":"1","method":"checkpoint","params":{{"session_id":"{sid}","state":{{"a": [1, 2]}}}}}}"#);
+        let frame = Utf8Bytes::from(text.clone());
+        let Ok(Command::Checkpoint(new)) = parse_frame(&frame).unwrap().command else { panic!() };
+        let state = new.state.unwrap();
+        assert_eq!(state.get(), r#"{"a": [1, 2]}"#);
+        assert!(frame.as_bytes().as_ptr_range().contains(&state.get().as_ptr()));
+        // Without a frame, a copy.
+        let Ok(Command::Checkpoint(new)) = parse(&text) else { panic!() };
+        assert_eq!(new.state.unwrap().get(), r#"{"a": [1, 2]}"#);
     }
 
     #[test]

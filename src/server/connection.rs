@@ -81,6 +81,11 @@ pub(crate) async fn serve(
     // half-open connection does not keep its slot forever.
     let mut quiet_until = tokio::time::Instant::now() + state.config.keepalive;
     let mut pinged = false;
+    // One timer, armed once per silence rather than once per frame (each
+    // new timer could wake the runtime's I/O driver): a frame only moves
+    // `quiet_until`, and the timer, when it fires early, re-arms for it.
+    let quiet = tokio::time::sleep_until(quiet_until);
+    tokio::pin!(quiet);
     loop {
         let frame = tokio::select! {
             // Once shutdown begins, no new command is read.
@@ -94,7 +99,11 @@ pub(crate) async fn serve(
                 pinged = false;
                 frame
             }
-            () = tokio::time::sleep_until(quiet_until) => {
+            () = &mut quiet => {
+                if quiet_until > quiet.deadline() {
+                    quiet.as_mut().reset(quiet_until);
+                    continue;
+                }
                 if pinged {
                     tracing::debug!(%peer, "no answer to a keepalive ping; closing");
                     let _ = out.try_send(close(CloseCode::Away, "keepalive timeout"));
@@ -102,6 +111,7 @@ pub(crate) async fn serve(
                 }
                 pinged = true;
                 quiet_until = tokio::time::Instant::now() + state.config.keepalive;
+                quiet.as_mut().reset(quiet_until);
                 let _ = out.try_send(Message::Ping(Default::default()));
                 continue;
             }
@@ -117,7 +127,7 @@ pub(crate) async fn serve(
                 Outcome::Reply(render_error(&request_id(text.as_str()), &e))
             }
             Some(Ok(Message::Text(text))) => {
-                let (outcome, held) = handler.handle_text(text.as_str()).await;
+                let (outcome, held) = handler.handle_text(&text).await;
                 hold = held;
                 outcome
             }

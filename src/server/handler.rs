@@ -13,8 +13,8 @@ use crate::service::hub::{Delivery, Subscription};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// One client's protocol state: whether it has authenticated, and its
 /// subscriptions (stopped when the handler is dropped).
@@ -44,8 +44,8 @@ impl Handler {
 
     /// Answers one text frame. For a write, also the hold on this
     /// connection's events, to be dropped once the reply is queued.
-    pub async fn handle_text(&mut self, text: &str) -> (Outcome, Option<ReplyHold>) {
-        let request = match crate::protocol::parse_request(text) {
+    pub async fn handle_text(&mut self, text: &Utf8Bytes) -> (Outcome, Option<ReplyHold>) {
+        let request = match crate::protocol::parse_frame(text) {
             Ok(request) => request,
             Err(e) => return (Outcome::Reply(render_error("unknown", &e)), None),
         };

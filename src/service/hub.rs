@@ -14,8 +14,8 @@ use crate::model::{JournalEvent, SessionId};
 use crate::storage::{Appended, DurableMark, SharedBackend};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use tokio::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use tokio::sync::{Notify, mpsc};
 
 pub struct Hub {
     store: SharedBackend,
@@ -82,55 +82,58 @@ impl Hub {
         // The hand-over is bounded too: a dispatcher the runtime never runs
         // makes writers wait once WATCH_FORWARD_EVENTS are held, instead of
         // memory growing.
-        let (tx, events) = mpsc::channel(WATCH_FORWARD_EVENTS);
+        let handover = Arc::new(Handover::default());
+        let forward = Arc::clone(&handover);
         std::thread::Builder::new()
             .name("checkpointd-events".into())
             .spawn(move || {
                 while let Some(appended) = watch.next_blocking() {
-                    // Once the dispatcher is gone this fails at once: the
-                    // thread keeps draining so sled never blocks a writer.
-                    let _ = tx.blocking_send(appended);
+                    forward.put(appended);
                 }
+                forward.end();
             })
             .expect("spawn the journal watch thread");
         // The task holds the hub weakly: once the service and its
         // subscriptions are gone, the store (and its directory lock) is
         // released.
-        tokio::spawn(Hub::run(Arc::downgrade(&hub), events, marks));
+        tokio::spawn(Hub::run(Arc::downgrade(&hub), handover, marks));
         hub
     }
 
-    async fn run(
-        hub: Weak<Hub>,
-        mut events: mpsc::Receiver<Appended>,
-        mut marks: tokio::sync::watch::Receiver<DurableMark>,
-    ) {
+    async fn run(hub: Weak<Hub>, handover: Arc<Handover>, mut marks: tokio::sync::watch::Receiver<DurableMark>) {
+        // Once the task is gone (also aborted), the thread drops what it drains.
+        let _close = CloseOnDrop(Arc::clone(&handover));
         let mut pending = BTreeMap::new();
         loop {
             tokio::select! {
-                appended = events.recv() => match appended {
-                    Some(appended) => hold(&mut pending, appended),
-                    None => return,
-                },
+                () = handover.arrived.notified() => {}
                 changed = marks.changed() => if changed.is_err() { return },
             }
-            // Take every event already forwarded, so that few have to be
-            // read back from the journal (where retention may have trimmed
-            // them).
-            while let Ok(appended) = events.try_recv() {
-                hold(&mut pending, appended);
-            }
-            let mark = *marks.borrow_and_update();
-            let Some(hub) = hub.upgrade() else { return };
-            let all_out = hub.release(&mut pending, mark.event_seq).await.unwrap_or_else(|e| {
-                tracing::error!(error = %e, "event dispatch failed to read the journal");
-                true
-            });
-            if mark.closed && all_out {
-                // The final flush's events are out; nothing follows them:
-                // every subscription ends after what it has queued.
-                hub.state.lock().expect("hub lock").subs.clear();
-                return;
+            loop {
+                // Take every event already forwarded, so that few have to be
+                // read back from the journal (where retention may have
+                // trimmed them).
+                if handover.take(&mut pending) {
+                    return;
+                }
+                let mark = *marks.borrow_and_update();
+                let Some(hub) = hub.upgrade() else { return };
+                let all_out = hub.release(&mut pending, mark.event_seq).await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "event dispatch failed to read the journal");
+                    true
+                });
+                if mark.closed && all_out {
+                    // The final flush's events are out; nothing follows them:
+                    // every subscription ends after what it has queued.
+                    hub.state.lock().expect("hub lock").subs.clear();
+                    return;
+                }
+                // Out up to the mark: wait for it to move. Else an event up
+                // to it is still on its way: wait for that (unless it came
+                // meanwhile).
+                if all_out || handover.want() {
+                    break;
+                }
             }
         }
     }
@@ -282,6 +285,101 @@ enum Lookup {
     Missing,
     /// Below the oldest event the journal retains.
     Trimmed,
+}
+
+/// The journal watch thread's hand-over to the dispatch task. Appended
+/// events wait here until the task takes them, which it does whenever the
+/// durable mark moves (an event is dispatched only once durable); the thread
+/// wakes the task only when it waits for an event still on its way, or when
+/// the queue is full. So a write costs the task no wakeup of its own.
+#[derive(Default)]
+struct Handover {
+    state: Mutex<Forwarded>,
+    /// The thread waits here while the queue is full.
+    room: Condvar,
+    /// Wakes the task.
+    arrived: Notify,
+}
+
+#[derive(Default)]
+struct Forwarded {
+    queue: Vec<Appended>,
+    /// The task waits for the next arrival.
+    wanted: bool,
+    /// The watch has ended (the store is gone).
+    ended: bool,
+    /// The task is gone: what is drained is dropped.
+    closed: bool,
+}
+
+impl Handover {
+    /// The thread forwards one event; it waits while the queue is full.
+    fn put(&self, appended: Appended) {
+        let Ok(mut f) = self.state.lock() else { return };
+        while f.queue.len() >= WATCH_FORWARD_EVENTS && !f.closed {
+            // The task takes them whether the mark moved or not.
+            self.arrived.notify_one();
+            f = match self.room.wait(f) {
+                Ok(f) => f,
+                Err(_) => return,
+            };
+        }
+        if f.closed {
+            return;
+        }
+        f.queue.push(appended);
+        if std::mem::take(&mut f.wanted) {
+            drop(f);
+            self.arrived.notify_one();
+        }
+    }
+
+    /// The watch has ended.
+    fn end(&self) {
+        if let Ok(mut f) = self.state.lock() {
+            f.ended = true;
+        }
+        self.arrived.notify_one();
+    }
+
+    /// Holds everything forwarded so far; returns whether the watch has ended.
+    fn take(&self, pending: &mut BTreeMap<u64, Option<JournalEvent>>) -> bool {
+        let (taken, ended) = match self.state.lock() {
+            Ok(mut f) => (std::mem::take(&mut f.queue), f.ended),
+            Err(_) => return true,
+        };
+        if taken.len() >= WATCH_FORWARD_EVENTS {
+            self.room.notify_all();
+        }
+        for appended in taken {
+            hold(pending, appended);
+        }
+        ended
+    }
+
+    /// Asks to be woken at the next arrival; `false` when there is no need
+    /// (something arrived meanwhile, or the watch has ended).
+    fn want(&self) -> bool {
+        match self.state.lock() {
+            Ok(mut f) if f.queue.is_empty() && !f.ended => {
+                f.wanted = true;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+struct CloseOnDrop(Arc<Handover>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.0.state.lock() {
+            f.closed = true;
+            f.queue = Vec::new();
+        }
+        self.0.room.notify_all();
+    }
 }
 
 /// Keeps what the watch forwarded until its sequence is durable; an

@@ -51,7 +51,7 @@ async fn open_completes_a_change_cut_short() {
         message: "m".into(),
         tags: vec!["t".into()],
         trigger: Trigger::Manual,
-        state: Some(state),
+        state: Some(state.into()),
         metadata: None,
         parent_id: None,
         namespace: String::new(),
@@ -220,7 +220,7 @@ async fn a_large_state_is_written_once_to_a_segment() {
     let store = Store::open(StoreConfig::new(dir.path())).unwrap();
     let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
     let state = big_json(300 * 1024, 1);
-    let new = NewCheckpoint { state: Some(state.clone()), ..NewCheckpoint::new(session, "big") };
+    let new = NewCheckpoint { state: Some(state.clone().into()), ..NewCheckpoint::new(session, "big") };
     let (cp, _) = store.put_checkpoint(new).await.unwrap();
     let stored = store.trees().get(TreeId::States).iter().values().next().unwrap().unwrap();
     let p = segments::Pointer::decode(&stored).expect("the states tree holds a pointer");
@@ -236,7 +236,7 @@ async fn a_large_state_is_written_once_to_a_segment() {
     assert_eq!(store.checkpoint(cp.id).await.unwrap().state.get(), state.get());
     assert_eq!(store.space().live_bytes, state.get().len() as u64);
     // A small state stays inline.
-    let small = NewCheckpoint { state: Some(big_json(100, 2)), ..NewCheckpoint::new(session, "small") };
+    let small = NewCheckpoint { state: Some(big_json(100, 2).into()), ..NewCheckpoint::new(session, "small") };
     let (small, _) = store.put_checkpoint(small).await.unwrap();
     let key = keys::checkpoint_key(session, small.sequence_number);
     let stored = store.trees().get(TreeId::States).get(key).unwrap().unwrap();
@@ -262,7 +262,7 @@ async fn compaction_keeps_segments_within_twice_the_live_bytes() {
         for i in 0..8u64 {
             let state = big_json(20 * 1024, round * 100 + i);
             written += state.get().len() as u64;
-            let new = NewCheckpoint { state: Some(state.clone()), ..NewCheckpoint::new(session, "c") };
+            let new = NewCheckpoint { state: Some(state.clone().into()), ..NewCheckpoint::new(session, "c") };
             let (cp, _) = store.put_checkpoint(new).await.unwrap();
             kept.push_back((cp.id, state));
         }
@@ -310,7 +310,7 @@ async fn a_large_pending_write_value_lives_in_a_segment() {
     let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
     // A state that dies shares the write's segment: it is then more than
     // half dead.
-    let dead = NewCheckpoint { state: Some(big_json(45 * 1024, 0)), ..NewCheckpoint::new(session, "dead") };
+    let dead = NewCheckpoint { state: Some(big_json(45 * 1024, 0).into()), ..NewCheckpoint::new(session, "dead") };
     let (dead, _) = store.put_checkpoint(dead).await.unwrap();
     let value = big_json(15 * 1024, 7);
     let new = crate::model::NewWrites {
@@ -331,7 +331,7 @@ async fn a_large_pending_write_value_lives_in_a_segment() {
     let first = change::pointer_in(TreeId::Writes as u8, &stored).unwrap().segment;
     store.delete_checkpoint(dead.id, None).await.unwrap();
     for i in 0..2 {
-        let new = NewCheckpoint { state: Some(big_json(30 * 1024, i)), ..NewCheckpoint::new(session, "x") };
+        let new = NewCheckpoint { state: Some(big_json(30 * 1024, i).into()), ..NewCheckpoint::new(session, "x") };
         let (cp, _) = store.put_checkpoint(new).await.unwrap();
         store.delete_checkpoint(cp.id, None).await.unwrap();
     }
@@ -368,7 +368,7 @@ async fn verify_finds_damage_in_segments() {
     let store = Store::open(StoreConfig::new(&dir)).unwrap();
     let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
     for i in 0..2 {
-        let new = NewCheckpoint { state: Some(big_json(20_000, i)), ..NewCheckpoint::new(session, "big") };
+        let new = NewCheckpoint { state: Some(big_json(20_000, i).into()), ..NewCheckpoint::new(session, "big") };
         store.put_checkpoint(new).await.unwrap();
     }
     let pointers: Vec<segments::Pointer> = store

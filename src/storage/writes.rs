@@ -17,7 +17,7 @@ use super::records::{AnnotationRecord, CheckpointRecord, SessionRecord, WriteRec
 use crate::config::{MAX_CHANGE_CHECKPOINTS, MAX_CHANGE_WRITES};
 use crate::model::{
     Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, EventKind, MetadataFilter, NewCheckpoint,
-    NewWrites, RetentionPolicy, Session, SessionId, Severity, json_null, metadata_matches,
+    NewWrites, RetentionPolicy, Session, SessionId, Severity, StateJson, metadata_matches,
 };
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -38,9 +38,14 @@ pub(crate) fn store_session(c: &mut Change, rec: &SessionRecord) {
 /// Stores a checkpoint's record, state and every index entry of it.
 /// A large state goes to a segment, and the `states` tree holds a pointer.
 pub(crate) fn store_checkpoint(c: &mut Change, rec: &CheckpointRecord, state: &RawValue) -> Result<()> {
+    store_checkpoint_text(c, rec, state.get())
+}
+
+/// [`store_checkpoint`], given the state's JSON text.
+fn store_checkpoint_text(c: &mut Change, rec: &CheckpointRecord, state: &str) -> Result<()> {
     let key = keys::checkpoint_key(rec.session_id, rec.sequence_number);
     c.put(TreeId::Checkpoints, key, codec::encode(rec));
-    c.put_value(TreeId::States, key, state.get().as_bytes())?;
+    c.put_value(TreeId::States, key, state.as_bytes())?;
     c.put(TreeId::CheckpointIds, keys::checkpoint_id_key(rec.id), key);
     c.put(TreeId::Sequences, keys::sequence_key(rec.sequence_number), keys::sequence_value(rec.session_id, rec.id));
     for tag in &rec.tags {
@@ -235,7 +240,8 @@ pub(crate) fn put_checkpoint(
     c.counters.global_seq += 1;
     c.counters.checkpoints += 1;
     let seq = c.counters.global_seq;
-    let state = new.state.unwrap_or_else(json_null);
+    // The client's text as it arrived (possibly shared with its frame): not copied here.
+    let state = new.state.as_ref().map_or("null", StateJson::get);
     let rec = CheckpointRecord {
         id: CheckpointId::new(),
         session_id: new.session_id,
@@ -246,12 +252,12 @@ pub(crate) fn put_checkpoint(
         trigger: new.trigger,
         metadata: new.metadata.map_or_else(|| b"{}".to_vec(), |m| m.get().as_bytes().to_vec()),
         parent_id,
-        state_crc: crc32fast::hash(state.get().as_bytes()),
+        state_crc: crc32fast::hash(state.as_bytes()),
         namespace: new.namespace,
         external_id: new.external_id,
         parent_external_id: parent_external_id.flatten(),
     };
-    store_checkpoint(c, &rec, &state)?;
+    store_checkpoint_text(c, &rec, state)?;
     session.checkpoint_count += 1;
     session.last_sequence = Some(seq);
     c.event(rec.session_id, EventKind::CheckpointCreated { checkpoint_id: rec.id, sequence_number: seq });

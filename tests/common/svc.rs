@@ -36,7 +36,7 @@ pub fn new_cp(session: SessionId, message: &str, tags: &[&str]) -> NewCheckpoint
         message: message.to_string(),
         tags: tags.iter().map(|t| t.to_string()).collect(),
         trigger: Trigger::Manual,
-        state: Some(raw(&format!(r#"{{"message":{}}}"#, serde_json::to_string(message).unwrap()))),
+        state: Some(raw(&format!(r#"{{"message":{}}}"#, serde_json::to_string(message).unwrap())).into()),
         metadata: None,
         parent_id: None,
         namespace: String::new(),
