@@ -267,7 +267,7 @@ pub fn populate_v3(dir: &Path) -> Populated {
                 message: format!("large {n}"),
                 tags: vec![],
                 trigger: Trigger::Auto(Some("loop".into())),
-                state: Some(big(n)),
+                state: Some(big(n).into()),
                 metadata: Some(raw(&format!(r#"{{"step":{n}}}"#))),
                 parent_id: None,
                 namespace: String::new(),
