@@ -211,6 +211,7 @@ impl Committer {
             return self.check();
         }
         let mut rx = self.shared.synced.subscribe();
+        let mut may_lead = true;
         loop {
             let synced = *rx.borrow_and_update();
             if synced.ticket >= ticket.0 {
@@ -220,12 +221,17 @@ impl Committer {
             } else if synced.closed {
                 return Err(closed());
             }
-            match Leader::take(&self.shared) {
-                Some(leader) => leader.sync().await,
-                // The leader's group may not cover this ticket; its end
-                // (publication, then release) wakes this waiter to look again.
-                None => rx.changed().await.map_err(|_| closed())?,
+            if may_lead && let Some(leader) = Leader::take(&self.shared) {
+                // Not covered: the ticket is reserved but not applied yet (a
+                // reader's, see `settled`); its writer, or the commit
+                // thread's next full flush, publishes it.
+                may_lead = leader.sync(ticket).await;
+                continue;
             }
+            may_lead = true;
+            // The leader's group may not cover this ticket; its end
+            // (publication, then release) wakes this waiter to look again.
+            rx.changed().await.map_err(|_| closed())?;
         }
     }
 
@@ -331,16 +337,21 @@ impl<'a> Leader<'a> {
         shared.leading.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).ok().map(|_| Leader(shared))
     }
 
-    /// Syncs the segments on this thread and publishes what is durable.
-    /// It blocks the runtime thread for one fdatasync: cheaper than handing
-    /// the sync to another thread and being woken back.
-    async fn sync(self) {
+    /// Syncs the segments on this thread and publishes what is durable;
+    /// returns whether that covers `ticket` (false, without syncing, when
+    /// it is not applied yet). It blocks the runtime thread for one
+    /// fdatasync: cheaper than handing the sync to another thread and being
+    /// woken back.
+    async fn sync(self, ticket: Ticket) -> bool {
         #[cfg(test)]
         let _held = self.0.hold.read().await;
         let (target, event_seq) = {
             let p = self.0.pending.lock().expect("commit lock");
             (p.issued, p.counters.event_seq)
         };
+        if target < ticket.0 {
+            return false;
+        }
         match retrying_descriptors(|| self.0.segments.sync()) {
             Ok(()) => self.0.synced.send_modify(|s| {
                 s.ticket = s.ticket.max(target);
@@ -351,6 +362,7 @@ impl<'a> Leader<'a> {
                 self.0.synced.send_modify(|s| s.failed = true);
             }
         }
+        true
     }
 }
 
