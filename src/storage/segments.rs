@@ -514,17 +514,22 @@ impl Segments {
     /// [`Segments::compactable`]; `keep` holds the newest applied change's
     /// intent, see `change`). Returns how many.
     pub fn remove_unreferenced(&self, keep: Option<u32>) -> io::Result<usize> {
-        let usage = self.usage();
-        let newest = usage.keys().next_back().copied();
-        let dead: Vec<u32> = usage
-            .iter()
-            .filter(|(id, u)| u.live == 0 && Some(**id) != newest && Some(**id) != keep)
-            .map(|(id, _)| *id)
-            .collect();
+        let dead = self.unreferenced(keep);
         for &id in &dead {
             self.remove(id)?;
         }
         Ok(dead.len())
+    }
+
+    /// The segments [`Segments::remove_unreferenced`] would remove.
+    pub fn unreferenced(&self, keep: Option<u32>) -> Vec<u32> {
+        let usage = self.usage();
+        let newest = usage.keys().next_back().copied();
+        usage
+            .iter()
+            .filter(|(id, u)| u.live == 0 && Some(**id) != newest && Some(**id) != keep)
+            .map(|(id, _)| *id)
+            .collect()
     }
 }
 
