@@ -40,6 +40,9 @@ use crate::model::{EventKind, SessionId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// When an op is applied within its change (see [`Op::phase`]).
+type Phase = (u8, u8);
+
 /// One key of a change: a put, or a removal when `value` is `None`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Op {
@@ -53,7 +56,7 @@ impl Op {
     /// indexes, by tree order), then record removals. A checkpoint's state
     /// is put just before its record (and removed after it), so a reader
     /// that finds the record also finds the state.
-    fn phase(&self) -> (u8, u8) {
+    fn phase(&self) -> Phase {
         let put_order =
             |tree: u8| if tree == TreeId::States as u8 { TreeId::Checkpoints as u8 * 2 - 1 } else { tree * 2 };
         match (&self.value, TreeId::is_record(self.tree)) {
@@ -79,7 +82,7 @@ pub(crate) struct Change {
     /// change touches: the op applied last to it (the greatest phase, the
     /// latest among equals) and the segment pointer it leaves there, if
     /// any. `into_ops` turns it into the `segment_pointers` entries.
-    pointers: BTreeMap<Vec<u8>, ((u8, u8), Option<Pointer>)>,
+    pointers: BTreeMap<Vec<u8>, (Phase, Option<Pointer>)>,
 }
 
 impl Change {

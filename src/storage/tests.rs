@@ -500,9 +500,11 @@ async fn segment_pointers_match_the_values_in_segments() {
     assert!(store.compact_segments().await.unwrap() >= 1);
     assert_eq!(assert_index_exact(&store, "compact_segments"), 2);
     assert_ne!(index_entries(store.trees()), before, "compaction repointed values");
-    let (copy, copied) = store.copy_session(session, Some("k".into()), "copy".into(), json_empty_object()).await.unwrap();
+    let (copy, copied) =
+        store.copy_session(session, Some("k".into()), "copy".into(), json_empty_object()).await.unwrap();
     assert_eq!(copied, 3);
-    store.put_writes(crate::model::NewWrites { session_id: copy.id, ..writes("e5", vec![(2, big_json(9000, 10))]) })
+    store
+        .put_writes(crate::model::NewWrites { session_id: copy.id, ..writes("e5", vec![(2, big_json(9000, 10))]) })
         .await
         .unwrap();
     assert_eq!(assert_index_exact(&store, "copy_session"), 5);
