@@ -27,8 +27,9 @@
 //! change never became durable is dead space.
 //!
 //! **Space.** The bytes of live values per segment are counted in memory:
-//! recounted at open from the pointers sled holds, then kept up to date as
-//! each change replaces or removes a pointer (`change::apply`). A sealed
+//! recounted at open from the `segment_pointers` tree (format 4: one entry
+//! per value in a segment, kept by every change, see `keys`), then kept up
+//! to date as each change replaces or removes a pointer (`change::apply`). A sealed
 //! segment more than half dead is compacted (`store`): its live values are
 //! copied to the active segment and repointed in ordinary changes, and the
 //! file is removed once those changes are durable. At open, a segment no
