@@ -440,7 +440,8 @@ fn make_fixture(version: u32, populate: impl FnOnce(&Path), counts: [u64; 4]) {
 
 /// Format 3 → 4 on the format-3 fixture: the applied mark starts at the
 /// segment after the newest (so recovery never walks format 3's values for
-/// intents), and the first change's intent goes there.
+/// intents), `segment_pointers` indexes exactly the values in segments, and
+/// the first change's intent goes to the marked segment.
 #[test]
 fn v3_fixture_migrates_to_format_4_marking_where_intents_begin() {
     use checkpointd::storage::keys;
@@ -459,6 +460,38 @@ fn v3_fixture_migrates_to_format_4_marking_where_intents_begin() {
     drop(store);
     wait_unlocked(&dir);
     assert_eq!(mark(&dir), (Some(4), Some((2, 0))), "segment 1 holds format 3's values");
+    // segment_pointers: exactly one entry per state and pending-write value
+    // in a segment, keyed by its owner, holding the pointer its tree holds.
+    {
+        use checkpointd::storage::records::WriteRecord;
+        use checkpointd::storage::segments::{self, Pointer};
+        let db = open_sled(&dir);
+        let mut held = BTreeMap::new();
+        for e in db.open_tree("states").unwrap().iter() {
+            let (k, v) = e.unwrap();
+            if let Some(p) = Pointer::decode(&v) {
+                held.insert(segments::owner(keys::TreeId::States as u8, &k), p.encode().to_vec());
+            }
+        }
+        let mut writes_held = 0;
+        for e in db.open_tree("writes").unwrap().iter() {
+            let (k, v) = e.unwrap();
+            let rec: WriteRecord = codec::decode(&v, "write").unwrap();
+            if let Some(p) = Pointer::decode(&rec.value) {
+                held.insert(segments::owner(keys::TreeId::Writes as u8, &k), p.encode().to_vec());
+                writes_held += 1;
+            }
+        }
+        assert!(held.len() > writes_held && writes_held > 0, "the fixture has states and a write in segments");
+        let index: BTreeMap<Vec<u8>, Vec<u8>> = db
+            .open_tree("segment_pointers")
+            .unwrap()
+            .iter()
+            .map(|e| e.unwrap())
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(index, held, "segment_pointers built from states and writes");
+    }
     wait_unlocked(&dir);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let store = Store::open(config(&dir, false)).unwrap();

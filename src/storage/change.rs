@@ -23,6 +23,13 @@
 //! Keys are applied in an order that keeps every index entry pointing at a
 //! record for concurrent readers too: new records before their indexes,
 //! removed indexes before their records (`Op::phase`).
+//!
+//! Every change also keeps `segment_pointers` (see `keys`) in step with
+//! the values it puts and removes: `Change::put` and `Change::del` note
+//! each `states` / `writes` key, and `Change::into_ops` adds its index
+//! entry (the pointer the key holds after the change) or removes it. So the
+//! index is in the change's intent and is applied, and replayed, with it;
+//! no operation can forget it.
 
 use super::codec;
 use super::error::{Result, StorageError};
@@ -31,6 +38,10 @@ use super::records::{Counters, EventRecord, WriteRecord};
 use super::segments::{self, Pointer, Segments};
 use crate::model::{EventKind, SessionId};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// When an op is applied within its change (see [`Op::phase`]).
+type Phase = (u8, u8);
 
 /// One key of a change: a put, or a removal when `value` is `None`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,7 +56,7 @@ impl Op {
     /// indexes, by tree order), then record removals. A checkpoint's state
     /// is put just before its record (and removed after it), so a reader
     /// that finds the record also finds the state.
-    fn phase(&self) -> (u8, u8) {
+    fn phase(&self) -> Phase {
         let put_order =
             |tree: u8| if tree == TreeId::States as u8 { TreeId::Checkpoints as u8 * 2 - 1 } else { tree * 2 };
         match (&self.value, TreeId::is_record(self.tree)) {
@@ -67,11 +78,16 @@ pub(crate) struct Change {
     event_retention: u64,
     /// Where values too large for sled go (see `segments`).
     segments: std::sync::Arc<Segments>,
+    /// Per owner (tree number · key) of every `states` / `writes` key this
+    /// change touches: the op applied last to it (the greatest phase, the
+    /// latest among equals) and the segment pointer it leaves there, if
+    /// any. `into_ops` turns it into the `segment_pointers` entries.
+    pointers: BTreeMap<Vec<u8>, (Phase, Option<Pointer>)>,
 }
 
 impl Change {
     pub fn new(counters: Counters, now: i64, event_retention: u64, segments: std::sync::Arc<Segments>) -> Change {
-        Change { counters, ops: Vec::with_capacity(16), now, event_retention, segments }
+        Change { counters, ops: Vec::with_capacity(16), now, event_retention, segments, pointers: BTreeMap::new() }
     }
 
     /// What to store for `value` under `tree`/`key`: the value itself when
@@ -92,12 +108,30 @@ impl Change {
         Ok(())
     }
 
+    /// Puts `value` under `tree`/`key`. A `states` or `writes` value also
+    /// sets its `segment_pointers` entry (see [`Change::into_ops`]).
     pub fn put(&mut self, tree: TreeId, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.ops.push(Op { tree: tree as u8, key: key.as_ref().to_vec(), value: Some(value.as_ref().to_vec()) });
+        self.push(Op { tree: tree as u8, key: key.as_ref().to_vec(), value: Some(value.as_ref().to_vec()) });
     }
 
+    /// Removes `tree`/`key`; a `states` or `writes` key also loses its
+    /// `segment_pointers` entry.
     pub fn del(&mut self, tree: TreeId, key: impl AsRef<[u8]>) {
-        self.ops.push(Op { tree: tree as u8, key: key.as_ref().to_vec(), value: None });
+        self.push(Op { tree: tree as u8, key: key.as_ref().to_vec(), value: None });
+    }
+
+    fn push(&mut self, op: Op) {
+        if holds_values(op.tree) {
+            let phase = op.phase();
+            let owner = segments::owner(op.tree, &op.key);
+            // Ops apply sorted by phase (stably): the last one applied to a
+            // key decides what it holds, and so its index entry.
+            if self.pointers.get(&owner).is_none_or(|(applied, _)| phase >= *applied) {
+                let pointer = op.value.as_deref().and_then(|v| pointer_in(op.tree, v));
+                self.pointers.insert(owner, (phase, pointer));
+            }
+        }
+        self.ops.push(op);
     }
 
     /// Appends a journal event and trims the event that falls out of retention.
@@ -111,11 +145,19 @@ impl Change {
         }
     }
 
-    /// The ops to apply, with the counters record when they changed.
+    /// The ops to apply, with the counters record when they changed, and
+    /// the `segment_pointers` entry of every `states` / `writes` key put or
+    /// removed: the pointer it holds after the change, or a removal when
+    /// it holds none (a blind one: the key may never have had an entry).
     pub fn into_ops(mut self, committed: &Counters) -> Vec<Op> {
         if self.counters != *committed {
             let counters = codec::encode(&self.counters);
             self.put(TreeId::Meta, keys::META_COUNTERS, counters);
+        }
+        let tree = TreeId::SegmentPointers as u8;
+        for (owner, (_, pointer)) in std::mem::take(&mut self.pointers) {
+            let value = pointer.map(|p| p.encode().to_vec());
+            self.ops.push(Op { tree, key: owner, value });
         }
         self.ops
     }

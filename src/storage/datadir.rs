@@ -46,7 +46,7 @@ use super::error::{Result, StorageError};
 use super::keys::{self, TreeId, Trees};
 use super::reads::Reader;
 use super::records::{Counters, Mark};
-use super::segments::Segments;
+use super::segments::{Pointer, Segments};
 use super::{change, codec, migrate};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -236,9 +236,7 @@ pub fn open<T>(
                 // durable, or a compaction's source whose removal a crash cut
                 // short).
                 let keep = meta.get(keys::META_APPLIED)?.and_then(|m| keys::decode_applied_mark(&m)).map(|(id, _)| id);
-                segments
-                    .remove_unreferenced(keep)
-                    .map_err(|e| io_error(shown, "cannot remove an unused segment", &e))?;
+                remove_unreferenced(&trees, &segments, keep, shown)?;
             }
         }
         Ok((Opened { db, trees, segments: Arc::clone(&segments), pre_log_sync }, out))
@@ -253,21 +251,68 @@ pub fn open<T>(
     }
 }
 
-/// Counts the live bytes of every segment from the pointers sled holds
-/// (states, and pending writes' values). Reads both trees whole: the cost
-/// of opening grows with the number of states and writes (their values are
-/// at most `segments::VALUE_THRESHOLD` bytes each).
+/// Counts the live bytes of every segment from the pointers sled holds.
+/// A directory of the current format reads only `segment_pointers` (one
+/// small entry per value in a segment, see `keys`): opening does not grow
+/// with the stored data. Any other (an older format the inspector reads
+/// unmigrated, or a newer one) reads the pointers from `states` and
+/// `writes` whole.
 pub fn count_live(trees: &Trees, segments: &Segments) -> Result<()> {
     let mut pointers = Vec::new();
-    for id in [TreeId::States, TreeId::Writes] {
-        for entry in trees.get(id).iter() {
+    if migrate::read_version(trees.get(TreeId::Meta))? == Some(migrate::CURRENT_FORMAT) {
+        for entry in trees.get(TreeId::SegmentPointers).iter() {
             let (_, v) = entry?;
-            if let Some(p) = super::change::pointer_in(id as u8, &v) {
+            // A malformed entry is `verify`'s to report; it counts nothing.
+            if let Some(p) = Pointer::decode(&v) {
                 pointers.push(p);
+            }
+        }
+    } else {
+        for id in [TreeId::States, TreeId::Writes] {
+            for entry in trees.get(id).iter() {
+                let (_, v) = entry?;
+                if let Some(p) = super::change::pointer_in(id as u8, &v) {
+                    pointers.push(p);
+                }
             }
         }
     }
     segments.recount(pointers)?;
+    Ok(())
+}
+
+/// Removes the segments no `segment_pointers` entry points into (see
+/// [`Segments::remove_unreferenced`]), each only once a walk of its entries
+/// finds no `states` / `writes` key pointing at one: the index is what the
+/// live bytes were counted from, and an index missing an entry (damage)
+/// must not cost the value. Such a segment is kept, and a warning names
+/// `checkpoint-dump verify`. Only segments a crash or a compaction left
+/// behind are walked, rarely more than one.
+fn remove_unreferenced(trees: &Trees, segments: &Segments, keep: Option<u32>, shown: &Path) -> Result<()> {
+    for id in segments.unreferenced(keep) {
+        let (entries, _tail) = segments.entries(id).map_err(|e| io_error(shown, "cannot read a state segment", &e))?;
+        let mut referenced = false;
+        for e in &entries {
+            let Some((&tree, key)) = e.owner.split_first() else { continue };
+            if tree != TreeId::States as u8 && tree != TreeId::Writes as u8 {
+                continue;
+            }
+            let Some(t) = trees.by_number(tree) else { continue };
+            if t.get(key)?.is_some_and(|v| change::pointer_in(tree, &v) == Some(e.pointer)) {
+                referenced = true;
+                break;
+            }
+        }
+        if referenced {
+            tracing::warn!(
+                data_dir = %shown.display(),
+                segment = %super::segments::file_name(id),
+                "a state segment that segment_pointers says is unused holds a live value: keeping it (the index is damaged; run `checkpoint-dump verify`)"
+            );
+            continue;
+        }
+        segments.remove(id).map_err(|e| io_error(shown, "cannot remove an unused segment", &e))?;
+    }
     Ok(())
 }
 

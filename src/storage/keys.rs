@@ -18,9 +18,17 @@
 //! | `namespaces`    | session id (16) · namespace len (2) · namespace · sequence (8) | empty    |
 //! | `external_ids`  | session id (16) · namespace len (2) · namespace · external id | sequence (8) |
 //! | `writes`        | session id (16) · namespace len (2) · namespace · external id len (2) · external id · task id len (2) · task id · idx (4, sign bit flipped) | write record |
+//! | `segment_pointers` | owner: tree number (1) · key (of `states` or `writes`) | segment pointer (22) |
 //!
-//! Format 2 added the last four (format 1 directories are migrated: every
-//! checkpoint there is in namespace `""`, without an external id).
+//! Format 2 added `session_keys`, `namespaces`, `external_ids` and `writes`
+//! (format 1 directories are migrated: every checkpoint there is in
+//! namespace `""`, without an external id). Format 4 added
+//! `segment_pointers`: one entry per value that lives in a state segment (a
+//! state, or a pending write whose value is a pointer), keyed by its owner
+//! as `segments::owner` builds it, holding the same encoded
+//! `segments::Pointer` as its tree. `change::Change` keeps it in step with
+//! `states` and `writes` inside every change, so opening a directory counts
+//! each segment's live bytes from this small tree alone.
 //!
 //! [`Counters`]: super::records::Counters
 
@@ -44,9 +52,10 @@ pub enum TreeId {
     Namespaces,
     ExternalIds,
     Writes,
+    SegmentPointers,
 }
 
-pub const TREE_COUNT: usize = 14;
+pub const TREE_COUNT: usize = 15;
 
 impl TreeId {
     /// Trees holding records that index entries point at.
@@ -70,6 +79,7 @@ pub const TREE_NAMES: [&str; TREE_COUNT] = [
     "namespaces",
     "external_ids",
     "writes",
+    "segment_pointers",
 ];
 
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";

@@ -27,8 +27,9 @@
 //! change never became durable is dead space.
 //!
 //! **Space.** The bytes of live values per segment are counted in memory:
-//! recounted at open from the pointers sled holds, then kept up to date as
-//! each change replaces or removes a pointer (`change::apply`). A sealed
+//! recounted at open from the `segment_pointers` tree (format 4: one entry
+//! per value in a segment, kept by every change, see `keys`), then kept up
+//! to date as each change replaces or removes a pointer (`change::apply`). A sealed
 //! segment more than half dead is compacted (`store`): its live values are
 //! copied to the active segment and repointed in ordinary changes, and the
 //! file is removed once those changes are durable. At open, a segment no
@@ -514,17 +515,22 @@ impl Segments {
     /// [`Segments::compactable`]; `keep` holds the newest applied change's
     /// intent, see `change`). Returns how many.
     pub fn remove_unreferenced(&self, keep: Option<u32>) -> io::Result<usize> {
-        let usage = self.usage();
-        let newest = usage.keys().next_back().copied();
-        let dead: Vec<u32> = usage
-            .iter()
-            .filter(|(id, u)| u.live == 0 && Some(**id) != newest && Some(**id) != keep)
-            .map(|(id, _)| *id)
-            .collect();
+        let dead = self.unreferenced(keep);
         for &id in &dead {
             self.remove(id)?;
         }
         Ok(dead.len())
+    }
+
+    /// The segments [`Segments::remove_unreferenced`] would remove.
+    pub fn unreferenced(&self, keep: Option<u32>) -> Vec<u32> {
+        let usage = self.usage();
+        let newest = usage.keys().next_back().copied();
+        usage
+            .iter()
+            .filter(|(id, u)| u.live == 0 && Some(**id) != newest && Some(**id) != keep)
+            .map(|(id, _)| *id)
+            .collect()
     }
 }
 

@@ -411,3 +411,160 @@ async fn verify_finds_damage_in_segments() {
     assert_eq!(orphan.unreferenced_segments, 1, "a segment no record points into is counted");
     assert!(orphan.ok(), "dead appends are not damage: {:?}", orphan.problems);
 }
+
+/// Owner → stored pointer, as `segment_pointers` holds them.
+fn index_entries(trees: &keys::Trees) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    trees.get(TreeId::SegmentPointers).iter().map(|e| e.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+}
+
+/// Owner → stored pointer, for every `states` / `writes` value in a segment.
+fn pointers_held(trees: &keys::Trees) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for tree in [TreeId::States, TreeId::Writes] {
+        for e in trees.get(tree).iter() {
+            let (k, v) = e.unwrap();
+            if let Some(p) = change::pointer_in(tree as u8, &v) {
+                out.insert(segments::owner(tree as u8, &k), p.encode().to_vec());
+            }
+        }
+    }
+    out
+}
+
+/// The index equals the pointers held, and the live bytes are theirs.
+fn assert_index_exact(store: &Store, what: &str) -> usize {
+    let held = pointers_held(store.trees());
+    assert_eq!(index_entries(store.trees()), held, "{what}");
+    let live: u64 = held.values().map(|p| u64::from(segments::Pointer::decode(p).unwrap().len)).sum();
+    assert_eq!(store.space().live_bytes, live, "{what}: live bytes");
+    held.len()
+}
+
+/// `segment_pointers` holds exactly one entry per value in a segment,
+/// through every path that puts, replaces or removes one: puts, pending
+/// writes replaced large→small and small→large (also twice in one change),
+/// deletions, retention, segment compaction, copy_session, bulk and session
+/// deletion; also after reopening, where live bytes are counted from it.
+#[tokio::test]
+async fn segment_pointers_match_the_values_in_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig { segment_bytes: 64 * 1024, ..StoreConfig::new(dir.path()) };
+    let mut store = Store::open(config.clone()).unwrap();
+    let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
+    let mut ids = Vec::new();
+    for i in 0..6u64 {
+        let state = if i % 3 == 2 { big_json(100, i) } else { big_json(20 * 1024, i) };
+        let new = NewCheckpoint {
+            state: Some(state),
+            external_id: Some(format!("e{i}")),
+            ..NewCheckpoint::new(session, "c")
+        };
+        ids.push(store.put_checkpoint(new).await.unwrap().0.id);
+    }
+    assert_eq!(assert_index_exact(&store, "puts"), 4);
+    let writes = |external: &str, writes: Vec<(i32, Box<RawValue>)>| crate::model::NewWrites {
+        session_id: session,
+        namespace: String::new(),
+        external_id: external.into(),
+        task_id: "t".into(),
+        task_path: "p".into(),
+        writes: writes.into_iter().map(|(idx, v)| (idx, "ch".to_string(), v)).collect(),
+    };
+    store.put_writes(writes("e0", vec![(-1, big_json(10 * 1024, 1)), (0, big_json(10 * 1024, 2))])).await.unwrap();
+    store.put_writes(writes("e1", vec![(1, big_json(10, 3))])).await.unwrap();
+    assert_eq!(assert_index_exact(&store, "large writes"), 6);
+    // Large → small, small → large, and both within one change.
+    store.put_writes(writes("e0", vec![(-1, big_json(10, 4))])).await.unwrap();
+    assert_eq!(assert_index_exact(&store, "large → small"), 5);
+    store.put_writes(writes("e0", vec![(-1, big_json(10 * 1024, 5))])).await.unwrap();
+    assert_eq!(assert_index_exact(&store, "small → large"), 6);
+    store.put_writes(writes("e0", vec![(-1, big_json(10 * 1024, 6)), (-1, big_json(10, 7))])).await.unwrap();
+    assert_eq!(assert_index_exact(&store, "large then small in one change"), 5);
+    store.put_writes(writes("e0", vec![(-1, big_json(10, 8)), (-1, big_json(10 * 1024, 9))])).await.unwrap();
+    assert_eq!(assert_index_exact(&store, "small then large in one change"), 6);
+    // Deleting a checkpoint removes its state and its writes.
+    store.delete_checkpoint(ids[0], None).await.unwrap();
+    assert_eq!(assert_index_exact(&store, "delete_checkpoint"), 3);
+    // Retention keeps the newest three.
+    let policy = crate::model::RetentionPolicy { keep_recent: Some(3), preserve_tags: vec![] };
+    store.compact(session, &policy, false).await.unwrap();
+    assert_eq!(assert_index_exact(&store, "retention"), 2);
+    // Churn that leaves sealed segments mostly dead, then compaction moves
+    // what is left.
+    for i in 0..6u64 {
+        let new = NewCheckpoint { state: Some(big_json(20 * 1024, 100 + i)), ..NewCheckpoint::new(session, "x") };
+        let (cp, _) = store.put_checkpoint(new).await.unwrap();
+        store.delete_checkpoint(cp.id, None).await.unwrap();
+    }
+    let before = index_entries(store.trees());
+    assert!(store.compact_segments().await.unwrap() >= 1);
+    assert_eq!(assert_index_exact(&store, "compact_segments"), 2);
+    assert_ne!(index_entries(store.trees()), before, "compaction repointed values");
+    let (copy, copied) =
+        store.copy_session(session, Some("k".into()), "copy".into(), json_empty_object()).await.unwrap();
+    assert_eq!(copied, 3);
+    store
+        .put_writes(crate::model::NewWrites { session_id: copy.id, ..writes("e5", vec![(2, big_json(9000, 10))]) })
+        .await
+        .unwrap();
+    assert_eq!(assert_index_exact(&store, "copy_session"), 5);
+    drop(store);
+    store = open_when_released(config.clone());
+    assert_eq!(assert_index_exact(&store, "reopened"), 5);
+    let everything = crate::model::MetadataFilter::new();
+    store.delete_checkpoints(Some(session), None, &everything).await.unwrap();
+    assert_eq!(assert_index_exact(&store, "delete_checkpoints"), 3);
+    store.delete_session(copy.id).await.unwrap();
+    assert_eq!(assert_index_exact(&store, "delete_session"), 0);
+    drop(store);
+    let store = open_when_released(config);
+    assert_eq!(assert_index_exact(&store, "reopened empty"), 0);
+}
+
+/// `verify` reports a `segment_pointers` entry that disagrees with its
+/// key, one whose key holds no value in a segment, and a value in a
+/// segment without its entry.
+#[tokio::test]
+async fn verify_finds_a_damaged_segment_index() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let store = Store::open(StoreConfig::new(&dir)).unwrap();
+    let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
+    for i in 0..2 {
+        let new = NewCheckpoint { state: Some(big_json(20_000, i)), ..NewCheckpoint::new(session, "big") };
+        store.put_checkpoint(new).await.unwrap();
+    }
+    let entries: Vec<(Vec<u8>, Vec<u8>)> = index_entries(store.trees()).into_iter().collect();
+    assert_eq!(entries.len(), 2);
+    store.close();
+    drop(store);
+    let clean = verify_when_released(&dir);
+    assert!(clean.ok(), "{:?}", clean.problems);
+    let damaged = |name: &str, damage: &dyn Fn(&sled::Tree)| {
+        let copy = root.path().join(name);
+        copy_dir(&dir, &copy);
+        {
+            let db = sled::open(&copy).unwrap();
+            damage(&db.open_tree(keys::TREE_NAMES[TreeId::SegmentPointers as usize]).unwrap());
+            db.flush().unwrap();
+        }
+        let v = verify_when_released(&copy);
+        (v.total_problems, v.problems.join("\n"))
+    };
+    let (n, missing) = damaged("missing", &|t| {
+        t.remove(&entries[0].0).unwrap();
+    });
+    assert_eq!(n, 1, "{missing}");
+    assert!(missing.contains("segment_pointers: states key") && missing.contains("has no entry"), "{missing}");
+    let (n, wrong) = damaged("wrong", &|t| {
+        t.insert(&entries[0].0, entries[1].1.as_slice()).unwrap();
+    });
+    assert_eq!(n, 1, "{wrong}");
+    assert!(wrong.contains("but the key points to"), "{wrong}");
+    let (n, stray) = damaged("stray", &|t| {
+        let owner = segments::owner(TreeId::States as u8, &keys::checkpoint_key(session, 999));
+        t.insert(owner, entries[1].1.as_slice()).unwrap();
+    });
+    assert_eq!(n, 1, "{stray}");
+    assert!(stray.contains("there is no such key"), "{stray}");
+}

@@ -76,6 +76,7 @@ impl Verify<'_> {
         self.verify_indexes(&mut v, &found)?;
         self.verify_writes(&mut v, &sessions)?;
         self.verify_segments(&mut v)?;
+        self.verify_segment_index(&mut v)?;
         let last_event = self.verify_events(&mut v)?;
         self.verify_counters(&mut v, &sessions, &found, last_event)?;
         Ok(v)
@@ -136,6 +137,66 @@ impl Verify<'_> {
             v.segment_dead_bytes += size.saturating_sub(used);
             if used == 0 && Some(id) != newest {
                 v.unreferenced_segments += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `segment_pointers` (format 4) against `states` and `writes`:
+    /// every value that lives in a segment has its entry, holding the same
+    /// pointer, and every entry names such a value. Opening counts each
+    /// segment's live bytes from this index alone, and removes a segment
+    /// none of its entries points into. A directory of another format (read
+    /// unmigrated) has none to check.
+    fn verify_segment_index(&self, v: &mut Verification) -> Result<()> {
+        if !matches!(migrate::read_version(self.tree(TreeId::Meta)), Ok(Some(f)) if f == migrate::CURRENT_FORMAT) {
+            return Ok(());
+        }
+        let index = self.tree(TreeId::SegmentPointers);
+        let held = |stored: &[u8]| match segments::Pointer::decode(stored) {
+            Some(p) => describe(&p),
+            None => format!("{} bytes that are not a pointer", stored.len()),
+        };
+        for tree in [TreeId::States, TreeId::Writes] {
+            let name = keys::TREE_NAMES[tree as usize];
+            for entry in self.tree(tree).iter() {
+                let (k, value) = entry?;
+                let Some(p) = change::pointer_in(tree as u8, &value) else { continue };
+                match index.get(segments::owner(tree as u8, &k))? {
+                    Some(e) if e[..] == p.encode()[..] => {}
+                    Some(e) => v.problem(format!(
+                        "segment_pointers: the entry of {name} key {k:?} holds {}, but the key points to {}",
+                        held(&e),
+                        describe(&p)
+                    )),
+                    None => v.problem(format!(
+                        "segment_pointers: {name} key {k:?} points to {} but has no entry",
+                        describe(&p)
+                    )),
+                }
+            }
+        }
+        for entry in index.iter() {
+            let (owner, stored) = entry?;
+            let tree = match owner.split_first() {
+                Some((&t, _)) if t == TreeId::States as u8 || t == TreeId::Writes as u8 => t,
+                _ => {
+                    v.problem(format!("segment_pointers: entry {owner:?} names no states or writes key"));
+                    continue;
+                }
+            };
+            let (name, key) = (keys::TREE_NAMES[usize::from(tree)], &owner[1..]);
+            match self.read.tree(if tree == TreeId::States as u8 { TreeId::States } else { TreeId::Writes }).get(key)? {
+                // Compared with the entry above.
+                Some(value) if change::pointer_in(tree, &value).is_some() => {}
+                Some(_) => v.problem(format!(
+                    "segment_pointers: the entry of {name} key {key:?} holds {}, but the key's value is not in a segment",
+                    held(&stored)
+                )),
+                None => v.problem(format!(
+                    "segment_pointers: the entry of {name} key {key:?} holds {}, but there is no such key",
+                    held(&stored)
+                )),
             }
         }
         Ok(())
@@ -559,4 +620,9 @@ pub fn validate(read: &Reader, session: Option<SessionId>) -> Result<Validation>
         }
     }
     Ok(v)
+}
+
+/// Where a pointer points, for a report.
+fn describe(p: &segments::Pointer) -> String {
+    format!("bytes {}..{} of segment {}", p.offset, p.end(), segments::file_name(p.segment))
 }
