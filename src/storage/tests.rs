@@ -455,7 +455,7 @@ async fn segment_pointers_match_the_values_in_segments() {
     for i in 0..6u64 {
         let state = if i % 3 == 2 { big_json(100, i) } else { big_json(20 * 1024, i) };
         let new = NewCheckpoint {
-            state: Some(state),
+            state: Some(state.into()),
             external_id: Some(format!("e{i}")),
             ..NewCheckpoint::new(session, "c")
         };
@@ -492,7 +492,8 @@ async fn segment_pointers_match_the_values_in_segments() {
     // Churn that leaves sealed segments mostly dead, then compaction moves
     // what is left.
     for i in 0..6u64 {
-        let new = NewCheckpoint { state: Some(big_json(20 * 1024, 100 + i)), ..NewCheckpoint::new(session, "x") };
+        let new =
+            NewCheckpoint { state: Some(big_json(20 * 1024, 100 + i).into()), ..NewCheckpoint::new(session, "x") };
         let (cp, _) = store.put_checkpoint(new).await.unwrap();
         store.delete_checkpoint(cp.id, None).await.unwrap();
     }
@@ -531,7 +532,7 @@ async fn verify_finds_a_damaged_segment_index() {
     let store = Store::open(StoreConfig::new(&dir)).unwrap();
     let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
     for i in 0..2 {
-        let new = NewCheckpoint { state: Some(big_json(20_000, i)), ..NewCheckpoint::new(session, "big") };
+        let new = NewCheckpoint { state: Some(big_json(20_000, i).into()), ..NewCheckpoint::new(session, "big") };
         store.put_checkpoint(new).await.unwrap();
     }
     let entries: Vec<(Vec<u8>, Vec<u8>)> = index_entries(store.trees()).into_iter().collect();
