@@ -357,6 +357,18 @@ fn verify_when_released(dir: &std::path::Path) -> Verification {
     }
 }
 
+/// A new store in `dir` with one session holding two 20 KB states (each in
+/// a segment).
+async fn two_large_states(dir: &std::path::Path) -> (Store, crate::model::SessionId) {
+    let store = Store::open(StoreConfig::new(dir)).unwrap();
+    let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
+    for i in 0..2 {
+        let new = NewCheckpoint { state: Some(big_json(20_000, i).into()), ..NewCheckpoint::new(session, "big") };
+        store.put_checkpoint(new).await.unwrap();
+    }
+    (store, session)
+}
+
 /// `verify` checks the segments: a flipped byte in a value and a segment cut
 /// short under a pointer are problems; a segment no record points into (what
 /// a crash leaves of appends whose change never became durable) is counted;
@@ -365,12 +377,7 @@ fn verify_when_released(dir: &std::path::Path) -> Verification {
 async fn verify_finds_damage_in_segments() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("data");
-    let store = Store::open(StoreConfig::new(&dir)).unwrap();
-    let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
-    for i in 0..2 {
-        let new = NewCheckpoint { state: Some(big_json(20_000, i).into()), ..NewCheckpoint::new(session, "big") };
-        store.put_checkpoint(new).await.unwrap();
-    }
+    let (store, _) = two_large_states(&dir).await;
     let pointers: Vec<segments::Pointer> = store
         .trees()
         .get(TreeId::States)
@@ -529,12 +536,7 @@ async fn segment_pointers_match_the_values_in_segments() {
 async fn verify_finds_a_damaged_segment_index() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("data");
-    let store = Store::open(StoreConfig::new(&dir)).unwrap();
-    let session = store.create_session("s".into(), json_empty_object()).await.unwrap().id;
-    for i in 0..2 {
-        let new = NewCheckpoint { state: Some(big_json(20_000, i).into()), ..NewCheckpoint::new(session, "big") };
-        store.put_checkpoint(new).await.unwrap();
-    }
+    let (store, session) = two_large_states(&dir).await;
     let entries: Vec<(Vec<u8>, Vec<u8>)> = index_entries(store.trees()).into_iter().collect();
     assert_eq!(entries.len(), 2);
     store.close();
