@@ -237,6 +237,9 @@ pub fn open<T>(
                 // short).
                 let keep = meta.get(keys::META_APPLIED)?.and_then(|m| keys::decode_applied_mark(&m)).map(|(id, _)| id);
                 remove_unreferenced(&trees, &segments, keep, shown)?;
+                segments
+                    .trim_newest()
+                    .map_err(|e| io_error(shown, "cannot cut the zeros after the newest state segment", &e))?;
             }
         }
         Ok((Opened { db, trees, segments: Arc::clone(&segments), pre_log_sync }, out))

@@ -26,6 +26,20 @@
 //! pointer can be durable before the bytes it points to. An append whose
 //! change never became durable is dead space.
 //!
+//! **Preallocation.** An append that makes the file longer costs its
+//! fdatasync a second synchronous write, of the inode's new size (measured
+//! here on ext4: 0.22 ms per 1 KiB append + fdatasync against 0.15 ms for
+//! the same write into space already written). So small appends (at most
+//! [`PREALLOCATE_BELOW`], which is every intent of a small change) go into
+//! space the active segment zero-filled ahead of them, [`PREALLOCATE_BYTES`]
+//! at a time, as PostgreSQL does for its WAL. Large appends just extend the
+//! file: zero-filling would double the bytes they write, and the inode is a
+//! small part of their sync. A walk ends at the first bytes that are not a
+//! whole entry, so zeros after the last entry read as its end. A segment is
+//! cut to its last entry when it is sealed and when the store closes; the
+//! newest segment after a crash keeps its zeros (dead bytes) until
+//! compaction removes it.
+//!
 //! **Space.** The bytes of live values per segment are counted in memory:
 //! recounted at open from the `segment_pointers` tree (format 4: one entry
 //! per value in a segment, kept by every change, see `keys`), then kept up
@@ -53,6 +67,12 @@ pub const SEGMENTS_DIR: &str = "segments";
 pub const VALUE_THRESHOLD: usize = 8 * 1024;
 /// A segment is sealed once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Appends of at most this many bytes go into space zero-filled ahead of
+/// them (see "Preallocation" above), [`PREALLOCATE_BYTES`] at a time.
+pub const PREALLOCATE_BELOW: u64 = 16 * 1024;
+/// How far ahead of small appends the active segment is zero-filled: at
+/// most this much of a segment is zeros no entry uses yet.
+pub const PREALLOCATE_BYTES: u64 = 1 << 20;
 
 const MAGIC: &[u8; 4] = b"CKSE";
 /// magic, len, crc, owner len; then the owner and the header's crc.
@@ -131,7 +151,8 @@ pub struct Entry {
 /// How a walk of a segment ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tail {
-    /// The last entry ends at the end of the file.
+    /// The last entry ends at the end of the file, or only zeros follow it
+    /// (preallocated space).
     Clean,
     /// From this offset on the file holds no whole entry: an append a crash
     /// cut short (or damage).
@@ -157,8 +178,35 @@ pub struct SpaceUsage {
 struct Active {
     id: u32,
     file: Arc<File>,
+    /// Where the next entry goes: the end of the last one.
     len: u64,
+    /// The file's length: `len` and the zeros after it.
+    allocated: u64,
     max_bytes: u64,
+}
+
+impl Active {
+    /// Zero-fills the file from `allocated` on, so that `need` more bytes
+    /// fit without making the file longer.
+    fn preallocate(&mut self, need: u64) -> io::Result<()> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let end = (self.len + need).max(self.allocated + PREALLOCATE_BYTES).min(self.max_bytes.max(self.len + need));
+        while self.allocated < end {
+            let n = (end - self.allocated).min(ZEROS.len() as u64) as usize;
+            self.file.write_all_at(&ZEROS[..n], self.allocated)?;
+            self.allocated += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Cuts the zeros after the last entry and syncs the file.
+    fn trim_and_sync(&mut self) -> io::Result<()> {
+        if self.allocated > self.len {
+            self.file.set_len(self.len)?;
+            self.allocated = self.len;
+        }
+        self.file.sync_data()
+    }
 }
 
 struct Unsynced {
@@ -258,14 +306,18 @@ impl Segments {
 
         let mut active = self.active.lock().expect("segments lock");
         if active.as_ref().is_none_or(|a| a.len > 0 && a.len + entry_len > a.max_bytes) {
-            *active = Some(self.create_next(active.as_ref())?);
+            *active = Some(self.create_next(active.as_mut())?);
         }
         let a = active.as_mut().expect("an active segment");
+        if entry_len <= PREALLOCATE_BELOW && a.len + entry_len > a.allocated {
+            a.preallocate(entry_len)?;
+        }
         // Header and value in one `pwritev`: the value is not copied.
         write_all_vectored_at(&a.file, &header, value, a.len)?;
         let pointer = Pointer { segment: a.id, offset: a.len + header_len, len, crc };
         a.len += entry_len;
-        let size = a.len;
+        a.allocated = a.allocated.max(a.len);
+        let size = a.allocated;
         let file = Arc::clone(&a.file);
         {
             let mut u = self.unsynced.lock().expect("segments lock");
@@ -280,13 +332,17 @@ impl Segments {
     /// Opens the segment after the newest one (the newest present may have
     /// a torn tail from before a crash: it is never appended to again).
     ///
-    /// The segment being sealed is fdatasynced first: no byte of the next
-    /// one can reach the disk before every byte of this one has, so only the
-    /// newest segment at a crash can have a torn tail, and an intent found
-    /// after a torn tail (in a later segment) was written after a restart.
-    fn create_next(&self, sealed: Option<&Active>) -> io::Result<Active> {
+    /// The segment being sealed is cut to its last entry and fdatasynced
+    /// first: no byte of the next one can reach the disk before every byte
+    /// of this one has, so only the newest segment at a crash can have a
+    /// torn tail, and an intent found after a torn tail (in a later
+    /// segment) was written after a restart.
+    fn create_next(&self, sealed: Option<&mut Active>) -> io::Result<Active> {
         if let Some(sealed) = sealed {
-            sealed.file.sync_data()?;
+            sealed.trim_and_sync()?;
+            if let Some(u) = self.usage.lock().expect("segments lock").get_mut(&sealed.id) {
+                u.size = sealed.len;
+            }
         }
         fs::create_dir_all(&self.dir)?;
         let id = {
@@ -298,7 +354,39 @@ impl Segments {
         self.usage.lock().expect("segments lock").insert(id, Usage::default());
         self.files.write().expect("segments lock").insert(id, Arc::clone(&file));
         self.unsynced.lock().expect("segments lock").created = true;
-        Ok(Active { id, file, len: 0, max_bytes: self.max_bytes })
+        Ok(Active { id, file, len: 0, allocated: 0, max_bytes: self.max_bytes })
+    }
+
+    /// Cuts the active segment's zeros after its last entry and syncs it
+    /// (at close, once nothing more is appended).
+    pub fn trim_active(&self) -> io::Result<()> {
+        let mut active = self.active.lock().expect("segments lock");
+        let Some(a) = active.as_mut() else { return Ok(()) };
+        a.trim_and_sync()?;
+        if let Some(u) = self.usage.lock().expect("segments lock").get_mut(&a.id) {
+            u.size = a.len;
+        }
+        Ok(())
+    }
+
+    /// Cuts the zeros a crash left after the newest segment's last entry
+    /// (at open, before anything is appended: no entry is ever written
+    /// there again, see [`Segments::create_next`]).
+    pub fn trim_newest(&self) -> io::Result<()> {
+        let Some(id) = self.ids().last().copied() else { return Ok(()) };
+        let (entries, tail) = self.entries(id)?;
+        let end = entries.last().map_or(0, |e| e.pointer.end());
+        let size = self.usage.lock().expect("segments lock").get(&id).map_or(0, |u| u.size);
+        if tail != Tail::Clean || size <= end {
+            return Ok(());
+        }
+        let file = OpenOptions::new().write(true).open(self.dir.join(file_name(id)))?;
+        file.set_len(end)?;
+        file.sync_data()?;
+        if let Some(u) = self.usage.lock().expect("segments lock").get_mut(&id) {
+            u.size = end;
+        }
+        Ok(())
     }
 
     /// The segment appends go to now, if one was opened.
@@ -388,21 +476,26 @@ impl Segments {
         let file = self.file(id)?;
         let size = file.metadata()?.len();
         let mut out = Vec::new();
+        // Bytes from `at` on that are not a whole entry: zeros to the end
+        // of the file are preallocated space, anything else a torn append.
+        let torn = |at: u64| -> io::Result<Tail> {
+            Ok(if zeros_from(&file, at, size)? { Tail::Clean } else { Tail::Torn(at) })
+        };
         while at < size {
             let mut fixed = [0u8; FIXED_HEADER];
             if at + FIXED_HEADER as u64 > size {
-                return Ok((out, Tail::Torn(at)));
+                return Ok((out, torn(at)?));
             }
             file.read_exact_at(&mut fixed, at)?;
             if &fixed[..4] != MAGIC {
-                return Ok((out, Tail::Torn(at)));
+                return Ok((out, torn(at)?));
             }
             let len = u32::from_be_bytes(fixed[4..8].try_into().expect("4"));
             let crc = u32::from_be_bytes(fixed[8..12].try_into().expect("4"));
             let owner_len = u16::from_be_bytes(fixed[12..14].try_into().expect("2")) as u64;
             let header_end = at + FIXED_HEADER as u64 + owner_len + 4;
             if header_end + u64::from(len) > size {
-                return Ok((out, Tail::Torn(at)));
+                return Ok((out, torn(at)?));
             }
             let mut rest = vec![0u8; owner_len as usize + 4];
             file.read_exact_at(&mut rest, at + FIXED_HEADER as u64)?;
@@ -411,7 +504,7 @@ impl Segments {
             h.update(&fixed);
             h.update(owner);
             if h.finalize().to_be_bytes() != stored_crc {
-                return Ok((out, Tail::Torn(at)));
+                return Ok((out, torn(at)?));
             }
             out.push(Entry {
                 start: at,
@@ -534,6 +627,20 @@ impl Segments {
     }
 }
 
+/// Whether `file` holds only zero bytes from `at` to `size`.
+fn zeros_from(file: &File, mut at: u64, size: u64) -> io::Result<bool> {
+    let mut buf = vec![0u8; 64 * 1024];
+    while at < size {
+        let n = (size - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
 /// Writes `head` then `tail` at `offset`, with `pwritev` (a short write
 /// continues where it stopped).
 fn write_all_vectored_at(file: &File, head: &[u8], tail: &[u8], offset: u64) -> io::Result<()> {
@@ -633,14 +740,54 @@ mod tests {
     }
 
     #[test]
+    fn small_appends_go_into_zeros_written_ahead_and_the_zeros_are_cut_at_seal_and_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::open_sized(dir.path(), true, 4 * PREALLOCATE_BYTES).unwrap();
+        let path = |id| dir.path().join(SEGMENTS_DIR).join(file_name(id));
+        let size = |id| fs::metadata(path(id)).unwrap().len();
+        let a = segs.append(&owner(4, b"a"), &value(1000, 1)).unwrap();
+        assert_eq!(size(1), PREALLOCATE_BYTES);
+        // Appends within the zeros do not make the file longer.
+        let small: Vec<Pointer> = (0..100).map(|i| segs.append(&owner(4, &[i]), &value(1000, i)).unwrap()).collect();
+        assert_eq!(size(1), PREALLOCATE_BYTES);
+        assert_eq!(segs.space().bytes_on_disk, PREALLOCATE_BYTES);
+        let (entries, tail) = segs.entries(1).unwrap();
+        assert_eq!((entries.len(), tail), (101, Tail::Clean));
+        // A large append just extends the file.
+        let big = segs.append(&owner(4, b"big"), &value(2 * PREALLOCATE_BYTES as usize, 9)).unwrap();
+        assert_eq!(size(1), big.end());
+        // Sealing cuts nothing more (no zeros after a large append)...
+        let next = segs.append(&owner(4, b"next"), &value(2 * PREALLOCATE_BYTES as usize, 8)).unwrap();
+        assert_eq!((next.segment, size(1)), (2, big.end()));
+        // ...but does cut the zeros after a small one.
+        let c = segs.append(&owner(4, b"c"), &value(1000, 7)).unwrap();
+        assert_eq!(size(2), next.end() + PREALLOCATE_BYTES);
+        let d = segs.append(&owner(4, b"d"), &value(3 * PREALLOCATE_BYTES as usize, 6)).unwrap();
+        assert_eq!((d.segment, size(2)), (3, c.end()));
+        let e = segs.append(&owner(4, b"e"), &value(10, 5)).unwrap();
+        assert!(size(3) > e.end());
+        segs.trim_active().unwrap();
+        assert_eq!(size(3), e.end());
+        assert_eq!(segs.space().bytes_on_disk, size(1) + size(2) + size(3));
+        for (p, v) in [(a, value(1000, 1)), (c, value(1000, 7)), (e, value(10, 5))] {
+            assert_eq!(segs.read(&p).unwrap(), v);
+        }
+        for (i, p) in small.iter().enumerate() {
+            assert_eq!(segs.read(p).unwrap(), value(1000, i as u8));
+        }
+    }
+
+    #[test]
     fn damage_is_told_apart_from_data() {
         let dir = tempfile::tempdir().unwrap();
         let segs = Segments::open(dir.path(), true).unwrap();
         let a = segs.append(&owner(4, b"k"), &value(5000, 3)).unwrap();
         segs.sync().unwrap();
         let path = dir.path().join(SEGMENTS_DIR).join(file_name(a.segment));
-        // Past the end.
+        // Into the preallocated zeros, then (once they are cut) past the end.
         let long = Pointer { len: a.len + 1, ..a };
+        assert!(matches!(segs.read(&long), Err(ReadError::Checksum(_))));
+        segs.trim_active().unwrap();
         assert!(matches!(segs.read(&long), Err(ReadError::Missing(_))));
         // A missing segment.
         let other = Pointer { segment: a.segment + 5, ..a };

@@ -252,10 +252,13 @@ impl Backend for Store {
         self.compactor.stop();
         self.committer.close();
         // Only when every write applied is on disk: no flush failed.
-        if !self.committer.subscribe().borrow().failed
-            && let Err(e) = self.write_mark()
-        {
-            tracing::warn!(error = %e, "could not record the counters beside the data");
+        if !self.committer.subscribe().borrow().failed {
+            if let Err(e) = self.segments.trim_active() {
+                tracing::warn!(error = %e, "could not cut the active state segment's preallocated zeros");
+            }
+            if let Err(e) = self.write_mark() {
+                tracing::warn!(error = %e, "could not record the counters beside the data");
+            }
         }
     }
 
