@@ -4,6 +4,7 @@
 //!
 //! Only the source is read; nothing in it is created, changed or removed.
 
+use super::segments::{self, SEGMENTS_DIR};
 use std::fs;
 use std::io;
 use std::path::Path;
@@ -21,9 +22,14 @@ pub fn copy_dir(from: &Path, to: &Path, sync: bool) -> io::Result<u64> {
 
 /// Brings an earlier copy of `from` in `to` up to date and returns the bytes
 /// the copy now holds: every file is copied again, except blob files
-/// (`blobs/N`) already copied whole. sled writes a blob file once, in order,
-/// under a name it never reuses, so a copy of the same length has the same
-/// bytes. Files and directories no longer in `from` are removed from `to`.
+/// (`blobs/N`) and sealed state segments already copied whole. sled writes a
+/// blob file once, in order, under a name it never reuses, so a copy of the
+/// same length has the same bytes; so does a state segment older than the
+/// newest one the earlier copy holds (it was sealed: cut to its last entry,
+/// never written again). That newest one and any later are copied again:
+/// the active segment's small appends overwrite zeros written ahead of
+/// them, which leaves its length unchanged (`storage::segments`). Files and
+/// directories no longer in `from` are removed from `to`.
 /// A copy taken while sled was writing, then refreshed while it is not,
 /// equals a copy taken while it is not, for a fraction of the work.
 pub fn refresh_copy(from: &Path, to: &Path) -> io::Result<u64> {
@@ -48,6 +54,11 @@ fn copy_level(from: &Path, to: &Path, mode: Mode, write_once: bool, depth: usize
     let sync = matches!(mode, Mode::Fresh { sync: true });
     let mut bytes = 0;
     let mut names = std::collections::HashSet::new();
+    // Segments from this id on may have changed at the same length.
+    let changing_segments = match (mode, write_once && from.file_name().is_some_and(|n| n == SEGMENTS_DIR)) {
+        (Mode::Refresh, true) => newest_segment(to)?,
+        _ => None,
+    };
     for entry in fs::read_dir(from)? {
         let entry = entry?;
         let kind = entry.file_type()?;
@@ -60,7 +71,10 @@ fn copy_level(from: &Path, to: &Path, mode: Mode, write_once: bool, depth: usize
             if redundant_link(from, &entry.file_name(), depth) {
                 continue;
             }
-            if let (Mode::Refresh, true) = (mode, write_once) {
+            let may_change = changing_segments.is_some_and(|newest| {
+                entry.file_name().to_str().and_then(segments::id_of).is_none_or(|id| id >= newest)
+            });
+            if let (Mode::Refresh, true, false) = (mode, write_once, may_change) {
                 let len = match entry.metadata() {
                     Ok(m) => m.len(),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -106,6 +120,22 @@ fn copy_level(from: &Path, to: &Path, mode: Mode, write_once: bool, depth: usize
         fs::File::open(to)?.sync_all()?;
     }
     Ok(bytes)
+}
+
+/// The newest state segment in a copy's `segments/` (none when missing).
+fn newest_segment(dir: &Path) -> io::Result<Option<u32>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut newest = None;
+    for entry in entries {
+        if let Some(id) = entry?.file_name().to_str().and_then(segments::id_of) {
+            newest = newest.max(Some(id));
+        }
+    }
+    Ok(newest)
 }
 
 /// A kept link (`blobs.keep/N`) whose blob (`blobs/N`) is still there: the
@@ -158,4 +188,34 @@ fn size_level(dir: &Path, depth: usize) -> io::Result<u64> {
         }
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_copies_the_newest_segments_again_even_at_the_same_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+        let segs = from.join(SEGMENTS_DIR);
+        fs::create_dir_all(&segs).unwrap();
+        let seg = |id| segs.join(segments::file_name(id));
+        fs::write(seg(1), b"sealed").unwrap();
+        // The active segment: an entry, then zeros written ahead.
+        fs::write(seg(2), [&b"entry"[..], &[0; 59]].concat()).unwrap();
+        copy_dir(&from, &to, false).unwrap();
+        // Appends overwrite the zeros; the length stays.
+        fs::write(seg(2), [&b"entry-more"[..], &[0; 54]].concat()).unwrap();
+        fs::write(seg(3), b"next").unwrap();
+        refresh_copy(&from, &to).unwrap();
+        let copied = |id| fs::read(to.join(SEGMENTS_DIR).join(segments::file_name(id))).unwrap();
+        assert_eq!(copied(2), fs::read(seg(2)).unwrap());
+        assert_eq!(copied(3), b"next");
+        // A sealed segment of the same length is not read again (it never
+        // changes; this one is changed only to show it was skipped).
+        fs::write(seg(1), b"SEALED").unwrap();
+        refresh_copy(&from, &to).unwrap();
+        assert_eq!(copied(1), b"sealed");
+    }
 }

@@ -133,7 +133,8 @@ pub fn file_name(id: u32) -> String {
     format!("{id:08}.seg")
 }
 
-fn parse_name(name: &str) -> Option<u32> {
+/// The id of the segment file named `name`, if it is one.
+pub fn id_of(name: &str) -> Option<u32> {
     let digits = name.strip_suffix(".seg")?;
     if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -252,7 +253,7 @@ impl Segments {
                 for entry in entries {
                     let entry = entry?;
                     let name = entry.file_name();
-                    let Some(id) = name.to_str().and_then(parse_name) else {
+                    let Some(id) = name.to_str().and_then(id_of) else {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
                             format!("`{SEGMENTS_DIR}` holds {name:?}, which is not a segment file"),
