@@ -84,20 +84,31 @@ where
             None => meta.target().to_string(),
         };
         let message = fields.map.get("message").cloned().unwrap_or(Value::String(String::new()));
-        let mut line = Map::new();
-        line.insert("timestamp".into(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true).into());
-        line.insert("level".into(), meta.level().as_str().into());
-        line.insert("target".into(), target.into());
-        line.insert("message".into(), message);
-        line.insert("fields".into(), Value::Object(fields.map));
-        if let Some(scope) = ctx.event_scope() {
-            let spans: Vec<Value> = scope.from_root().map(|span| Value::from(span.name())).collect();
-            if !spans.is_empty() {
-                line.insert("spans".into(), Value::Array(spans));
-            }
-        }
-        writeln!(writer, "{}", Value::Object(line))
+        let spans =
+            ctx.event_scope().map(|scope| scope.from_root().map(|span| span.name()).collect()).unwrap_or_default();
+        let line = Line {
+            timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            level: meta.level().as_str(),
+            target,
+            message,
+            fields: fields.map,
+            spans,
+        };
+        let text = serde_json::to_string(&line).map_err(|_| std::fmt::Error)?;
+        writeln!(writer, "{text}")
     }
+}
+
+/// One JSON log line, its keys in this order.
+#[derive(serde::Serialize)]
+struct Line {
+    timestamp: String,
+    level: &'static str,
+    target: String,
+    message: Value,
+    fields: Map<String, Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    spans: Vec<&'static str>,
 }
 
 #[derive(Default)]

@@ -598,3 +598,23 @@ fn import_export_and_migrations_report_progress_unless_quiet() {
         assert!(text(&out.stdout).starts_with("imported "), "{}", text(&out.stdout));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_are_answered_at_capacity_without_taking_a_slot() {
+    let dir = tempdir();
+    let mut d = Daemon::serve(&data(&dir), &["--max-connections", "1"]);
+    let mut only = d.connect().await;
+    bounded("health", only.call("health", json!({}))).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(get(&addr(&d), "/readyz").0, 200);
+    }
+    assert_eq!(sample(&scrape(&addr(&d)), "checkpointd_connections", &[]), Some(1.0));
+    // WebSocket clients are still limited: the next one is refused.
+    let mut second = bounded("connect", Client::connect(d.url())).await.unwrap();
+    let refused = bounded("reply", second.next_reply()).await.unwrap();
+    assert_eq!(refused["code"], "capacity", "{refused}");
+    // And the slot of the first is still usable.
+    bounded("health", only.call("health", json!({}))).await.unwrap();
+    drop((only, second));
+    assert!(d.terminate().success());
+}

@@ -66,20 +66,21 @@ pub(crate) async fn serve(
         Ok(opened) => opened,
         Err(e) => return tracing::debug!(%peer, error = %e, "TLS handshake or request failed"),
     };
-    let reply_by = Instant::now() + SHUTDOWN_GRACE;
+    // An answer is written within SHUTDOWN_GRACE of being ready.
+    let reply_by = || Instant::now() + SHUTDOWN_GRACE;
     match head {
         Head::WebSocket if !state.is_draining() => {}
         Head::WebSocket => {
             let refusal = http::refusal(503, "server shutting down");
-            return http::send(&mut io, &refusal, false, reply_by).await;
+            return http::send(&mut io, &refusal, false, reply_by()).await;
         }
         Head::Http(request) => {
             // Plain HTTP takes no client slot.
             drop(slot);
             let response = http::respond(&state, &request).await;
-            return http::send(&mut io, &response, request.method == "HEAD", reply_by).await;
+            return http::send(&mut io, &response, request.method == "HEAD", reply_by()).await;
         }
-        Head::Bad => return http::send(&mut io, &http::refusal(400, "bad request"), false, reply_by).await,
+        Head::Bad => return http::send(&mut io, &http::refusal(400, "bad request"), false, reply_by()).await,
         Head::Closed => return tracing::debug!(%peer, "closed before a request"),
     }
     let stream = Rewind::new(buf, io);

@@ -323,7 +323,8 @@ pub(crate) async fn serve_metrics(listener: tokio::net::TcpListener, state: Arc<
             let response = match head {
                 Ok(Ok(Head::Http(request))) => {
                     let response = respond(&state, &request).await;
-                    send(&mut stream, &response, request.method == "HEAD", deadline).await;
+                    let reply_by = tokio::time::Instant::now() + super::settings::SHUTDOWN_GRACE;
+                    send(&mut stream, &response, request.method == "HEAD", reply_by).await;
                     return drop(permit);
                 }
                 Ok(Ok(Head::WebSocket)) => refusal(404, "no WebSocket here: this is the metrics listener"),
