@@ -235,8 +235,8 @@ fn text_logs_have_no_escape_codes_in_a_pipe() {
     }
 }
 
-/// Runs the server with stderr on a pseudo-terminal; returns what it wrote.
-fn stderr_on_a_terminal(dir: &Path, env: &[(&str, &str)]) -> String {
+/// A pseudo-terminal: (master, slave).
+fn pty() -> (std::fs::File, std::os::fd::OwnedFd) {
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty writes the two descriptors it opens.
     let opened =
@@ -245,17 +245,14 @@ fn stderr_on_a_terminal(dir: &Path, env: &[(&str, &str)]) -> String {
     use std::os::fd::FromRawFd;
     assert!(master >= 0 && slave >= 0);
     // SAFETY: both descriptors were just opened and are owned here only.
-    let (master, slave) = unsafe { (std::fs::File::from_raw_fd(master), std::os::fd::OwnedFd::from_raw_fd(slave)) };
-    let mut cmd = command(CHECKPOINTD, &["--listen", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()]);
-    cmd.envs(env.iter().copied()).stderr(Stdio::from(slave));
-    // The command (and with it our copy of the slave end) is dropped here.
-    let mut server = Lines::spawn(cmd);
-    assert!(server.next().starts_with("listening on ws://"));
-    // The slave end is the child's only now: reading the master ends
-    // (EIO) once the child has exited.
-    let reader = std::thread::spawn(move || {
+    unsafe { (std::fs::File::from_raw_fd(master), std::os::fd::OwnedFd::from_raw_fd(slave)) }
+}
+
+/// Everything written to a pty's slave end, once every holder of it has
+/// closed it (reads then fail with EIO).
+fn read_terminal(mut master: std::fs::File) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
         let mut all = Vec::new();
-        let mut master = master;
         let mut buf = [0u8; 4096];
         while let Ok(n) = master.read(&mut buf) {
             if n == 0 {
@@ -264,7 +261,18 @@ fn stderr_on_a_terminal(dir: &Path, env: &[(&str, &str)]) -> String {
             all.extend_from_slice(&buf[..n]);
         }
         String::from_utf8_lossy(&all).into_owned()
-    });
+    })
+}
+
+/// Runs the server with stderr on a pseudo-terminal; returns what it wrote.
+fn stderr_on_a_terminal(dir: &Path, env: &[(&str, &str)]) -> String {
+    let (master, slave) = pty();
+    let mut cmd = command(CHECKPOINTD, &["--listen", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()]);
+    cmd.envs(env.iter().copied()).stderr(Stdio::from(slave));
+    // The command (and with it our copy of the slave end) is dropped here.
+    let mut server = Lines::spawn(cmd);
+    let reader = read_terminal(master);
+    assert!(server.next().starts_with("listening on ws://"));
     server.signal(libc::SIGTERM);
     assert!(server.wait().success());
     reader.join().unwrap()
@@ -596,6 +604,28 @@ fn import_export_and_migrations_report_progress_unless_quiet() {
         let err = text(&out.stderr);
         assert_eq!(err.contains("import done: "), !quiet, "{err}");
         assert!(text(&out.stdout).starts_with("imported "), "{}", text(&out.stdout));
+    }
+    // On a terminal: a bar with items, bytes, rate and ETA; none with --quiet.
+    for quiet in [false, true] {
+        let target = dir.path().join(format!("on-a-terminal-{quiet}"));
+        let mut args = vec!["import", "--data-dir", target.to_str().unwrap(), file.to_str().unwrap()];
+        if quiet {
+            args.push("--quiet");
+        }
+        let (master, slave) = pty();
+        let mut cmd = command(CHECKPOINTD, &args);
+        cmd.stderr(Stdio::from(slave));
+        let mut import = Lines::spawn(cmd);
+        let shown = read_terminal(master);
+        assert!(import.next().starts_with("imported "));
+        assert!(import.wait().success());
+        let shown = shown.join().unwrap();
+        if quiet {
+            assert!(!shown.contains("items"), "{shown:?}");
+        } else {
+            assert!(shown.contains("import [") && shown.contains(" items, ") && shown.contains("ETA"), "{shown:?}");
+            assert!(!shown.contains("import done"), "a bar, not log lines: {shown:?}");
+        }
     }
 }
 
