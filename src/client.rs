@@ -59,8 +59,22 @@ impl Client {
     /// far larger than the server's `--max-message-bytes` (which bounds
     /// requests) and than tungstenite's default 16 MiB frame limit.
     pub async fn connect(url: &str) -> ClientResult<Client> {
+        Client::connect_with(url, None).await
+    }
+
+    /// Connects to `url`, `ws://` or `wss://`; for `wss://`, with `tls`
+    /// (e.g. [`crate::server::tls::client_config`] with a CA file), or
+    /// without it trusting the system's roots.
+    pub async fn connect_with(url: &str, tls: Option<std::sync::Arc<rustls::ClientConfig>>) -> ClientResult<Client> {
         let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await.map_err(conn)?;
+        let tls = match (tls, url.starts_with("wss://")) {
+            (Some(tls), _) => Some(tls),
+            (None, true) => Some(crate::server::tls::client_config(None).map_err(conn)?),
+            (None, false) => None,
+        };
+        let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector).await.map_err(conn)?;
         Ok(Client { ws, next_id: 0, events: VecDeque::new() })
     }
 

@@ -56,19 +56,29 @@
 //! - [`transfer`]: export / import as JSON lines, and forge-reasoning import.
 //! - [`snapshot`]: consistent copies of a live data directory (a running
 //!   server pauses writes through its control socket) and backups.
+//! - [`metrics`]: the Prometheus metrics `GET /metrics` serves
+//!   (`server::http` answers plain HTTP on the listener; `server::tls`
+//!   serves `wss://`).
+//! - [`telemetry`]: logs as text or JSON lines.
+//! - [`cli`]: the `checkpointd call` and `watch` client commands.
+//! - [`progress`]: progress of long jobs (import, export, migrations).
 
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dump;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod panics;
+pub mod progress;
 pub mod protocol;
 pub mod rules;
 pub mod server;
 pub mod service;
 pub mod snapshot;
 pub mod storage;
+pub mod telemetry;
 pub mod transfer;
 
 pub use error::{Error, Result};

@@ -172,8 +172,17 @@ fn write_line<T: Serialize>(out: &mut dyn Write, line: &T) -> Result<()> {
 
 /// Writes everything in the inspected directory as export lines; returns
 /// what was written.
+/// Shows its progress ([`crate::progress`]): one item per line.
 pub fn export(ins: &Inspector, out: &mut dyn Write) -> Result<ImportCounts> {
     let summary = ins.summary()?;
+    let lines = 1 + summary.sessions + summary.checkpoints + summary.annotations + summary.writes;
+    let progress = crate::progress::Progress::start("export", Some(lines));
+    let result = export_to(ins, summary, &mut crate::progress::CountingWriter { inner: out, progress: &progress });
+    progress.finish(result.is_ok());
+    result
+}
+
+fn export_to(ins: &Inspector, summary: crate::storage::Summary, out: &mut dyn Write) -> Result<ImportCounts> {
     let sequences = summary.sequences.unwrap_or_default();
     write_line(
         out,
@@ -347,8 +356,11 @@ pub async fn import(store: &Store, input: impl BufRead) -> Result<ImportCounts> 
     };
     let mut batch = fresh();
     let mut total = ImportCounts::default();
+    let records = header.sessions + header.checkpoints + header.annotations + header.writes;
+    let progress = crate::progress::Progress::start("import", Some(records));
     for (n, line) in lines {
         let line = line?;
+        progress.inc(u64::from(!line.trim().is_empty()), line.len() as u64 + 1);
         if line.trim().is_empty() {
             continue;
         }
@@ -429,6 +441,7 @@ pub async fn import(store: &Store, input: impl BufRead) -> Result<ImportCounts> 
             "the export is incomplete: its header announces {expected:?}, it holds {total:?}"
         )));
     }
+    progress.finish(true);
     Ok(total)
 }
 

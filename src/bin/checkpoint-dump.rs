@@ -25,6 +25,12 @@ struct Cli {
     /// the directory's lock is taken as usual).
     #[arg(long)]
     snapshot: bool,
+    /// No progress bar or progress lines (export, migrating a copy).
+    #[arg(long, global = true)]
+    quiet: bool,
+    /// Progress lines on stderr (when it is not a terminal) as text or json.
+    #[arg(long, global = true, value_enum, env = "CHECKPOINTD_LOG_FORMAT", default_value = "text")]
+    log_format: checkpointd::telemetry::LogFormat,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -98,6 +104,8 @@ impl<W: Write> Write for Out<W> {
 fn main() -> ExitCode {
     checkpointd::panics::one_line("checkpoint-dump");
     let cli = Cli::parse();
+    checkpointd::telemetry::init_progress_logging(cli.log_format);
+    checkpointd::progress::set_quiet(cli.quiet);
     let action = match cli.command {
         Cmd::Summary => Action::Summary,
         Cmd::Sessions => Action::Sessions,

@@ -1,8 +1,10 @@
 //! `checkpointd`: serve the WebSocket protocol on a data directory.
 
+use checkpointd::cli::{CallArgs, ClientCommand, ServeOps, WatchArgs};
 use checkpointd::config::{DEFAULT_EVENT_RETENTION, Durability, StoreConfig};
 use checkpointd::server::{self, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES, ServerConfig};
 use checkpointd::service::Service;
+use checkpointd::telemetry::LogFormat;
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,6 +19,13 @@ struct Cli {
     command: Option<Mode>,
     #[command(flatten)]
     serve: ServeArgs,
+    /// Log lines on stderr: text (coloured only on a terminal, never with
+    /// NO_COLOR set) or json (one object per line).
+    #[arg(long, global = true, value_enum, env = "CHECKPOINTD_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    /// No progress bar or progress lines (import, migrations).
+    #[arg(long, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -26,6 +35,11 @@ enum Mode {
     /// Load a `checkpoint-dump export` into an empty data directory, or a
     /// forge-reasoning export (`--forge-export`) into any data directory.
     Import(ImportArgs),
+    /// Call one method on a running server and print its result as JSON
+    /// (exit 1 with the error code on an error reply).
+    Call(CallArgs),
+    /// Print a session's events as JSON lines until interrupted.
+    Watch(WatchArgs),
 }
 
 #[derive(Args)]
@@ -87,19 +101,20 @@ struct ServeArgs {
     /// migrating an older on-disk format.
     #[arg(long)]
     no_backup: bool,
+    #[command(flatten)]
+    ops: ServeOps,
 }
 
 fn main() -> ExitCode {
     checkpointd::panics::one_line("checkpointd");
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    // tungstenite traces every frame's payload, tokens included, and logs
-    // each Close at debug: keep it at info whatever RUST_LOG says.
-    let filter = filter.add_directive("tungstenite=info".parse().expect("a valid directive"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
+    checkpointd::telemetry::init_logging(cli.log_format);
+    checkpointd::progress::set_quiet(cli.quiet);
     let result = match cli.command {
         Some(Mode::Serve(args)) => serve(args),
         Some(Mode::Import(args)) => import(args),
+        Some(Mode::Call(args)) => return ExitCode::from(checkpointd::cli::run(ClientCommand::Call(args))),
+        Some(Mode::Watch(args)) => return ExitCode::from(checkpointd::cli::run(ClientCommand::Watch(args))),
         None => serve(cli.serve),
     };
     match result {
@@ -151,6 +166,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let tls = args.ops.tls().map_err(|e| e.to_string())?;
+        let metrics_listener = match &args.ops.metrics_listen {
+            Some(at) => Some(
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .map_err(|e| format!("cannot listen on {at} for metrics: {e}"))?,
+            ),
+            None => None,
+        };
         // Before `listening on`: a SIGTERM right after it must stop the
         // server cleanly, not kill it.
         let shutdown = shutdown_signal();
@@ -162,16 +186,24 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             ..StoreConfig::new(&args.data_dir)
         };
         let service = Service::open(store).map_err(|e| e.to_string())?;
+        if let Some(tls) = &tls {
+            tls.reload_on_sighup().map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+        }
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
         let config = ServerConfig {
             token,
             max_connections: args.max_connections,
             max_message_bytes: args.max_message_bytes,
+            tls,
             ..ServerConfig::default()
         };
         tracing::info!(data_dir = %args.data_dir.display(), durability = args.durability.as_str(), "serving");
-        println!("listening on ws://{addr}");
+        println!("listening on {scheme}://{addr}");
+        if let Some(at) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+            println!("metrics on http://{at}/metrics");
+        }
         let _ = std::io::stdout().flush();
-        server::run(listener, service, config, shutdown).await.map_err(|e| e.to_string())
+        server::run_with(listener, metrics_listener, service, config, shutdown).await.map_err(|e| e.to_string())
     })
 }
 

@@ -6,4 +6,4 @@ pub mod reply;
 pub mod request;
 
 pub use reply::{render_error, render_event, render_lagged, render_ok};
-pub use request::{Command, Request, parse_frame, parse_request, request_id};
+pub use request::{Command, METHODS, Request, known_method, parse_frame, parse_request, request_id};

@@ -23,6 +23,11 @@ pub struct Request {
     pub command: Result<Command>,
 }
 
+/// `method` as one of [`METHODS`], if it is one.
+pub fn known_method(method: &str) -> Option<&'static str> {
+    METHODS.iter().copied().find(|&m| m == method)
+}
+
 /// Every method the server understands.
 #[derive(Debug)]
 pub enum Command {

@@ -2,8 +2,11 @@
 //! while subscription tasks push events through the same bounded queue.
 
 use super::handler::Handler;
+use super::http::{self, Head, Io, Rewind};
 use super::outbound::{Outcome, close};
-use super::settings::{HANDSHAKE_TIMEOUT, LINGER, MESSAGE_CAP_FACTOR, OUTBOUND_QUEUE, SHUTDOWN_GRACE};
+use super::settings::{
+    HANDSHAKE_TIMEOUT, HEAD_DRAIN_GRACE, LINGER, MESSAGE_CAP_FACTOR, OUTBOUND_QUEUE, SHUTDOWN_GRACE,
+};
 use super::state::ServerState;
 use crate::error::Error;
 use crate::protocol::{render_error, request_id};
@@ -13,13 +16,25 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 /// Initial read buffer of a connection.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
-type WebSocket = tokio_tungstenite::WebSocketStream<TcpStream>;
+type WebSocket = tokio_tungstenite::WebSocketStream<Rewind>;
+
+/// The TLS handshake (with `--tls-cert`) and the request head.
+async fn open(stream: TcpStream, state: &ServerState) -> std::io::Result<(Box<dyn Io>, Head, Vec<u8>)> {
+    let mut io: Box<dyn Io> = match &state.config.tls {
+        Some(tls) => Box::new(tls.acceptor().accept(stream).await?),
+        None => Box::new(stream),
+    };
+    let mut buf = Vec::new();
+    let head = http::read_head(&mut io, &mut buf).await?;
+    Ok((io, head, buf))
+}
 
 pub(crate) async fn serve(
     stream: TcpStream,
@@ -28,6 +43,47 @@ pub(crate) async fn serve(
     state: Arc<ServerState>,
     mut shutdown: broadcast::Receiver<()>,
 ) {
+    // TLS, the request head and the WebSocket handshake all complete within
+    // HANDSHAKE_TIMEOUT of the accept; once shutdown begins, within
+    // HEAD_DRAIN_GRACE of it.
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let opening = open(stream, &state);
+    tokio::pin!(opening);
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
+    let mut cut = false;
+    let opened = loop {
+        tokio::select! {
+            opened = &mut opening => break opened,
+            _ = shutdown.recv(), if !cut => {
+                cut = true;
+                timer.as_mut().reset(deadline.min(Instant::now() + HEAD_DRAIN_GRACE));
+            }
+            () = &mut timer => return tracing::debug!(%peer, "no request within the handshake timeout"),
+        }
+    };
+    let (mut io, head, buf) = match opened {
+        Ok(opened) => opened,
+        Err(e) => return tracing::debug!(%peer, error = %e, "TLS handshake or request failed"),
+    };
+    // An answer is written within SHUTDOWN_GRACE of being ready.
+    let reply_by = || Instant::now() + SHUTDOWN_GRACE;
+    match head {
+        Head::WebSocket if !state.is_draining() => {}
+        Head::WebSocket => {
+            let refusal = http::refusal(503, "server shutting down");
+            return http::send(&mut io, &refusal, false, reply_by()).await;
+        }
+        Head::Http(request) => {
+            // Plain HTTP takes no client slot.
+            drop(slot);
+            let response = http::respond(&state, &request).await;
+            return http::send(&mut io, &response, request.method == "HEAD", reply_by()).await;
+        }
+        Head::Bad => return http::send(&mut io, &http::refusal(400, "bad request"), false, reply_by()).await,
+        Head::Closed => return tracing::debug!(%peer, "closed before a request"),
+    }
+    let stream = Rewind::new(buf, io);
     let limit = state.config.max_message_bytes;
     // tungstenite's write buffer keeps its default (no cap): with a cap, a
     // frame larger than it is refused outright, and a reply may well be
@@ -46,7 +102,7 @@ pub(crate) async fn serve(
         .max_frame_size(Some(cap));
     // A socket that never finishes its handshake must not hold up shutdown.
     let handshake =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)));
+        tokio::time::timeout_at(deadline, tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)));
     let ws = tokio::select! {
         _ = shutdown.recv() => return tracing::debug!(%peer, "shutdown during the handshake"),
         result = handshake => match result {
@@ -65,7 +121,7 @@ pub(crate) async fn serve(
         })
         .await;
         if matches!(sent, Ok(Ok(()))) {
-            linger(&mut incoming, tokio::time::Instant::now() + LINGER).await;
+            linger(&mut incoming, Instant::now() + LINGER).await;
         }
         return;
     };
@@ -79,7 +135,7 @@ pub(crate) async fn serve(
     // Keepalive: after `keepalive` of silence the client is pinged; after
     // another `keepalive` without any frame (a pong counts) it is closed, so a
     // half-open connection does not keep its slot forever.
-    let mut quiet_until = tokio::time::Instant::now() + state.config.keepalive;
+    let mut quiet_until = Instant::now() + state.config.keepalive;
     let mut pinged = false;
     // One timer, armed once per silence rather than once per frame (each
     // new timer could wake the runtime's I/O driver): a frame only moves
@@ -95,7 +151,7 @@ pub(crate) async fn serve(
                 break;
             }
             frame = incoming.next() => {
-                quiet_until = tokio::time::Instant::now() + state.config.keepalive;
+                quiet_until = Instant::now() + state.config.keepalive;
                 pinged = false;
                 frame
             }
@@ -110,7 +166,7 @@ pub(crate) async fn serve(
                     break;
                 }
                 pinged = true;
-                quiet_until = tokio::time::Instant::now() + state.config.keepalive;
+                quiet_until = Instant::now() + state.config.keepalive;
                 quiet.as_mut().reset(quiet_until);
                 let _ = out.try_send(Message::Ping(Default::default()));
                 continue;
@@ -184,13 +240,13 @@ pub(crate) async fn serve(
     // Stop subscriptions, queue the Close frame after what is queued, and let
     // the writer drain it all — within the grace period, then drop the socket.
     drop(handler);
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
     if shutting_down {
         let _ = tokio::time::timeout_at(deadline, out.send(close(CloseCode::Away, "server shutting down"))).await;
     }
     drop(out);
     match tokio::time::timeout_at(deadline, &mut writer).await {
-        Ok(Ok(true)) => linger(&mut incoming, deadline.min(tokio::time::Instant::now() + LINGER)).await,
+        Ok(Ok(true)) => linger(&mut incoming, deadline.min(Instant::now() + LINGER)).await,
         Ok(_) => {}
         Err(_) => {
             writer.abort();
@@ -204,7 +260,7 @@ pub(crate) async fn serve(
 /// sends until its Close or EOF, at most until `deadline`. Closing a socket
 /// with unread data resets the connection, and a reset can destroy the
 /// replies and the Close frame still on their way to the client.
-async fn linger(incoming: &mut SplitStream<WebSocket>, deadline: tokio::time::Instant) {
+async fn linger(incoming: &mut SplitStream<WebSocket>, deadline: Instant) {
     let _ = tokio::time::timeout_at(deadline, async {
         while let Some(Ok(msg)) = incoming.next().await {
             if msg.is_close() {

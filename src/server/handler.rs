@@ -45,28 +45,40 @@ impl Handler {
     /// Answers one text frame. For a write, also the hold on this
     /// connection's events, to be dropped once the reply is queued.
     pub async fn handle_text(&mut self, text: &Utf8Bytes) -> (Outcome, Option<ReplyHold>) {
+        let started = std::time::Instant::now();
+        let (outcome, hold, method, code) = self.answer(text).await;
+        self.state.config.metrics.request(method, code, started.elapsed());
+        (outcome, hold)
+    }
+
+    /// [`Handler::handle_text`], with the method (as a metrics label) and
+    /// the result code.
+    async fn answer(&mut self, text: &Utf8Bytes) -> (Outcome, Option<ReplyHold>, &'static str, &'static str) {
         let request = match crate::protocol::parse_frame(text) {
             Ok(request) => request,
-            Err(e) => return (Outcome::Reply(render_error("unknown", &e)), None),
+            Err(e) => return (Outcome::Reply(render_error("unknown", &e)), None, "unknown", e.code()),
         };
+        let method = crate::protocol::known_method(&request.method).unwrap_or("unknown");
         let id = request.id;
         if !self.authenticated && request.method != "authenticate" {
             let e = Error::Unauthorized("Authentication required".into());
-            return (Outcome::Reply(render_error(&id, &e)), None);
+            return (Outcome::Reply(render_error(&id, &e)), None, method, e.code());
         }
         let command = match request.command {
             Ok(command) => command,
-            Err(e) => return (Outcome::Reply(render_error(&id, &e)), None),
+            Err(e) => return (Outcome::Reply(render_error(&id, &e)), None, method, e.code()),
         };
+        let authenticating = matches!(command, Command::Authenticate { .. });
         let hold = match command.journals_events() {
             true => Some(std::sync::Arc::clone(&self.gate).write_owned().await),
             false => None,
         };
-        let outcome = match self.apply(&id, command).await {
-            Ok(outcome) => outcome,
-            Err(e) => Outcome::Reply(render_error(&id, &e)),
+        let (outcome, code) = match self.apply(&id, command).await {
+            Ok(outcome) if authenticating && !self.authenticated => (outcome, "unauthorized"),
+            Ok(outcome) => (outcome, "ok"),
+            Err(e) => (Outcome::Reply(render_error(&id, &e)), e.code()),
         };
-        (outcome, hold)
+        (outcome, hold, method, code)
     }
 
     fn authenticate(&mut self, id: &str, token: Option<String>) -> Outcome {
@@ -93,7 +105,8 @@ impl Handler {
     /// subscription of this connection to the same session.
     pub fn forward(&mut self, sub: Subscription) {
         let session_id = sub.session_id();
-        let task = tokio::spawn(forward(sub, self.out.clone(), std::sync::Arc::clone(&self.gate)));
+        let metrics = std::sync::Arc::clone(&self.state.config.metrics);
+        let task = tokio::spawn(forward(sub, self.out.clone(), std::sync::Arc::clone(&self.gate), metrics));
         if let Some(old) = self.subscriptions.insert(session_id, task) {
             old.abort();
         }
@@ -208,17 +221,21 @@ impl Handler {
 }
 
 /// Pushes one subscription's events into the client's queue until it ends.
-async fn forward(mut sub: Subscription, out: Outbound, gate: ReplyGate) {
+async fn forward(mut sub: Subscription, out: Outbound, gate: ReplyGate, metrics: Arc<crate::metrics::Metrics>) {
     let session_id = sub.session_id().to_string();
     while let Some(delivery) = sub.next().await {
-        let text = match delivery {
-            Delivery::Event(event) => render_event(&event),
-            Delivery::Lagged { last_seq } => render_lagged(&session_id, last_seq),
+        let (text, lagged) = match delivery {
+            Delivery::Event(event) => (render_event(&event), false),
+            Delivery::Lagged { last_seq } => (render_lagged(&session_id, last_seq), true),
         };
         // Not while a write's reply is on its way (see `ReplyGate`).
         let _open = gate.read().await;
         if out.send(Message::text(text)).await.is_err() {
             return;
+        }
+        match lagged {
+            true => metrics.subscription_lagged(),
+            false => metrics.event_delivered(),
         }
     }
 }

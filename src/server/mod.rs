@@ -18,14 +18,16 @@
 
 mod connection;
 mod handler;
+pub mod http;
 mod outbound;
 mod settings;
 mod state;
+pub mod tls;
 
 pub use settings::{
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES, HANDSHAKE_TIMEOUT, KEEPALIVE, LINGER, MAX_AUTH_FAILURES,
-    MAX_SUBSCRIPTIONS_PER_CONNECTION, MESSAGE_CAP_FACTOR, OUTBOUND_QUEUE, REJECT_SLOTS, RESERVED_FDS, SHUTDOWN_GRACE,
-    ServerConfig,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES, HANDSHAKE_TIMEOUT, HEAD_DRAIN_GRACE, KEEPALIVE, LINGER,
+    MAX_AUTH_FAILURES, MAX_SUBSCRIPTIONS_PER_CONNECTION, MESSAGE_CAP_FACTOR, OUTBOUND_QUEUE, REJECT_SLOTS,
+    RESERVED_FDS, SHUTDOWN_GRACE, ServerConfig,
 };
 
 use crate::error::{Error, Result};
@@ -35,6 +37,7 @@ use state::ServerState;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, mpsc};
@@ -89,8 +92,19 @@ fn socket_budget(max_connections: usize, open_files: Option<usize>) -> (usize, u
 
 /// Serves `listener` until `shutdown` completes, then closes every client
 /// with a Close frame, waits for in-flight commands, and flushes the store.
-pub async fn run(
+pub async fn run(listener: TcpListener, service: Service, config: ServerConfig, shutdown: impl Future) -> Result<()> {
+    run_with(listener, None, service, config, shutdown).await
+}
+
+/// [`run`], also serving `/metrics`, `/healthz` and `/readyz` (plain HTTP)
+/// on `metrics_listener`.
+///
+/// When `shutdown` completes, `/readyz` answers 503 from then on, every
+/// client is sent a Close frame, and the listeners keep answering plain
+/// HTTP (WebSocket upgrades get 503) until every connection has drained.
+pub async fn run_with(
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     service: Service,
     mut config: ServerConfig,
     shutdown: impl Future,
@@ -105,12 +119,23 @@ pub async fn run(
         );
         config.max_connections = admitted;
     }
+    if let Ok(addr) = listener.local_addr()
+        && config.tls.is_none()
+        && !addr.ip().is_loopback()
+    {
+        tracing::warn!(
+            %addr,
+            "serving without TLS on a non-loopback address: the token and all data travel in clear text; use --tls-cert and --tls-key"
+        );
+    }
+    service.store().observe_commits(Arc::clone(&config.metrics) as Arc<dyn crate::storage::commit::CommitObserver>);
     let state = Arc::new(ServerState {
         slots: Arc::new(Semaphore::new(config.max_connections)),
         service: service.clone(),
         config,
+        draining: AtomicBool::new(false),
     });
-    let (notify_shutdown, _) = broadcast::channel::<()>(1);
+    let (notify_shutdown, shutdown_rx) = broadcast::channel::<()>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     // The local control socket, for consistent snapshots of the live data.
     let control = match service.store().data_dir().map(ControlSocket::bind) {
@@ -121,21 +146,38 @@ pub async fn run(
             None
         }
     };
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(http::serve_metrics(l, Arc::clone(&state))));
+    let mut accept = Box::pin(accept_loop(&listener, &state, reject_slots, shutdown_rx, done_tx.downgrade()));
     tokio::select! {
-        () = accept_loop(&listener, &state, reject_slots, &notify_shutdown, &done_tx) => {}
+        () = &mut accept => {}
         _ = shutdown => tracing::info!("shutting down"),
     }
+    // Not ready from now on (`/readyz`), before any client hears of it.
+    state.draining.store(true, Ordering::SeqCst);
     // Closing the broadcast tells every handler (and ends any snapshot
     // pause, so writes in flight can finish); each holds a `done_tx`
-    // clone, so `recv` returns once the last one has finished.
+    // clone, so `recv` returns once the last one has finished. Meanwhile
+    // the listener still answers plain HTTP (readiness: 503).
     drop(notify_shutdown);
     drop(done_tx);
-    drop(listener);
-    if let Some(control) = control {
-        // Removes the socket file.
-        let _ = control.await;
+    let drained = async {
+        if let Some(control) = control {
+            // Removes the socket file.
+            let _ = control.await;
+        }
+        let _ = done_rx.recv().await;
+    };
+    tokio::pin!(drained);
+    tokio::select! {
+        biased;
+        () = &mut drained => {}
+        () = &mut accept => drained.await,
     }
-    let _ = done_rx.recv().await;
+    drop(accept);
+    drop(listener);
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     service.close();
     tracing::info!("stopped; data flushed");
     Ok(())
@@ -145,8 +187,8 @@ async fn accept_loop(
     listener: &TcpListener,
     state: &Arc<ServerState>,
     reject_slots: usize,
-    notify: &broadcast::Sender<()>,
-    done: &mpsc::Sender<()>,
+    shutdown: broadcast::Receiver<()>,
+    done: mpsc::WeakSender<()>,
 ) {
     // Bounds open sockets (admitted + being rejected) before `accept`.
     let sockets = Arc::new(Semaphore::new(state.config.max_connections + reject_slots));
@@ -169,8 +211,14 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let slot = Arc::clone(&state.slots).try_acquire_owned().ok();
         let state = Arc::clone(state);
-        let shutdown = notify.subscribe();
-        let done = done.clone();
+        let shutdown = shutdown.resubscribe();
+        // A connection accepted once shutdown has begun is not waited for
+        // (it is answered while the others drain, within HEAD_DRAIN_GRACE),
+        // so that probes cannot keep the server from stopping.
+        let done = match state.is_draining() {
+            true => None,
+            false => done.upgrade(),
+        };
         tokio::spawn(async move {
             connection::serve(stream, peer, slot, state, shutdown).await;
             drop(socket_permit);

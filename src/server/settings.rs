@@ -42,6 +42,11 @@ pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 1024;
 /// are capped at the open-files limit minus this.
 pub const RESERVED_FDS: usize = 64;
 
+/// When shutdown begins, a connection still sending its request head (or
+/// its TLS handshake) has this long to finish it: a health probe in flight
+/// is answered (`/readyz`: 503), and an idle socket cannot hold shutdown up.
+pub const HEAD_DRAIN_GRACE: Duration = Duration::from_secs(2);
+
 /// Settings of the WebSocket front.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -51,6 +56,10 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Silence before a client is pinged, and again before it is closed.
     pub keepalive: Duration,
+    /// The server's metrics (`GET /metrics`).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Serve `wss://` with this certificate (reloadable).
+    pub tls: Option<std::sync::Arc<super::tls::Tls>>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +69,8 @@ impl Default for ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             keepalive: KEEPALIVE,
+            metrics: Default::default(),
+            tls: None,
         }
     }
 }

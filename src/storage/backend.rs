@@ -59,6 +59,9 @@ pub trait Backend: Send + Sync + 'static {
     fn space(&self) -> super::segments::SpaceUsage {
         super::segments::SpaceUsage::default()
     }
+    /// Reports each group commit to `observer` from now on (metrics); a
+    /// store without group commits never calls it.
+    fn observe_commits(&self, _observer: std::sync::Arc<dyn super::commit::CommitObserver>) {}
     /// Flushes and syncs everything, and stops accepting writes.
     fn close(&self);
     /// The local directory holding the store's files, if it has one (the

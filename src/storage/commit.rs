@@ -40,6 +40,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// Told about every group commit that made writes durable (metrics): how
+/// many writes it covered and how long its sync (or full flush) took. Called
+/// on the syncing thread: it must be quick and must not block.
+pub trait CommitObserver: Send + Sync + 'static {
+    fn committed(&self, writes: u64, sync: Duration);
+}
+
 /// Proof that a write was applied; wait on it to know it is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ticket(u64);
@@ -98,6 +105,8 @@ struct Shared {
     data_file: File,
     /// `sync` mode: a writer is syncing for a group ([`Committer::wait`]).
     leading: AtomicBool,
+    /// Told about each group commit ([`Committer::observe`]).
+    observer: std::sync::OnceLock<Arc<dyn CommitObserver>>,
     /// Tests hold this to keep the commit thread and leaders from flushing.
     #[cfg(test)]
     hold: tokio::sync::RwLock<()>,
@@ -156,6 +165,7 @@ impl Committer {
             dir: dir.to_path_buf(),
             data_file,
             leading: AtomicBool::new(false),
+            observer: std::sync::OnceLock::new(),
             #[cfg(test)]
             hold: tokio::sync::RwLock::new(()),
         });
@@ -298,6 +308,12 @@ impl Committer {
         self.shared.hold.try_write().expect("hold lock")
     }
 
+    /// Reports every group commit from now on to `observer`; the first
+    /// observer set stays (returns false for any later one).
+    pub fn observe(&self, observer: Arc<dyn CommitObserver>) -> bool {
+        self.shared.observer.set(observer).is_ok()
+    }
+
     /// Watermarks for event delivery.
     pub fn subscribe(&self) -> watch::Receiver<Synced> {
         self.shared.synced.subscribe()
@@ -352,11 +368,16 @@ impl<'a> Leader<'a> {
         if target < ticket.0 {
             return false;
         }
+        let before = self.0.synced.borrow().ticket;
+        let started = Instant::now();
         match retrying_descriptors(|| self.0.segments.sync()) {
-            Ok(()) => self.0.synced.send_modify(|s| {
-                s.ticket = s.ticket.max(target);
-                s.event_seq = s.event_seq.max(event_seq);
-            }),
+            Ok(()) => {
+                self.0.report(target.saturating_sub(before), started.elapsed());
+                self.0.synced.send_modify(|s| {
+                    s.ticket = s.ticket.max(target);
+                    s.event_seq = s.event_seq.max(event_seq);
+                })
+            }
             Err(e) => {
                 tracing::error!(error = %e, "sync to disk failed; the store now refuses writes");
                 self.0.synced.send_modify(|s| s.failed = true);
@@ -442,6 +463,8 @@ impl Shared {
             };
             #[cfg(test)]
             let _held = self.hold.blocking_read();
+            let before = self.synced.borrow().ticket;
+            let started = Instant::now();
             let flushed = match full {
                 true => self.flush(&mut blobs, target),
                 false => retrying_descriptors(|| self.segments.sync()),
@@ -453,6 +476,11 @@ impl Shared {
                 tracing::error!(error = %e, "flush to disk failed; the store now refuses writes");
                 self.synced.send_modify(|s| s.failed = true);
                 return;
+            }
+            // In `sync` mode the group commits are the leaders' (this
+            // flush only brings sled up to what they made durable).
+            if self.mode == Durability::Async {
+                self.report(target.saturating_sub(before), started.elapsed());
             }
             if let Some(start) = window_start {
                 self.window_closed(start.elapsed());
@@ -479,6 +507,16 @@ impl Shared {
             if closing {
                 return;
             }
+        }
+    }
+
+    /// Tells the observer about a group commit of `writes` writes (none:
+    /// a flush of what was durable already, not reported).
+    fn report(&self, writes: u64, sync: Duration) {
+        if writes > 0
+            && let Some(observer) = self.observer.get()
+        {
+            observer.committed(writes, sync);
         }
     }
 

@@ -55,6 +55,8 @@ pub struct StepWrite<'a> {
     /// The directory's state segments (format 3), for steps that move
     /// values out of sled; synced before the step's transaction.
     segments: Segments,
+    /// Changes staged so far (items) and their bytes, shown to the operator.
+    progress: crate::progress::Progress,
 }
 
 impl StepWrite<'_> {
@@ -77,7 +79,9 @@ impl StepWrite<'_> {
     /// Stages an insert into tree `name`.
     pub fn put(&mut self, name: &str, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
         let i = self.slot(name)?;
-        self.trees[i].2.insert(key.as_ref(), value.as_ref());
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.progress.inc(1, (key.len() + value.len()) as u64);
+        self.trees[i].2.insert(key, value);
         Ok(())
     }
 
@@ -188,13 +192,15 @@ pub fn migrate(db: &sled::Db, config: &StoreConfig, steps: &[Step], target: u32)
 /// makes both durable.
 fn run_step(db: &sled::Db, meta: &Tree, data_dir: &Path, step: &Step) -> Result<()> {
     let to = step.from + 1;
-    let mut w = StepWrite { db, trees: Vec::new(), segments: Segments::open(data_dir, true)? };
+    let progress = crate::progress::Progress::start(format!("migration {} to {to} ({})", step.from, step.name), None);
+    let mut w = StepWrite { db, trees: Vec::new(), segments: Segments::open(data_dir, true)?, progress };
     (step.run)(&mut w).map_err(|e| {
         StorageError::Refused(format!("migration step {} (version {} to {to}) failed: {e}", step.name, step.from))
     })?;
     w.put(TREE_NAMES[TreeId::Meta as usize], keys::META_FORMAT_VERSION, to.to_be_bytes())?;
     // What the step appended is durable before anything pointing to it.
     w.segments.sync()?;
+    w.progress.finish(true);
     let segments = w.segments;
     let trees: Vec<Tree> = w.trees.iter().map(|(_, t, _)| t.clone()).collect();
     let batches: Vec<Batch> = w.trees.into_iter().map(|(_, _, b)| b).collect();

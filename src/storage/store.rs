@@ -246,6 +246,10 @@ impl Backend for Store {
         self.committer.check().is_ok()
     }
 
+    fn observe_commits(&self, observer: Arc<dyn super::commit::CommitObserver>) {
+        self.committer.observe(observer);
+    }
+
     /// Flushes and syncs everything, and stops the commit thread.
     fn close(&self) {
         // The compactor's last batch completes (or fails) first.
