@@ -32,7 +32,10 @@ mod events;
 mod ops;
 mod read;
 pub mod schema;
+mod url;
 mod writer;
+
+pub use url::describe_url;
 
 use crate::config::{Durability, PG_WRITE_QUEUE, StoreConfig};
 use crate::model::{
