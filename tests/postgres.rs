@@ -253,3 +253,37 @@ async fn an_unreachable_database_gives_unavailable_then_recovers() {
         within("a write once the database is back", service.checkpoint(NewCheckpoint::new(s, "back"))).await.unwrap();
     assert_eq!(cp.sequence_number, 1, "the failed write consumed nothing");
 }
+
+/// A state changed behind the store's back fails its checksum: `validate`
+/// reports it, and reading it is refused as corrupt.
+#[tokio::test]
+async fn validate_reports_a_changed_state() {
+    let url = pg::database().await;
+    let store = open(&url).await;
+    let s = store.create_session("s".into(), raw("{}")).await.unwrap().id;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let mut new = NewCheckpoint::new(s, format!("{i}"));
+        new.state = Some(raw(&format!("{{\"step\":{i}}}")).into());
+        ids.push(store.put_checkpoint(new).await.unwrap().0.id);
+    }
+    sql(&url, &format!("UPDATE checkpoints SET state = '{{\"step\":9}}' WHERE id = '{}'", ids[1].0)).await;
+    let v = store.validate(None).await.unwrap();
+    assert_eq!((v.valid, v.invalid, v.invalid_ids.clone()), (2, 1, vec![ids[1]]));
+    assert_eq!(store.validate(Some(s)).await.unwrap(), v);
+    assert!(matches!(store.checkpoint(ids[1]).await, Err(StorageError::Corrupt(m)) if m.contains("checksum")));
+    store.checkpoint(ids[0]).await.unwrap();
+}
+
+/// Counters at the end of what PostgreSQL's bigint holds: a write is
+/// refused (`Failed`), nothing wraps around.
+#[tokio::test]
+async fn exhausted_sequences_refuse_writes() {
+    let url = pg::database().await;
+    let store = open(&url).await;
+    let s = store.create_session("s".into(), raw("{}")).await.unwrap().id;
+    sql(&url, &format!("UPDATE counters SET global_seq = {}", i64::MAX - 1)).await;
+    let err = store.put_checkpoint(NewCheckpoint::new(s, "x")).await.expect_err("exhausted");
+    assert!(matches!(&err, StorageError::Failed(m) if m.contains("exhausted")), "{err}");
+    assert_eq!(store.session(s).await.unwrap().checkpoint_count, 0);
+}

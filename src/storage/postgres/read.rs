@@ -416,15 +416,19 @@ pub(crate) async fn validate(c: &impl GenericClient, session: Option<SessionId>)
     }
     let mut v = Validation::default();
     let mut after = -1i64;
+    let session_id = session.map(|s| s.0);
     loop {
-        let rows = c
-            .query(
+        // Each chunk bounded: the whole may take long on a large store.
+        let chunk = async {
+            c.query(
                 "SELECT seq, id, state, state_crc FROM checkpoints \
                  WHERE seq > $1 AND ($2::uuid IS NULL OR session_id = $2) ORDER BY seq LIMIT $3",
-                &[&after, &session.map(|s| s.0), &SCAN_CHUNK],
+                &[&after, &session_id, &SCAN_CHUNK],
             )
             .await
-            .map_err(db_error)?;
+            .map_err(db_error)
+        };
+        let rows = super::conn::bounded("validating", chunk).await?;
         for row in &rows {
             after = row.get(0);
             let state: String = row.get(2);
