@@ -395,6 +395,84 @@ impl Page {
     }
 }
 
+/// The pending-write rule, for every store: under one (session, namespace,
+/// external id, task id, idx), for idx >= 0 the first stored write is kept;
+/// for idx < 0 (LangGraph's special channels) the last replaces it. Whether
+/// a new write with `idx` is stored when one is already there.
+pub fn write_replaces(idx: i32) -> bool {
+    idx < 0
+}
+
+/// The inclusive range of sequence numbers strictly between `after` and
+/// `before` (each absent: unbounded); `None` when it is empty. A list
+/// cursor's rule, for every store.
+pub fn exclusive_range(after: Option<u64>, before: Option<u64>) -> Option<(u64, u64)> {
+    let low = after.map_or(Some(0), |a| a.checked_add(1))?;
+    let high = before.map_or(Some(u64::MAX), |b| b.checked_sub(1))?;
+    (low <= high).then_some((low, high))
+}
+
+/// A page being filled: summaries or full records, up to `limit` rows and
+/// about [`MAX_PAGE_BYTES`](crate::config::MAX_PAGE_BYTES) (always at least
+/// one row). Every store fills its pages with it, so pages end alike.
+pub struct PageFill {
+    page: Page,
+    limit: usize,
+    bytes: usize,
+}
+
+impl PageFill {
+    pub fn new(full: bool, limit: usize) -> PageFill {
+        let page = if full { Page::Records(Vec::new()) } else { Page::Summaries(Vec::new()) };
+        PageFill { page, limit, bytes: 0 }
+    }
+
+    /// Whether it takes full records.
+    pub fn wants_records(&self) -> bool {
+        matches!(self.page, Page::Records(_))
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.page.len() >= self.limit || self.bytes >= crate::config::MAX_PAGE_BYTES
+    }
+
+    /// Rows it still takes at most (ignoring the byte budget).
+    pub fn room(&self) -> usize {
+        self.limit.saturating_sub(self.page.len())
+    }
+
+    /// Adds a summary; counts its message and tags.
+    pub fn push_summary(&mut self, s: CheckpointSummary) {
+        self.bytes += s.message.len() + s.tags.iter().map(String::len).sum::<usize>();
+        match &mut self.page {
+            Page::Summaries(rows) => rows.push(s),
+            Page::Records(_) => unreachable_page(),
+        }
+    }
+
+    /// Adds a full record; counts its state, metadata and writes.
+    pub fn push_record(&mut self, c: Checkpoint) {
+        self.bytes += c.state.get().len()
+            + c.metadata.get().len()
+            + c.writes.iter().map(|w| w.value.get().len() + w.channel.len()).sum::<usize>();
+        match &mut self.page {
+            Page::Records(rows) => rows.push(c),
+            Page::Summaries(rows) => rows.push(c.summary),
+        }
+    }
+
+    pub fn done(self) -> Page {
+        self.page
+    }
+}
+
+/// A summary offered to a page of records: callers check
+/// [`PageFill::wants_records`] first, so this is never reached; it is
+/// logged rather than a panic.
+fn unreachable_page() {
+    tracing::error!("a summary was offered to a page of full records; skipped");
+}
+
 /// Result of a compaction (manual or by retention).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compaction {

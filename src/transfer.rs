@@ -310,7 +310,7 @@ fn check_writes(writes: &[StoredWrite]) -> Result<()> {
 }
 
 /// One batch through the rules every record obeys, then into the store.
-async fn import_batch(store: &Store, batch: ImportBatch) -> Result<ImportCounts> {
+async fn import_batch(store: &dyn Backend, batch: ImportBatch) -> Result<ImportCounts> {
     check_import(&batch)?;
     check_writes(&batch.writes)?;
     Ok(store.import(batch).await?)
@@ -320,15 +320,15 @@ fn parse<'a, T: Deserialize<'a>>(line: &'a str, n: usize) -> Result<T> {
     serde_json::from_str(line).map_err(|e| Error::invalid(format!("line {n}: {e}")))
 }
 
-/// Loads an export into `store`, which must be pristine (never written).
-/// Writes in atomic batches; on an error the directory holds a prefix of the
-/// export and should be discarded.
-pub async fn import(store: &Store, input: impl BufRead) -> Result<ImportCounts> {
+/// Loads an export into `store` (a data directory's or a database's),
+/// which must be pristine (never written). Writes in atomic batches; on an
+/// error the store holds a prefix of the export and should be discarded.
+pub async fn import(store: &dyn Backend, input: impl BufRead) -> Result<ImportCounts> {
     if !store.is_pristine().await? {
-        return Err(Error::Conflict(format!(
-            "data directory {} is not empty; import loads into an empty one",
-            store.config().data_dir.display()
-        )));
+        return Err(Error::Conflict(match store.data_dir() {
+            Some(dir) => format!("data directory {} is not empty; import loads into an empty one", dir.display()),
+            None => "the database is not empty; import loads into an empty one".to_string(),
+        }));
     }
     let mut lines = input.lines().enumerate().map(|(i, l)| (i + 1, l));
     let header: Header = loop {

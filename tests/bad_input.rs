@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_typed_errors_and_changes_nothing() {
     let dir = TempDir::new().unwrap();
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     let a = svc::session(&service, "a").await;
     let b = svc::session(&service, "b").await;
     let a1 = cp(&service, a, "a1", &["t"]).await;

@@ -21,7 +21,7 @@ use tempfile::TempDir;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_everything() {
     let dir = TempDir::new().unwrap();
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     let a = service
         .create_session(
             Some("alpha ✓ 日本語".to_string()),
@@ -136,7 +136,7 @@ async fn restart_keeps_everything() {
     assert_eq!(metrics_before.global_sequence, 10);
     close(service);
 
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     let after = view(&service).await;
     assert_eq!(before.0, after.0, "sessions");
     assert_eq!(before.1, after.1, "checkpoints");
@@ -191,7 +191,7 @@ async fn restart_keeps_everything() {
     close(service);
 
     // And a third time, after the post-restart writes.
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     assert_eq!(service.metrics().await.unwrap().global_sequence, 15);
     assert_eq!(service.get_checkpoint(child.id).await.unwrap().summary.parent_id, Some(c8.id));
     close(service);
@@ -202,14 +202,14 @@ async fn restart_keeps_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_after_close_are_refused() {
     let dir = TempDir::new().unwrap();
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     let s = session(&service, "s").await;
     service.close();
     let r = within("a write after close", service.checkpoint(new_cp(s, "late", &[]))).await;
     assert_eq!(code(r), "unavailable");
     assert!(!service.health().healthy, "a closed store does not report healthy");
     drop(service);
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     assert_eq!(service.metrics().await.unwrap().global_sequence, 0, "the refused write was not kept");
     assert_eq!(service.get_session(s).await.unwrap().checkpoint_count, 0);
     close(service);
@@ -218,7 +218,7 @@ async fn writes_after_close_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequence_is_never_reused_after_deleting_the_newest_and_restarting() {
     let dir = TempDir::new().unwrap();
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     let a = session(&service, "a").await;
     let b = session(&service, "b").await;
     let mut all = Vec::new();
@@ -233,7 +233,7 @@ async fn sequence_is_never_reused_after_deleting_the_newest_and_restarting() {
     assert_eq!(highest, 6);
     close(service);
 
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     assert_eq!(service.metrics().await.unwrap().global_sequence, highest);
     let n = cp(&service, a, "after restart", &[]).await;
     assert!(n.sequence_number > highest, "sequence {} reused (highest earlier {highest})", n.sequence_number);
@@ -243,7 +243,7 @@ async fn sequence_is_never_reused_after_deleting_the_newest_and_restarting() {
     // Deleting a whole session does not free its numbers either.
     service.delete_session(b).await.unwrap();
     close(service);
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     assert_eq!(cp(&service, a, "again", &[]).await.sequence_number, highest + 3);
     close(service);
 }
@@ -251,7 +251,7 @@ async fn sequence_is_never_reused_after_deleting_the_newest_and_restarting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_sequence_is_one_based_consecutive_and_failed_writes_consume_none() {
     let dir = TempDir::new().unwrap();
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     let a = session(&service, "a").await;
     let b = session(&service, "b").await;
     let a1 = cp(&service, a, "a1", &[]).await;

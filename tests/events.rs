@@ -71,7 +71,7 @@ async fn events_fan_out_to_subscribers_of_that_session_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_delivered_only_once_durable() {
     let dir = TempDir::new().unwrap();
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     assert_eq!(service.store().durability(), Durability::Sync);
     let s = svc::session(&service, "s").await;
     let mut sub = service.subscribe(s, None).await.unwrap();
@@ -109,7 +109,7 @@ async fn events_are_delivered_only_once_durable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_ends_subscriptions_after_the_acknowledged_events() {
     let dir = TempDir::new().unwrap();
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     let s = svc::session(&service, "s").await;
     let mut live = service.subscribe(s, None).await.unwrap();
     let mut idle = service.subscribe(s, None).await.unwrap();
@@ -140,7 +140,7 @@ async fn close_ends_subscriptions_after_the_acknowledged_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_subscriber_gets_every_event_in_order_once() {
     let dir = TempDir::new().unwrap();
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     let s = svc::session(&service, "watched").await;
     let noise = svc::session(&service, "noise").await;
     let start = service.metrics().await.unwrap().event_sequence;
@@ -219,7 +219,7 @@ fn writers_never_wait_for_a_starved_event_dispatcher() {
     let dir = TempDir::new().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let _guard = rt.enter();
-    let service = open_with(dir.path(), |c| c.durability = Durability::Async);
+    let service = rt.block_on(open_with(dir.path(), |c| c.durability = Durability::Async));
     let s = rt.block_on(svc::session(&service, "s"));
     let total = 3 * SUBSCRIBER_QUEUE_EVENTS;
     let (done_tx, done_rx) = std::sync::mpsc::channel();

@@ -20,7 +20,7 @@ use tempfile::TempDir;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn validate_and_reads_concurrent_with_writes_see_no_damage() {
     let dir = TempDir::new().unwrap();
-    let service = open_with(dir.path(), |c| c.durability = Durability::Async);
+    let service = open_with(dir.path(), |c| c.durability = Durability::Async).await;
     let s = session(&service, "s").await;
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..3)
@@ -97,7 +97,7 @@ fn checkpoint_key(session: SessionId, seq: u64) -> Vec<u8> {
 async fn validate_reports_a_flipped_byte() {
     for tree in ["checkpoints", "states"] {
         let dir = TempDir::new().unwrap();
-        let service = open(dir.path());
+        let service = open(dir.path()).await;
         let s = session(&service, "s").await;
         let other = session(&service, "other").await;
         let mut made = Vec::new();
@@ -119,7 +119,7 @@ async fn validate_reports_a_flipped_byte() {
         let victim = &made[2];
         flip_byte(&config(dir.path()).data_dir, tree, &checkpoint_key(s, victim.sequence_number));
 
-        let service = open(dir.path());
+        let service = open(dir.path()).await;
         let v = service.validate(None).await.unwrap();
         assert_eq!((v.valid, v.invalid, v.invalid_ids.clone()), (5, 1, vec![victim.id]), "tree {tree}");
         let v = service.validate(Some(s)).await.unwrap();
@@ -157,7 +157,7 @@ fn set_counters(dir: &Path, edit: impl Fn(&mut checkpointd::storage::records::Co
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_from_disk_never_overflow() {
     let dir = TempDir::new().unwrap();
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     let s = session(&service, "s").await;
     let a = service.checkpoint(new_cp(s, "a", &[])).await.unwrap();
     let b = service.checkpoint(new_cp(s, "b", &[])).await.unwrap();
@@ -165,7 +165,7 @@ async fn counters_from_disk_never_overflow() {
 
     // Counts below what is stored: deleting everything ends at zero.
     set_counters(dir.path(), |c| c.checkpoints = 1);
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     service.delete_checkpoint(a.id, None).await.unwrap();
     service.delete_checkpoint(b.id, None).await.unwrap();
     assert_eq!(service.metrics().await.unwrap().total_checkpoints, 0);
@@ -175,7 +175,7 @@ async fn counters_from_disk_never_overflow() {
 
     // Sequences at the end of u64: reads work, writes are refused.
     set_counters(dir.path(), |c| c.global_seq = u64::MAX);
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     assert!(service.list_sessions(None, None).await.unwrap().is_empty());
     let err = service.create_session(Some("t".into()), None).await.unwrap_err();
     assert!(err.to_string().contains("exhausted"), "{err}");
@@ -184,7 +184,7 @@ async fn counters_from_disk_never_overflow() {
         c.global_seq = 1;
         c.event_seq = u64::MAX - 1;
     });
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     assert!(service.create_session(Some("t".into()), None).await.unwrap_err().to_string().contains("exhausted"));
     close(service);
 }

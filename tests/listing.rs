@@ -19,7 +19,7 @@ use tempfile::TempDir;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_checkpoints_pages_by_sequence() {
     let dir = TempDir::new().unwrap();
-    let service = open_with(dir.path(), |c| c.durability = Durability::Async);
+    let service = open_with(dir.path(), |c| c.durability = Durability::Async).await;
     let s = svc::session(&service, "s").await;
     let other = svc::session(&service, "other").await;
     let mut made = Vec::new();
@@ -177,7 +177,7 @@ async fn list_checkpoints_bounds_are_exclusive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_counters_follow_deletes() {
     let dir = TempDir::new().unwrap();
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     let s = svc::session(&service, "s").await;
     let other = svc::session(&service, "other").await;
     let mut made = Vec::new();
@@ -230,7 +230,7 @@ async fn session_counters_follow_deletes() {
     assert_eq!((last.session_id, last.kind), (t, EventKind::SessionDeleted { removed: 3 }));
     assert_eq!(service.get_session(other).await.unwrap().last_sequence, Some(o.sequence_number));
     close(service);
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     assert_eq!(state(&service).await, (1, Some(n.sequence_number)));
     assert_eq!(metrics(&service).await.total_checkpoints, 2);
     close(service);

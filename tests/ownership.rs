@@ -16,7 +16,7 @@ use tempfile::TempDir;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_open_of_a_directory_is_refused_while_in_use() {
     let dir = TempDir::new().unwrap();
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     let err = match Store::open(config(dir.path())) {
         Ok(_) => panic!("a second open of a directory in use must fail"),
         Err(e) => e,

@@ -221,7 +221,7 @@ async fn a_subscriber_that_does_not_read_lags_and_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscribe_since_replays_then_continues_live() {
     let dir = TempDir::new().unwrap();
-    let service = open_with(dir.path(), |c| c.durability = Durability::Async);
+    let service = open_with(dir.path(), |c| c.durability = Durability::Async).await;
     let s = svc::session(&service, "s").await;
     let other = svc::session(&service, "other").await;
     for i in 0..600 {
@@ -286,7 +286,8 @@ async fn subscribe_since_older_than_retention_is_compacted() {
     let service = open_with(dir.path(), |c| {
         c.event_retention = 10;
         c.durability = Durability::Async;
-    });
+    })
+    .await;
     let s = svc::session(&service, "s").await;
     for i in 0..30 {
         cp(&service, s, &format!("{i}"), &[]).await;
@@ -320,7 +321,8 @@ async fn replay_overtaken_by_retention_is_not_a_silent_gap() {
     let service = open_with(dir.path(), |c| {
         c.event_retention = 10;
         c.durability = Durability::Async;
-    });
+    })
+    .await;
     let s = svc::session(&service, "s").await;
     for i in 0..15 {
         cp(&service, s, &format!("{i}"), &[]).await;
@@ -359,7 +361,7 @@ async fn replay_overtaken_by_retention_is_not_a_silent_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stalled_subscriber_blocks_nobody_and_resumes_without_gap() {
     let dir = TempDir::new().unwrap();
-    let service = open(dir.path());
+    let service = open(dir.path()).await;
     let s = svc::session(&service, "s").await;
     let start = service.metrics().await.unwrap().event_sequence;
     let mut stalled = service.subscribe(s, None).await.unwrap();

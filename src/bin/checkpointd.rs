@@ -1,4 +1,5 @@
-//! `checkpointd`: serve the WebSocket protocol on a data directory.
+//! `checkpointd`: serve the WebSocket protocol on a data directory or a
+//! PostgreSQL database.
 
 use checkpointd::cli::{CallArgs, ClientCommand, ServeOps, WatchArgs};
 use checkpointd::config::{DEFAULT_EVENT_RETENTION, Durability, StoreConfig};
@@ -32,8 +33,9 @@ struct Cli {
 enum Mode {
     /// Serve (the default when no subcommand is given).
     Serve(ServeArgs),
-    /// Load a `checkpoint-dump export` into an empty data directory, or a
-    /// forge-reasoning export (`--forge-export`) into any data directory.
+    /// Load a `checkpoint-dump export` into an empty data directory or
+    /// PostgreSQL database, or a forge-reasoning export (`--forge-export`)
+    /// into any data directory.
     Import(ImportArgs),
     /// Call one method on a running server and print its result as JSON
     /// (exit 1 with the error code on an error reply).
@@ -48,6 +50,10 @@ struct ImportArgs {
     /// Data directory to load into (created when missing).
     #[arg(long, env = "CHECKPOINTD_DATA_DIR", default_value = "./checkpoint-data")]
     data_dir: PathBuf,
+    /// PostgreSQL database to load into instead of a data directory (its
+    /// schema is created when missing; it must hold no data).
+    #[arg(long, env = "CHECKPOINTD_DATABASE_URL", value_name = "URL", conflicts_with_all = ["data_dir", "forge_export", "no_backup"])]
+    database_url: Option<String>,
     /// A `checkpoint-dump export` file, or - for stdin. The data directory
     /// must be empty.
     file: Option<PathBuf>,
@@ -69,6 +75,13 @@ struct ServeArgs {
     /// Data directory (created when missing).
     #[arg(long, env = "CHECKPOINTD_DATA_DIR", default_value = "./checkpoint-data")]
     data_dir: PathBuf,
+    /// Serve a PostgreSQL database instead of a data directory, e.g.
+    /// postgresql://user@host/db or postgresql:///db?host=/run/postgresql
+    /// (the schema is created on first start). Any number of servers may
+    /// serve one database. Give a password in the environment variable or a
+    /// ~/.pgpass file, not on the command line, where `ps` shows it.
+    #[arg(long, env = "CHECKPOINTD_DATABASE_URL", value_name = "URL", conflicts_with_all = ["data_dir", "no_backup"])]
+    database_url: Option<String>,
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "CHECKPOINTD_LISTEN", default_value = "127.0.0.1:7700")]
     listen: String,
@@ -185,7 +198,19 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             segment_bytes: args.segment_bytes.max(4096),
             ..StoreConfig::new(&args.data_dir)
         };
-        let service = Service::open(store).map_err(|e| e.to_string())?;
+        let (service, serving) = match &args.database_url {
+            Some(url) => {
+                let described = checkpointd::storage::postgres::describe_url(url).map_err(|e| e.to_string())?;
+                let pg = checkpointd::storage::PgStore::open(url, &store)
+                    .await
+                    .map_err(|e| format!("cannot serve PostgreSQL database {described}: {e}"))?;
+                (Service::new(std::sync::Arc::new(pg)), format!("PostgreSQL database {described}"))
+            }
+            None => (
+                Service::open(store).map_err(|e| e.to_string())?,
+                format!("data directory {}", args.data_dir.display()),
+            ),
+        };
         if let Some(tls) = &tls {
             tls.reload_on_sighup().map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
         }
@@ -197,8 +222,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             tls,
             ..ServerConfig::default()
         };
-        tracing::info!(data_dir = %args.data_dir.display(), durability = args.durability.as_str(), "serving");
-        println!("listening on {scheme}://{addr}");
+        tracing::info!(serving = %serving, durability = args.durability.as_str(), "serving");
+        if args.database_url.is_some() {
+            // The address first, whole: parsers take what follows the
+            // prefix up to the first space.
+            println!("listening on {scheme}://{addr} serving {serving}");
+        } else {
+            println!("listening on {scheme}://{addr}");
+        }
         if let Some(at) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
             println!("metrics on http://{at}/metrics");
         }
@@ -225,6 +256,10 @@ fn import(args: ImportArgs) -> Result<(), String> {
         (None, None) => unreachable!("clap requires a file or --forge-export"),
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    if let Some(url) = &args.database_url {
+        let Input::Export(reader) = input else { unreachable!("clap: --forge-export conflicts with --database-url") };
+        return runtime.block_on(import_into_database(url, reader));
+    }
     runtime.block_on(async {
         let config = StoreConfig { backup_before_migrate: !args.no_backup, ..StoreConfig::new(&args.data_dir) };
         let dir = args.data_dir.display();
@@ -250,6 +285,23 @@ fn import(args: ImportArgs) -> Result<(), String> {
         println!("{report}");
         Ok(())
     })
+}
+
+/// `import --database-url`: an export into an empty PostgreSQL database.
+async fn import_into_database(url: &str, reader: Box<dyn std::io::BufRead>) -> Result<(), String> {
+    use checkpointd::storage::Backend;
+    let described = checkpointd::storage::postgres::describe_url(url).map_err(|e| e.to_string())?;
+    let store = checkpointd::storage::PgStore::open(url, &StoreConfig::new("."))
+        .await
+        .map_err(|e| format!("cannot open PostgreSQL database {described}: {e}"))?;
+    let result = checkpointd::transfer::import(&store, reader).await;
+    store.close();
+    let c = result.map_err(|e| e.to_string())?;
+    println!(
+        "imported {} sessions, {} checkpoints, {} annotations, {} pending writes into PostgreSQL database {described}",
+        c.sessions, c.checkpoints, c.annotations, c.writes
+    );
+    Ok(())
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the future ends at either.

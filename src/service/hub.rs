@@ -249,7 +249,7 @@ impl Hub {
     /// the events that will take those numbers (the client saw them on a
     /// directory since restored from a backup, or lost in an async crash).
     async fn check_replay(&self, since: u64) -> Result<()> {
-        let last = self.store.event_sequence();
+        let last = self.store.newest_event_sequence().await?;
         if since > last {
             return Err(Error::Conflict(format!(
                 "since {since} is after the newest event, {last}: this server never delivered it; subscribe with since at most {last}"

@@ -26,7 +26,9 @@
 //!   appends in sequence order, before they are durable, and
 //!   [`Backend::durable_marks`] says up to which sequence they may be shown.
 //! - **Failing closed.** After a write fails to reach the disk, every later
-//!   write is refused (`Failed`) until the store is reopened.
+//!   write is refused (`Failed`) until the store is reopened. A networked
+//!   store whose server is unreachable refuses requests (`Unavailable`) and
+//!   serves again once it answers: a failed transaction applied nothing.
 
 use super::commit::Synced;
 use super::error::Result;
@@ -173,6 +175,13 @@ pub trait Backend: Send + Sync + 'static {
     async fn oldest_event(&self) -> Result<Option<u64>>;
     /// The last event sequence handed out (durable or not yet).
     fn event_sequence(&self) -> u64;
+    /// The newest event sequence handed out by any writer of this store's
+    /// data, durable or not: [`Backend::event_sequence`] for a store with
+    /// one writer; a store that several servers share reads it (a client
+    /// may resume from an event another server delivered).
+    async fn newest_event_sequence(&self) -> Result<u64> {
+        Ok(self.event_sequence())
+    }
     /// A live feed of journal appends, in sequence order, before they are
     /// durable; to be drained continuously by one thread.
     fn watch_events(&self) -> Box<dyn EventFeed>;

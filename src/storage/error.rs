@@ -39,6 +39,11 @@ pub enum StorageError {
     /// new, or its migration failed (wire: `unavailable`).
     #[error("{0}")]
     Refused(String),
+    /// The database server cannot be reached, is restarting, or did not
+    /// answer in time (a networked store; wire: `unavailable`). Unlike
+    /// `Failed`, it passes: the next request tries again.
+    #[error("{0}")]
+    Unavailable(String),
     /// A bug, e.g. a poisoned lock (wire: `internal`).
     #[error("{0}")]
     Internal(String),
@@ -51,9 +56,11 @@ impl From<StorageError> for Error {
             StorageError::Conflict(m) => Error::Conflict(m),
             StorageError::Full(m) => Error::TooLarge(m),
             StorageError::Corrupt(m) | StorageError::Internal(m) => Error::Internal(m),
-            StorageError::Io(m) | StorageError::Failed(m) | StorageError::Locked(m) | StorageError::Refused(m) => {
-                Error::Unavailable(m)
-            }
+            StorageError::Io(m)
+            | StorageError::Failed(m)
+            | StorageError::Locked(m)
+            | StorageError::Refused(m)
+            | StorageError::Unavailable(m) => Error::Unavailable(m),
         }
     }
 }

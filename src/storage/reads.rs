@@ -13,10 +13,9 @@ use super::error::{Result, StorageError};
 use super::keys::{self, TreeId, Trees};
 use super::records::{AnnotationRecord, CheckpointRecord, Counters, EventRecord, SessionRecord, raw_json};
 use super::segments::{Pointer, ReadError, Segments};
-use crate::config::MAX_PAGE_BYTES;
 use crate::model::{
-    Annotation, Checkpoint, CheckpointId, CheckpointSummary, JournalEvent, ListQuery, Page, SearchQuery, Session,
-    SessionId, metadata_matches,
+    Annotation, Checkpoint, CheckpointId, CheckpointSummary, JournalEvent, ListQuery, Page, PageFill, SearchQuery,
+    Session, SessionId, exclusive_range, metadata_matches,
 };
 use serde_json::value::RawValue;
 use sled::IVec;
@@ -55,43 +54,29 @@ pub(crate) fn decode_event(k: &[u8], v: &[u8]) -> Result<JournalEvent> {
     Ok(codec::decode::<EventRecord>(v, "event")?.to_model(seq))
 }
 
-/// A page being filled: summaries or full records, up to `limit` rows and
-/// about [`MAX_PAGE_BYTES`] (always at least one row).
-struct PageBuilder {
-    page: Page,
-    limit: usize,
-    bytes: usize,
-}
+/// A page being filled (the shared [`PageFill`]), reading what a row needs.
+struct PageBuilder(PageFill);
 
 impl PageBuilder {
     fn new(full: bool, limit: usize) -> PageBuilder {
-        let page = if full { Page::Records(Vec::new()) } else { Page::Summaries(Vec::new()) };
-        PageBuilder { page, limit, bytes: 0 }
+        PageBuilder(PageFill::new(full, limit))
     }
 
     fn is_full(&self) -> bool {
-        self.page.len() >= self.limit || self.bytes >= MAX_PAGE_BYTES
+        self.0.is_full()
     }
 
     fn push(&mut self, r: &Reader, rec: CheckpointRecord, stored: &[u8]) -> Result<()> {
-        match &mut self.page {
-            Page::Summaries(rows) => {
-                self.bytes += rec.message.len() + rec.tags.iter().map(String::len).sum::<usize>();
-                rows.push(r.summary(&rec)?);
-            }
-            Page::Records(rows) => {
-                let full = r.full(rec, codec::stored_checksum(stored).unwrap_or_default())?;
-                self.bytes += full.state.get().len()
-                    + full.metadata.get().len()
-                    + full.writes.iter().map(|w| w.value.get().len() + w.channel.len()).sum::<usize>();
-                rows.push(full);
-            }
+        if self.0.wants_records() {
+            self.0.push_record(r.full(rec, codec::stored_checksum(stored).unwrap_or_default())?);
+        } else {
+            self.0.push_summary(r.summary(&rec)?);
         }
         Ok(())
     }
 
     fn done(self) -> Page {
-        self.page
+        self.0.done()
     }
 }
 
@@ -431,11 +416,9 @@ impl Reader {
             Some(external) => Some(self.external_bound(session, namespace, external)?),
             None => q.before,
         };
-        let low = after.map_or(Some(0), |a| a.checked_add(1));
-        let high = before.map_or(Some(u64::MAX), |b| b.checked_sub(1));
         let mut page = PageBuilder::new(q.full, limit);
-        let (Some(low), Some(high)) = (low, high) else { return Ok(page.done()) };
-        if low > high || limit == 0 {
+        let Some((low, high)) = exclusive_range(after, before) else { return Ok(page.done()) };
+        if limit == 0 {
             return Ok(page.done());
         }
         let checkpoints = self.tree(TreeId::Checkpoints);

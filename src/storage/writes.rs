@@ -17,7 +17,7 @@ use super::records::{AnnotationRecord, CheckpointRecord, SessionRecord, WriteRec
 use crate::config::{MAX_CHANGE_CHECKPOINTS, MAX_CHANGE_WRITES};
 use crate::model::{
     Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, EventKind, MetadataFilter, NewCheckpoint,
-    NewWrites, RetentionPolicy, Session, SessionId, Severity, StateJson, metadata_matches,
+    NewWrites, RetentionPolicy, Session, SessionId, Severity, StateJson, metadata_matches, write_replaces,
 };
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -434,7 +434,7 @@ impl WriteMerge {
     /// Puts `rec` under `key` unless the rule keeps what is there; returns
     /// whether it was put.
     fn put(&mut self, c: &mut Change, r: &Reader, key: Vec<u8>, idx: i32, rec: &WriteRecord) -> Result<bool> {
-        if idx >= 0 && (self.put.contains(&key) || r.has_write_key(&key)?) {
+        if !write_replaces(idx) && (self.put.contains(&key) || r.has_write_key(&key)?) {
             return Ok(false);
         }
         store_write(c, &key, rec)?;

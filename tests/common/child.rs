@@ -26,8 +26,9 @@ pub const STOP: Duration = Duration::from_secs(8);
 
 /// Environment variables the binaries read; cleared so the caller's
 /// environment cannot change a test.
-pub const ENV: [&str; 9] = [
+pub const ENV: [&str; 10] = [
     "CHECKPOINTD_DATA_DIR",
+    "CHECKPOINTD_DATABASE_URL",
     "CHECKPOINTD_LISTEN",
     "CHECKPOINTD_TOKEN",
     "CHECKPOINTD_MAX_CONNECTIONS",
@@ -193,14 +194,16 @@ impl Daemon {
         Daemon::wait_ready(Daemon::spawn(args, env))
     }
 
-    /// Waits (bounded) for the `listening on ws://127.0.0.1:PORT` line.
+    /// Waits (bounded) for the `listening on ws://127.0.0.1:PORT` line
+    /// (on PostgreSQL followed by ` serving ...`).
     pub fn wait_ready(mut d: Daemon) -> Daemon {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match d.stdout.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(addr) = line.strip_prefix("listening on ws://") {
+                    if let Some(rest) = line.strip_prefix("listening on ws://") {
+                        let addr = rest.split(' ').next().unwrap_or(rest);
                         assert!(addr.starts_with("127.0.0.1:"), "{line}");
                         d.url = Some(format!("ws://{addr}"));
                         return d;

@@ -5,12 +5,14 @@
 //! The service and server tests are written against the storage interface
 //! ([`Backend`](checkpointd::storage::Backend), shared as [`SharedBackend`]):
 //! they reach the store only through [`open_backend`], the service's methods
-//! and `Service::store()`. To run the same tests against another backend (a
-//! PostgreSQL one is planned), change [`open_backend`] and nothing else.
-//! Tests that are about a sled data directory itself (raw trees, flipped
-//! bytes, locks, fixtures the binaries read) say so and use [`open_store`].
+//! and `Service::store()`. [`open_backend`] picks the backend from
+//! `CHECKPOINTD_TEST_BACKEND`: `sled` (the default) or `postgres` (a
+//! database of the test process's private cluster, [`super::pg`], per data
+//! directory). Tests that are about a sled data directory itself (raw trees,
+//! flipped bytes, locks, fixtures the binaries read) say so and use
+//! [`open_store`].
 
-use super::fs;
+use super::{fs, pg};
 use checkpointd::client::Client;
 use checkpointd::config::StoreConfig;
 use checkpointd::server::{self, ServerConfig};
@@ -35,11 +37,45 @@ pub fn config(dir: &Path) -> StoreConfig {
     StoreConfig::new(dir.join("data"))
 }
 
+/// Which store the service and server tests run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Sled,
+    Postgres,
+}
+
+/// The backend `CHECKPOINTD_TEST_BACKEND` names (`sled` when unset); any
+/// other value fails the test.
+pub fn backend_kind() -> BackendKind {
+    match std::env::var("CHECKPOINTD_TEST_BACKEND").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("") | Ok("sled") => BackendKind::Sled,
+        Ok("postgres") => BackendKind::Postgres,
+        other => panic!("CHECKPOINTD_TEST_BACKEND must be sled or postgres, not {other:?}"),
+    }
+}
+
 /// The backend factory: the store every service and server test runs on.
-/// Today the sled [`Store`] on `config.data_dir`, opened once this process
-/// no longer holds that directory (a store closed a moment ago may still).
-pub fn open_backend(config: &StoreConfig) -> SharedBackend {
-    Arc::new(open_store(config))
+/// On sled, the [`Store`] on `config.data_dir`, opened once this process no
+/// longer holds that directory (a store closed a moment ago may still). On
+/// PostgreSQL, the store on the database standing for `config.data_dir`:
+/// opening "the same directory" again opens the same database.
+pub async fn open_backend(config: &StoreConfig) -> SharedBackend {
+    match backend_kind() {
+        BackendKind::Sled => Arc::new(open_store(config)),
+        BackendKind::Postgres => {
+            let url = pg::database_for(&config.data_dir).await;
+            open_postgres(&url, config).await
+        }
+    }
+}
+
+/// The PostgreSQL store on the database at `url`.
+pub async fn open_postgres(url: &str, config: &StoreConfig) -> SharedBackend {
+    match tokio::time::timeout(STEP, checkpointd::storage::PgStore::open(url, config)).await {
+        Ok(Ok(store)) => Arc::new(store),
+        Ok(Err(e)) => panic!("open {url}: {e}"),
+        Err(_) => panic!("open {url}: no answer within {STEP:?}"),
+    }
 }
 
 /// The sled store itself, for tests of a sled data directory.
@@ -49,20 +85,20 @@ pub fn open_store(config: &StoreConfig) -> Store {
 }
 
 /// The service on a store from [`open_backend`]. Needs a tokio runtime.
-pub fn open_service(config: StoreConfig) -> Service {
-    Service::new(open_backend(&config))
+pub async fn open_service(config: StoreConfig) -> Service {
+    Service::new(open_backend(&config).await)
 }
 
 /// The service on `dir/data`, with the default configuration.
-pub fn open(dir: &Path) -> Service {
-    open_service(config(dir))
+pub async fn open(dir: &Path) -> Service {
+    open_service(config(dir)).await
 }
 
 /// The service on `dir/data`, with the configuration `f` makes.
-pub fn open_with(dir: &Path, f: impl FnOnce(&mut StoreConfig)) -> Service {
+pub async fn open_with(dir: &Path, f: impl FnOnce(&mut StoreConfig)) -> Service {
     let mut c = config(dir);
     f(&mut c);
-    open_service(c)
+    open_service(c).await
 }
 
 /// Closes a service and drops it, so its directory can be opened again.
@@ -92,7 +128,7 @@ impl TestServer {
         let dir = fs::tempdir();
         let mut store_config = self::config(dir.path());
         store(&mut store_config);
-        let service = open_service(store_config);
+        let service = open_service(store_config).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();

@@ -10,6 +10,9 @@
 //! - [`child`]: the child-process harness. The real `checkpointd`
 //!   (`Daemon`: ready line, signals, restart, killed on drop),
 //!   `checkpoint-dump`, and this test binary re-run as a child.
+//! - [`pg`]: a private PostgreSQL cluster per test process (unix socket in a
+//!   temporary directory, removed when the process exits), a database per
+//!   test.
 //! - [`wire`]: bounded calls over a WebSocket with the crate's client, to
 //!   either harness's server.
 //! - [`svc`]: bounded calls on the service and its subscriptions.
@@ -27,5 +30,6 @@ pub mod child;
 pub mod fixtures;
 pub mod fs;
 pub mod inproc;
+pub mod pg;
 pub mod svc;
 pub mod wire;

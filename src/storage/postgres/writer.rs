@@ -1,0 +1,124 @@
+//! Group commit: one task takes the writes waiting in the queue (at most
+//! [`PG_BATCH_WRITES`], and no further one once they carry
+//! [`PG_BATCH_BYTES`]) into one transaction. It locks the counters row
+//! first (`SELECT ... FOR UPDATE`: every writer of every server waits for
+//! it, so numbers are consecutive, follow commit order and are never
+//! reused), runs each write in a savepoint of its own (a refused one rolls
+//! back only itself and gives its numbers back), updates the counters,
+//! trims the journal to its retention, notifies listeners and commits.
+//! Only then is any write of the batch acknowledged; if the transaction
+//! fails, every write of it fails (`unavailable`) and none is applied.
+
+use super::conn::{Pool, bounded, db_error};
+use super::events::Journal;
+use super::ops::{Ctx, Done, Write, exhausted};
+use super::read::{self, bound};
+use crate::config::{PG_BATCH_BYTES, PG_BATCH_WRITES};
+use crate::storage::error::{Result, StorageError};
+use crate::storage::records::{Counters, nanos};
+use chrono::{DurationRound, TimeDelta, Utc};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// The channel NOTIFY wakes event readers on.
+pub(crate) const CHANNEL: &str = "checkpointd_events";
+
+/// One queued write and where its answer goes.
+pub(crate) struct Job {
+    pub write: Write,
+    pub reply: oneshot::Sender<Result<Done>>,
+}
+
+pub(crate) async fn run(pool: Arc<Pool>, mut queue: mpsc::Receiver<Job>, journal: Arc<Journal>, retention: u64) {
+    while let Some(first) = queue.recv().await {
+        let mut bytes = first.write.approx_bytes();
+        let mut batch = vec![first];
+        while batch.len() < PG_BATCH_WRITES && bytes < PG_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(job) => {
+                    bytes += job.write.approx_bytes();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let (writes, replies): (Vec<Write>, Vec<_>) = batch.into_iter().map(|j| (j.write, j.reply)).unzip();
+        match bounded("a write transaction", commit(&pool, writes, retention)).await {
+            Ok((results, counters)) => {
+                journal.committed(counters.event_seq);
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, writes = replies.len(), "a write transaction failed; nothing of it was applied");
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction: every write in its savepoint; the results, and the
+/// counters as committed.
+async fn commit(pool: &Arc<Pool>, writes: Vec<Write>, retention: u64) -> Result<(Vec<Result<Done>>, Counters)> {
+    let mut conn = pool.get().await?;
+    let tx = conn.client().transaction().await.map_err(db_error)?;
+    let row = tx.query_one(&format!("{} FOR UPDATE", read::COUNTERS), &[]).await.map_err(db_error)?;
+    let start = read::counters_of(&row);
+    // Live times are stamped to the microsecond, as the sled store does.
+    let now =
+        nanos(Utc::now().duration_trunc(TimeDelta::microseconds(1)).unwrap_or_else(|_| Utc::now())).unwrap_or(i64::MAX);
+    let mut ctx = Ctx { tx: &tx, c: start, now };
+    let mut results = Vec::with_capacity(writes.len());
+    for write in writes {
+        if exhausted(&ctx.c) {
+            results.push(Err(StorageError::Failed(format!("sequence numbers are exhausted: {:?}", ctx.c))));
+            continue;
+        }
+        tx.batch_execute("SAVEPOINT w").await.map_err(db_error)?;
+        let before = ctx.c;
+        match write.run(&mut ctx).await {
+            Ok(done) => {
+                tx.batch_execute("RELEASE SAVEPOINT w").await.map_err(db_error)?;
+                results.push(Ok(done));
+            }
+            Err(e) => {
+                // Refused: nothing of it stays, its numbers are given back.
+                // If even that fails, the connection is gone: the whole
+                // transaction fails.
+                ctx.c = before;
+                tx.batch_execute("ROLLBACK TO SAVEPOINT w").await.map_err(db_error)?;
+                results.push(Err(e));
+            }
+        }
+    }
+    let end = ctx.c;
+    if end != start {
+        tx.execute(
+            "UPDATE counters SET global_seq = $1, event_seq = $2, sessions_created = $3, active_sessions = $4, \
+             checkpoints = $5 WHERE id = 1",
+            &[
+                &bound(end.global_seq),
+                &bound(end.event_seq),
+                &bound(end.sessions_created),
+                &bound(end.active_sessions),
+                &bound(end.checkpoints),
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+    }
+    if end.event_seq != start.event_seq {
+        if let Some(keep_from) = end.event_seq.checked_sub(retention) {
+            tx.execute("DELETE FROM events WHERE seq <= $1", &[&bound(keep_from)]).await.map_err(db_error)?;
+        }
+        // Delivered at COMMIT, in commit order; only a wake-up (the
+        // journal is the table).
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &end.event_seq.to_string()]).await.map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)?;
+    conn.release();
+    Ok((results, end))
+}
