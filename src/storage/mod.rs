@@ -47,6 +47,7 @@ pub mod postgres;
 pub mod reads;
 pub mod records;
 pub mod segments;
+pub mod source;
 pub mod store;
 pub mod verify;
 pub mod writes;
