@@ -12,40 +12,13 @@ use checkpointd::service::Service;
 use checkpointd::service::hub::Delivery;
 use checkpointd::storage::postgres::schema;
 use checkpointd::storage::{Backend, PgStore, SharedBackend, StorageError};
+use common::pg;
 use common::svc::{raw, within};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixStream};
 use tokio::sync::watch;
-
-/// Until the shared harness (`tests/common/pg.rs`) is merged: databases
-/// on the cluster whose socket directory `CHECKPOINTD_TEST_PG_DIR` names.
-mod pg {
-    use std::path::PathBuf;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    fn dir() -> String {
-        std::env::var("CHECKPOINTD_TEST_PG_DIR").expect("CHECKPOINTD_TEST_PG_DIR: a PostgreSQL socket directory")
-    }
-
-    /// A fresh, empty database; its URL.
-    pub async fn database() -> String {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("t{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        let admin = format!("postgresql://postgres@/postgres?host={}", dir());
-        let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.expect("connect");
-        tokio::spawn(connection);
-        client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
-        format!("postgresql://postgres@/{name}?host={}", dir())
-    }
-
-    /// The cluster's socket file and the database name of `url`.
-    pub fn socket_and_name(url: &str) -> (PathBuf, String) {
-        let name = url.split('/').nth(3).and_then(|p| p.split('?').next()).expect("a database name").to_string();
-        (PathBuf::from(dir()).join(".s.PGSQL.5432"), name)
-    }
-}
 
 fn config() -> StoreConfig {
     StoreConfig::new("unused-by-postgres")
@@ -263,8 +236,8 @@ impl Proxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_gives_unavailable_then_recovers() {
     let url = pg::database().await;
-    let (socket, db) = pg::socket_and_name(&url);
-    let proxy = Proxy::start(socket).await;
+    let db = url.split('/').nth(3).and_then(|p| p.split('?').next()).expect("a database name").to_string();
+    let proxy = Proxy::start(pg::shared_async().await.dir().join(".s.PGSQL.5432")).await;
     let via = format!("postgresql://postgres@127.0.0.1:{}/{db}", proxy.port);
     let service = Service::new(Arc::new(open(&via).await) as SharedBackend);
     let s = service.create_session(None, None).await.unwrap().id;

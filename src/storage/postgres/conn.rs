@@ -70,14 +70,18 @@ pub(crate) async fn connect(config: &Config, durability: Durability) -> Result<C
 pub(crate) struct Pool {
     config: Config,
     durability: Durability,
+    /// The store's own runtime: connections are opened and driven there,
+    /// so they outlive the runtime of whoever asked for them.
+    runtime: tokio::runtime::Handle,
     idle: Mutex<Vec<Client>>,
     permits: Arc<Semaphore>,
 }
 
 impl Pool {
-    pub fn new(mut config: Config, durability: Durability) -> Pool {
+    pub fn new(mut config: Config, durability: Durability, runtime: tokio::runtime::Handle) -> Pool {
         config.connect_timeout(PG_CONNECT_TIMEOUT);
-        Pool { config, durability, idle: Mutex::new(Vec::new()), permits: Arc::new(Semaphore::new(PG_CONNECTIONS)) }
+        let permits = Arc::new(Semaphore::new(PG_CONNECTIONS));
+        Pool { config, durability, runtime, idle: Mutex::new(Vec::new()), permits }
     }
 
     pub fn config(&self) -> &Config {
@@ -103,7 +107,11 @@ impl Pool {
         };
         let client = match reused {
             Some(client) => client,
-            None => connect(&self.config, self.durability).await?,
+            None => {
+                let (config, durability) = (self.config.clone(), self.durability);
+                let connecting = self.runtime.spawn(async move { connect(&config, durability).await });
+                connecting.await.map_err(|e| StorageError::Unavailable(format!("connecting to PostgreSQL: {e}")))??
+            }
         };
         Ok(Pooled { client: Some(client), pool: Arc::clone(self), keep: false, _permit: permit })
     }

@@ -44,6 +44,8 @@ pub(crate) struct Journal {
     marks: watch::Sender<Synced>,
     /// The last read of the journal succeeded.
     reachable: AtomicBool,
+    /// The store is closing: one more read, then the feeds end.
+    closing: AtomicBool,
 }
 
 impl Journal {
@@ -56,6 +58,7 @@ impl Journal {
             wake: Notify::new(),
             marks,
             reachable: AtomicBool::new(true),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -88,9 +91,16 @@ impl Journal {
         Box::new(Feed { rx })
     }
 
-    /// No more events: feeds end, the mark says closed.
+    /// The store closes: the reader reads once more (so that every event
+    /// of an acknowledged write is handed out), then the mark says closed.
     pub fn close(&self) {
-        self.feeds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        self.closing.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// The feeds themselves end only when the store is dropped (the hub
+    /// ends its subscriptions on the closed mark, not on a feed's end).
+    fn finish(&self) {
         self.marks.send_modify(|m| m.closed = true);
     }
 
@@ -166,7 +176,18 @@ pub(crate) async fn read_loop(journal: Arc<Journal>, pool: Arc<Pool>) {
             () = journal.wake.notified() => {}
             () = tokio::time::sleep(PG_EVENT_POLL) => {}
         }
-        match journal.read(&pool).await {
+        let closing = journal.closing.load(Ordering::Acquire);
+        let read = journal.read(&pool).await;
+        if closing {
+            // After this last read (or its failure: the database is gone,
+            // and so are the events no read reached) nothing more comes.
+            if let Err(e) = read {
+                tracing::warn!(error = %e, "closing: the last read of the journal failed");
+            }
+            journal.finish();
+            return;
+        }
+        match read {
             Ok(()) => {
                 if !journal.reachable.swap(true, Ordering::AcqRel) {
                     tracing::info!("the journal is readable again");

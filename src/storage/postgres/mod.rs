@@ -54,17 +54,31 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 /// The checkpoint store on PostgreSQL. Cheap to share behind an `Arc`.
+///
+/// It runs its connections and tasks (group commit, journal reader,
+/// listener) on a small runtime of its own, so that, like the sled store,
+/// it serves callers on any runtime and outlives the one it was opened on.
 pub struct PgStore {
     pool: Arc<Pool>,
     queue: mpsc::Sender<writer::Job>,
     journal: Arc<Journal>,
     durability: Durability,
     closed: AtomicBool,
-    tasks: Vec<JoinHandle<()>>,
+    /// Shut down (in the background) when the store is dropped.
+    runtime: Option<tokio::runtime::Runtime>,
 }
+
+/// What `open` builds on the store's runtime.
+struct Opened {
+    pool: Arc<Pool>,
+    queue: mpsc::Sender<writer::Job>,
+    journal: Arc<Journal>,
+}
+
+/// Threads of a store's own runtime.
+const RUNTIME_THREADS: usize = 2;
 
 impl PgStore {
     /// Connects to `url` (e.g. `postgresql://user@host/db` or
@@ -73,28 +87,62 @@ impl PgStore {
     /// Uses `config.durability` and `config.event_retention`; ignores the
     /// sled-only fields.
     pub async fn open(url: &str, config: &StoreConfig) -> Result<PgStore> {
+        let (sent, opened) = oneshot::channel();
+        let runtime = PgStore::start(url, config, move |out| {
+            let _ = sent.send(out);
+        })?;
+        let opened = opened.await.unwrap_or_else(|_| Err(StorageError::Internal("the store's runtime ended".into())));
+        PgStore::finish(runtime, opened, config)
+    }
+
+    /// [`PgStore::open`] for a caller that is not async (it blocks the
+    /// calling thread, which may be a runtime's: the store's work runs on
+    /// its own runtime).
+    pub fn open_blocking(url: &str, config: &StoreConfig) -> Result<PgStore> {
+        let (sent, opened) = std::sync::mpsc::channel();
+        let runtime = PgStore::start(url, config, move |out| {
+            let _ = sent.send(out);
+        })?;
+        let opened = opened.recv().unwrap_or_else(|_| Err(StorageError::Internal("the store's runtime ended".into())));
+        PgStore::finish(runtime, opened, config)
+    }
+
+    /// Starts the store's runtime and opens the store on it; `deliver`
+    /// gets the outcome.
+    fn start(
+        url: &str,
+        config: &StoreConfig,
+        deliver: impl FnOnce(Result<Opened>) + Send + 'static,
+    ) -> Result<tokio::runtime::Runtime> {
         let pg: tokio_postgres::Config =
             url.parse().map_err(|e| StorageError::Refused(format!("invalid PostgreSQL URL: {e}")))?;
-        let pool = Arc::new(Pool::new(pg, config.durability));
-        let mut conn = pool.get().await?;
-        bounded("preparing the schema", schema::prepare(conn.client())).await?;
-        let counters = bounded("reading the counters", read::counters(conn.client())).await?;
-        // The journal after its retention was lowered.
-        if let Some(keep_from) = counters.event_seq.checked_sub(config.event_retention) {
-            let keep_from = read::bound(keep_from);
-            let client = conn.client();
-            let trim = async { client.execute("DELETE FROM events WHERE seq <= $1", &[&keep_from]).await };
-            bounded("trimming the journal", async { trim.await.map_err(db_error) }).await?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RUNTIME_THREADS)
+            .thread_name("checkpointd-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StorageError::Internal(format!("cannot start the PostgreSQL store's runtime: {e}")))?;
+        let (durability, retention, handle) = (config.durability, config.event_retention, runtime.handle().clone());
+        runtime.spawn(async move { deliver(open_on(pg, durability, retention, handle).await) });
+        Ok(runtime)
+    }
+
+    fn finish(runtime: tokio::runtime::Runtime, opened: Result<Opened>, config: &StoreConfig) -> Result<PgStore> {
+        match opened {
+            Ok(Opened { pool, queue, journal }) => Ok(PgStore {
+                pool,
+                queue,
+                journal,
+                durability: config.durability,
+                closed: AtomicBool::new(false),
+                runtime: Some(runtime),
+            }),
+            Err(e) => {
+                // Dropping a runtime blocks, which an async caller must not.
+                runtime.shutdown_background();
+                Err(e)
+            }
         }
-        conn.release();
-        let journal = Arc::new(Journal::new(counters.event_seq));
-        let (queue, jobs) = mpsc::channel(PG_WRITE_QUEUE);
-        let tasks = vec![
-            tokio::spawn(writer::run(Arc::clone(&pool), jobs, Arc::clone(&journal), config.event_retention)),
-            tokio::spawn(events::read_loop(Arc::clone(&journal), Arc::clone(&pool))),
-            tokio::spawn(events::listen_loop(Arc::clone(&journal), pool.config().clone())),
-        ];
-        Ok(PgStore { pool, queue, journal, durability: config.durability, closed: AtomicBool::new(false), tasks })
     }
 
     /// Queues a write for the group commit and waits for its answer.
@@ -126,6 +174,33 @@ impl PgStore {
         })
         .await
     }
+}
+
+/// Opens the store on its runtime: schema, counters, journal trim, tasks.
+async fn open_on(
+    pg: tokio_postgres::Config,
+    durability: Durability,
+    retention: u64,
+    runtime: tokio::runtime::Handle,
+) -> Result<Opened> {
+    let pool = Arc::new(Pool::new(pg, durability, runtime));
+    let mut conn = pool.get().await?;
+    bounded("preparing the schema", schema::prepare(conn.client())).await?;
+    let counters = bounded("reading the counters", read::counters(conn.client())).await?;
+    // The journal after its retention was lowered.
+    if let Some(keep_from) = counters.event_seq.checked_sub(retention) {
+        let keep_from = read::bound(keep_from);
+        let client = conn.client();
+        let trim = async { client.execute("DELETE FROM events WHERE seq <= $1", &[&keep_from]).await };
+        bounded("trimming the journal", async { trim.await.map_err(db_error) }).await?;
+    }
+    conn.release();
+    let journal = Arc::new(Journal::new(counters.event_seq));
+    let (queue, jobs) = mpsc::channel(PG_WRITE_QUEUE);
+    tokio::spawn(writer::run(Arc::clone(&pool), jobs, Arc::clone(&journal), retention));
+    tokio::spawn(events::read_loop(Arc::clone(&journal), Arc::clone(&pool)));
+    tokio::spawn(events::listen_loop(Arc::clone(&journal), pool.config().clone()));
+    Ok(Opened { pool, queue, journal })
 }
 
 /// Unexpected answer kind from the writer: a bug.
@@ -166,16 +241,13 @@ impl Backend for PgStore {
     }
 
     /// Every acknowledged write is committed already: stops accepting
-    /// writes, ends the event feeds and closes the connections.
+    /// writes; the event feed ends once it has handed out every event
+    /// committed so far. Reads go on until the store is dropped.
     fn close(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
         self.journal.close();
-        for task in &self.tasks[1..] {
-            task.abort();
-        }
-        self.pool.close();
     }
 
     fn data_dir(&self) -> Option<&std::path::Path> {
@@ -476,10 +548,12 @@ async fn snapshot_validate(c: &mut tokio_postgres::Client, session: Option<Sessi
 }
 
 impl Drop for PgStore {
+    /// Closes the store and stops its tasks and connections.
     fn drop(&mut self) {
         self.close();
-        if let Some(writer) = self.tasks.first() {
-            writer.abort();
+        self.pool.close();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 }
