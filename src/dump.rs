@@ -1,6 +1,9 @@
-//! `checkpoint-dump`: what each command reads from an [`Inspector`] and how
-//! it is printed: aligned tables with full ids, or JSON lines (`--json`) in
-//! the wire protocol's shapes, for jq. The binary only parses arguments.
+//! `checkpoint-dump`: what each command reads from a [`Source`] and how it
+//! is printed: aligned tables with full ids, or JSON lines (`--json`) in the
+//! wire protocol's shapes, for jq. The binary only parses arguments. The
+//! source is a data directory ([`Inspector`]: a private copy) or, with
+//! `database_url`, a PostgreSQL database ([`PgInspector`]: one read-only
+//! snapshot).
 //!
 //! A directory of an older format is read through a private copy migrated
 //! to the current format (the directory itself is never changed); every
@@ -9,6 +12,8 @@
 use crate::error::{Error, Result};
 use crate::model::{CheckpointId, EventKind, JournalEvent, SessionId};
 use crate::protocol::reply::{self, SummaryView, timestamp};
+use crate::storage::postgres::PgInspector;
+use crate::storage::source::Source;
 use crate::storage::{Inspector, Migration, Summary, Verification};
 use serde::Serialize;
 use serde_json::json;
@@ -23,6 +28,8 @@ pub const MAX_MESSAGE_CHARS: usize = 80;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub data_dir: PathBuf,
+    /// A PostgreSQL database to read instead of `data_dir`.
+    pub database_url: Option<String>,
     /// JSON lines instead of tables.
     pub json: bool,
     /// Read a copy taken without the directory's lock (a server may hold it).
@@ -58,12 +65,34 @@ pub enum Action {
 /// Runs one command. `Ok(false)` means it ran and found problems (`verify`).
 /// sled may panic reading a damaged page: that is an error, in one line.
 pub fn run(opts: &Options, cmd: &Action, out: &mut dyn Write) -> Result<bool> {
+    if let Some(url) = &opts.database_url {
+        return crate::panics::catch(|| run_on_database(url, opts.json, cmd, out))
+            .unwrap_or_else(|panic| Err(Error::Internal(format!("reading the PostgreSQL database failed: {panic}"))));
+    }
     crate::panics::catch(|| run_command(opts, cmd, out)).unwrap_or_else(|panic| {
         Err(Error::Internal(format!(
             "data directory {} is damaged: reading it failed: {panic}",
             opts.data_dir.display()
         )))
     })
+}
+
+/// Where a summary says the data is.
+#[derive(Clone, Copy)]
+enum Place<'a> {
+    Dir(&'a std::path::Path),
+    Database(&'a str),
+}
+
+fn run_on_database(url: &str, json: bool, cmd: &Action, out: &mut dyn Write) -> Result<bool> {
+    if let Action::Backup { .. } = cmd {
+        return Err(Error::Conflict(
+            "backup copies a data directory; back up a PostgreSQL database with pg_dump or pg_basebackup".into(),
+        ));
+    }
+    let db = PgInspector::open(url)?;
+    let place = Place::Database(db.described());
+    read_command(&db, place, json, cmd, out)
 }
 
 fn run_command(opts: &Options, cmd: &Action, out: &mut dyn Write) -> Result<bool> {
@@ -85,13 +114,17 @@ fn run_command(opts: &Options, cmd: &Action, out: &mut dyn Write) -> Result<bool
             opts.data_dir.display()
         ),
     }
-    let json = opts.json;
+    read_command(&ins, Place::Dir(&opts.data_dir), opts.json, cmd, out)
+}
+
+/// The commands that read a store, from either kind of source.
+fn read_command(ins: &dyn Source, place: Place, json: bool, cmd: &Action, out: &mut dyn Write) -> Result<bool> {
     match cmd {
-        Action::Summary => summary(&ins.summary()?, json, out)?,
-        Action::Sessions => sessions(&ins, json, out)?,
-        Action::Checkpoints { session, with_state } => checkpoints(&ins, *session, *with_state, json, out)?,
-        Action::Checkpoint { id } => checkpoint(&ins, *id, json, out)?,
-        Action::Events { since, limit } => events(&ins, *since, *limit, json, out)?,
+        Action::Summary => summary(&ins.summary()?, place, json, out)?,
+        Action::Sessions => sessions(ins, json, out)?,
+        Action::Checkpoints { session, with_state } => checkpoints(ins, *session, *with_state, json, out)?,
+        Action::Checkpoint { id } => checkpoint(ins, *id, json, out)?,
+        Action::Events { since, limit } => events(ins, *since, *limit, json, out)?,
         Action::Verify => {
             let v = ins.verify()?;
             verification(&v, json, out)?;
@@ -99,7 +132,7 @@ fn run_command(opts: &Options, cmd: &Action, out: &mut dyn Write) -> Result<bool
             return Ok(v.ok());
         }
         Action::Export => {
-            crate::transfer::export(&ins, out)?;
+            crate::transfer::export(ins, out)?;
         }
         Action::Backup { .. } => unreachable!("handled before opening"),
     }
@@ -179,13 +212,14 @@ fn record(out: &mut dyn Write, fields: &[(String, String)]) -> Result<()> {
     Ok(())
 }
 
-fn summary(s: &Summary, json: bool, out: &mut dyn Write) -> Result<()> {
+fn summary(s: &Summary, place: Place, json: bool, out: &mut dyn Write) -> Result<()> {
     let c = s.sequences.unwrap_or_default();
+    let (place_key, place_value, version_key) = match place {
+        Place::Dir(dir) => ("data_dir", dir.display().to_string(), "format_version"),
+        Place::Database(db) => ("database", db.to_string(), "schema_version"),
+    };
     if json {
-        return json_line(
-            out,
-            &json!({
-                "data_dir": s.data_dir.display().to_string(),
+        let mut line = json!({
                 "format_version": s.format_version,
                 "read_format": s.read_format,
                 "sessions": s.sessions,
@@ -201,16 +235,25 @@ fn summary(s: &Summary, json: bool, out: &mut dyn Write) -> Result<()> {
                 "bytes_on_disk": s.bytes_on_disk,
                 "state_live_bytes": s.state_live_bytes,
                 "state_dead_bytes": s.state_dead_bytes,
-            }),
-        );
+        });
+        let fields = line.as_object_mut().expect("an object");
+        if let Place::Database(_) = place {
+            // A database has a schema version, and no state segments.
+            let version = fields.remove("format_version");
+            fields.remove("read_format");
+            fields.remove("state_live_bytes");
+            fields.remove("state_dead_bytes");
+            fields.insert(version_key.into(), version.unwrap_or_default());
+        }
+        fields.insert(place_key.into(), place_value.into());
+        return json_line(out, &line);
     }
     let format = match (s.format_version, s.read_format) {
         (Some(own), Some(read)) if own != read => format!("{own} (read through a copy migrated to format {read})"),
         (own, _) => opt(own),
     };
-    let fields = [
-        ("data_dir", s.data_dir.display().to_string()),
-        ("format_version", format),
+    let mut fields = vec![(place_key, place_value), (version_key, format)];
+    fields.extend([
         ("sessions", s.sessions.to_string()),
         ("checkpoints", s.checkpoints.to_string()),
         ("annotations", s.annotations.to_string()),
@@ -222,10 +265,13 @@ fn summary(s: &Summary, json: bool, out: &mut dyn Write) -> Result<()> {
         ("event_sequence", c.event.to_string()),
         ("sessions_created", c.sessions_created.to_string()),
         ("bytes_on_disk", s.bytes_on_disk.to_string()),
-        ("state_live_bytes", s.state_live_bytes.to_string()),
-        ("state_dead_bytes", s.state_dead_bytes.to_string()),
-    ];
-    record(out, &fields.map(|(k, v)| (k.to_string(), v)))
+    ]);
+    if let Place::Dir(_) = place {
+        fields.push(("state_live_bytes", s.state_live_bytes.to_string()));
+        fields.push(("state_dead_bytes", s.state_dead_bytes.to_string()));
+    }
+    let fields: Vec<(String, String)> = fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    record(out, &fields)
 }
 
 /// `backup`: one line.
@@ -271,7 +317,7 @@ fn backup(b: &crate::snapshot::Backup, source: &std::path::Path, json: bool, out
     Ok(())
 }
 
-fn sessions(ins: &Inspector, json: bool, out: &mut dyn Write) -> Result<()> {
+fn sessions(ins: &dyn Source, json: bool, out: &mut dyn Write) -> Result<()> {
     let mut rows = Vec::new();
     for session in ins.sessions() {
         let (_, mut s) = session?;
@@ -300,7 +346,7 @@ struct CheckpointRow<'a> {
     state: Option<&'a RawValue>,
 }
 
-fn checkpoints(ins: &Inspector, session: SessionId, with_state: bool, json: bool, out: &mut dyn Write) -> Result<()> {
+fn checkpoints(ins: &dyn Source, session: SessionId, with_state: bool, json: bool, out: &mut dyn Write) -> Result<()> {
     ins.session(session)?;
     let mut rows = Vec::new();
     for s in ins.checkpoints(session) {
@@ -355,7 +401,7 @@ fn namespace(ns: &str) -> String {
     if ns.is_empty() { "-".to_string() } else { short(ns) }
 }
 
-fn checkpoint(ins: &Inspector, id: CheckpointId, json: bool, out: &mut dyn Write) -> Result<()> {
+fn checkpoint(ins: &dyn Source, id: CheckpointId, json: bool, out: &mut dyn Write) -> Result<()> {
     let mut c = ins.checkpoint(id)?;
     c.state = one_line(&c.state);
     c.metadata = one_line(&c.metadata);
@@ -451,7 +497,7 @@ fn event_row(e: &JournalEvent) -> Vec<String> {
     ]
 }
 
-fn events(ins: &Inspector, since: u64, limit: Option<usize>, json: bool, out: &mut dyn Write) -> Result<()> {
+fn events(ins: &dyn Source, since: u64, limit: Option<usize>, json: bool, out: &mut dyn Write) -> Result<()> {
     let mut rows = Vec::new();
     for e in ins.events_after(since).take(limit.unwrap_or(usize::MAX)) {
         let e = e?;

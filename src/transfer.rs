@@ -35,9 +35,9 @@ use crate::error::{Error, Result};
 use crate::model::{Annotation, Checkpoint, CheckpointId, RetentionPolicy, SessionId, Severity, Trigger, json_null};
 use crate::protocol::reply::timestamp;
 use crate::rules::{check_import, check_key, check_text};
+use crate::storage::source::Source;
 use crate::storage::{
-    Backend, ImportAnnotation, ImportBatch, ImportCheckpoint, ImportCounts, ImportSession, Inspector, Store,
-    StoredWrite,
+    Backend, ImportAnnotation, ImportBatch, ImportCheckpoint, ImportCounts, ImportSession, Store, StoredWrite,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -170,10 +170,10 @@ fn write_line<T: Serialize>(out: &mut dyn Write, line: &T) -> Result<()> {
     Ok(())
 }
 
-/// Writes everything in the inspected directory as export lines; returns
-/// what was written.
-/// Shows its progress ([`crate::progress`]): one item per line.
-pub fn export(ins: &Inspector, out: &mut dyn Write) -> Result<ImportCounts> {
+/// Writes everything in the inspected store (a data directory's copy or a
+/// database's snapshot) as export lines; returns what was written. Shows
+/// its progress ([`crate::progress`]): one item per line.
+pub fn export(ins: &dyn Source, out: &mut dyn Write) -> Result<ImportCounts> {
     let summary = ins.summary()?;
     let lines = 1 + summary.sessions + summary.checkpoints + summary.annotations + summary.writes;
     let progress = crate::progress::Progress::start("export", Some(lines));
@@ -182,7 +182,7 @@ pub fn export(ins: &Inspector, out: &mut dyn Write) -> Result<ImportCounts> {
     result
 }
 
-fn export_to(ins: &Inspector, summary: crate::storage::Summary, out: &mut dyn Write) -> Result<ImportCounts> {
+fn export_to(ins: &dyn Source, summary: crate::storage::Summary, out: &mut dyn Write) -> Result<ImportCounts> {
     let sequences = summary.sequences.unwrap_or_default();
     write_line(
         out,

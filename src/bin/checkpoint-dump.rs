@@ -1,4 +1,5 @@
-//! `checkpoint-dump`: inspect a checkpointd data directory without changing it.
+//! `checkpoint-dump`: inspect a checkpointd data directory or PostgreSQL
+//! database without changing it.
 //!
 //! Exit codes: 0 ok, 1 problems found or an error, 2 usage.
 
@@ -9,14 +10,20 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Inspect a checkpointd data directory: it is never changed (the tool reads
-/// a private copy). Human-readable tables by default, JSON lines with --json.
+/// Inspect a checkpointd data directory or PostgreSQL database: it is never
+/// changed (the tool reads a private copy of a directory, or a database
+/// through a read-only snapshot). Human-readable tables by default, JSON
+/// lines with --json.
 #[derive(Parser)]
 #[command(name = "checkpoint-dump", version)]
 struct Cli {
     /// Data directory to inspect.
     #[arg(long, env = "CHECKPOINTD_DATA_DIR", default_value = "./checkpoint-data")]
     data_dir: PathBuf,
+    /// Read this PostgreSQL database instead of a data directory, read-only,
+    /// in one snapshot (servers may go on writing meanwhile).
+    #[arg(long, env = "CHECKPOINTD_DATABASE_URL", value_name = "URL", conflicts_with_all = ["data_dir", "snapshot"])]
+    database_url: Option<String>,
     /// Print JSON lines (one object per row), for jq.
     #[arg(long)]
     json: bool,
@@ -116,7 +123,8 @@ fn main() -> ExitCode {
         Cmd::Export => Action::Export,
         Cmd::Backup { dest } => Action::Backup { dest },
     };
-    let opts = Options { data_dir: cli.data_dir, json: cli.json, snapshot: cli.snapshot };
+    let opts =
+        Options { data_dir: cli.data_dir, database_url: cli.database_url, json: cli.json, snapshot: cli.snapshot };
     let mut out = Out(io::BufWriter::new(io::stdout().lock()), false);
     match dump::run(&opts, &action, &mut out) {
         Ok(true) => ExitCode::SUCCESS,

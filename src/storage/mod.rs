@@ -26,6 +26,8 @@
 //!   shapes and their encoding.
 //! - [`datadir`]: opening a data directory safely (damage, locks, marks);
 //!   [`migrate`]: format versions and upgrades.
+//! - [`source`]: what `checkpoint-dump` and export read, from a sled copy
+//!   ([`Inspector`]) or a PostgreSQL snapshot (`postgres::inspect`).
 //! - [`verify`], [`inspect`]: `checkpoint-dump`'s checks and private copies;
 //!   [`dircopy`]: copying a data directory.
 
@@ -47,6 +49,7 @@ pub mod postgres;
 pub mod reads;
 pub mod records;
 pub mod segments;
+pub mod source;
 pub mod store;
 pub mod verify;
 pub mod writes;

@@ -217,9 +217,19 @@ impl Daemon {
         }
     }
 
-    /// Starts serving `dir` on a free loopback port.
+    /// Starts serving `dir` on a free loopback port: the data directory, or
+    /// with `CHECKPOINTD_TEST_BACKEND=postgres` the database standing for
+    /// it (see `inproc::open_backend`), so a restart serves the same data.
     pub fn serve(dir: &Path, extra: &[&str]) -> Daemon {
-        let mut args = vec!["--listen", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()];
+        let url;
+        let mut args = vec!["--listen", "127.0.0.1:0"];
+        match super::inproc::backend_kind() {
+            super::inproc::BackendKind::Sled => args.extend(["--data-dir", dir.to_str().unwrap()]),
+            super::inproc::BackendKind::Postgres => {
+                url = super::pg::database_for_blocking(dir);
+                args.extend(["--database-url", url.as_str()]);
+            }
+        }
         args.extend_from_slice(extra);
         Daemon::start(&args, &[])
     }

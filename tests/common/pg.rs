@@ -289,3 +289,17 @@ pub async fn database() -> String {
 pub async fn database_for(key: &Path) -> String {
     shared_async().await.database_for(key).await
 }
+
+/// [`database_for`] from synchronous code, also inside a test's runtime
+/// (on a thread of its own).
+pub fn database_for_blocking(key: &Path) -> String {
+    let key = key.to_path_buf();
+    let worker = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        rt.block_on(database_for(&key))
+    });
+    match worker.join() {
+        Ok(url) => url,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}

@@ -29,12 +29,14 @@
 
 mod conn;
 mod events;
+pub mod inspect;
 mod ops;
 mod read;
 pub mod schema;
 mod url;
 mod writer;
 
+pub use inspect::PgInspector;
 pub use url::describe_url;
 
 use crate::config::{Durability, PG_WRITE_QUEUE, StoreConfig};

@@ -73,7 +73,7 @@ pub(crate) async fn counters(c: &impl GenericClient) -> Result<Counters> {
 
 // ----- sessions -------------------------------------------------------------------
 
-const SESSION: &str = "SELECT id, key, name, created_at, metadata, retention, checkpoint_count, last_sequence, ordinal \
+pub(crate) const SESSION: &str = "SELECT id, key, name, created_at, metadata, retention, checkpoint_count, last_sequence, ordinal \
                        FROM sessions";
 
 pub(crate) fn session_of(row: &Row) -> Result<Session> {
@@ -160,7 +160,7 @@ pub(crate) async fn list_sessions(
 
 /// The columns of a summary (`has_notes` last); [`FULL`] adds metadata,
 /// state and its CRC.
-const SUMMARY: &str = "c.seq, c.id, c.session_id, c.namespace, c.external_id, c.ts, c.message, c.tags, c.trigger, \
+pub(crate) const SUMMARY: &str = "c.seq, c.id, c.session_id, c.namespace, c.external_id, c.ts, c.message, c.tags, c.trigger, \
                        c.parent_id, c.parent_external_id, \
                        EXISTS (SELECT 1 FROM annotations a WHERE a.checkpoint_id = c.id)";
 const FULL_COLS: &str = "c.metadata, c.state, c.state_crc";
