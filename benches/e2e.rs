@@ -8,7 +8,9 @@
 //! `cargo bench --bench e2e` (about three minutes); `-- --quick` for a short run;
 //! `-- --sizes` for the state-size table alone (issue 11: 1 KiB, 64 KiB and
 //! 1 MiB states against raw append + fdatasync of the same size, measured
-//! beside them in the same run).
+//! beside them in the same run); `-- --postgres` for the PostgreSQL backend
+//! (issue 12: 1 and 2 servers on one database, next to sled and to
+//! `pgbench`'s raw commit rate on the same private cluster, with fsync on).
 
 use checkpointd::client::Client;
 use futures_util::{SinkExt, StreamExt};
@@ -20,6 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Message;
+
+#[allow(dead_code)]
+#[path = "../tests/common/pg.rs"]
+mod pg;
 
 const NULL_SERVER_ENV: &str = "CHECKPOINTD_BENCH_NULL_SERVER";
 const STATE_BYTES: usize = 1024;
@@ -35,6 +41,9 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     if std::env::args().any(|a| a == "--sizes") {
         return state_sizes(&rt, window);
+    }
+    if std::env::args().any(|a| a == "--postgres") {
+        return postgres(&rt, window);
     }
     let state = one_kib_state();
 
@@ -59,7 +68,7 @@ fn main() {
     let null = Server::null();
     let mut null_rates = HashMap::new();
     for clients in [1, 16, 64] {
-        let s = rt.block_on(write_load(&null.url, clients, window, &state));
+        let s = rt.block_on(write_load(&[&null.url], clients, window, &state));
         null_rates.insert(clients, s.rate);
         rows.push(("no-storage server".to_string(), clients, s));
     }
@@ -71,7 +80,7 @@ fn main() {
         let dir = tempfile::tempdir().expect("tempdir");
         let server = Server::checkpointd(dir.path(), durability);
         for clients in [1, 16, 64] {
-            let s = rt.block_on(write_load(&server.url, clients, window, &state));
+            let s = rt.block_on(write_load(&[&server.url], clients, window, &state));
             rows.push((format!("checkpointd {durability}"), clients, s));
         }
         if durability == "sync" {
@@ -128,7 +137,7 @@ fn state_sizes(rt: &tokio::runtime::Runtime, window: Duration) {
         let state = json!({"step": 1, "scratch": "x".repeat(size.saturating_sub(40))});
         eprintln!("server pid {} for {size} bytes x {clients}", server.child.id());
         let cpu_before = cpu_seconds(server.child.id());
-        let s = rt.block_on(write_load(&server.url, clients, window, &state));
+        let s = rt.block_on(write_load(&[&server.url], clients, window, &state));
         let cpu = cpu_seconds(server.child.id()) - cpu_before;
         let n = s.rate * window.as_secs_f64();
         println!(
@@ -143,6 +152,69 @@ fn state_sizes(rt: &tokio::runtime::Runtime, window: Duration) {
             cpu * 1000.0 / n.max(1.0)
         );
     }
+}
+
+/// The PostgreSQL backend (issue 12): checkpoints of 1 KiB states through 1
+/// and 2 `checkpointd --database-url` servers on one database of a private
+/// cluster (fsync on, `synchronous_commit` on), at 1, 16 and 64 clients,
+/// beside `pgbench` committing one 1 KiB insert per transaction on the same
+/// cluster (the raw commit rate) and the sled server, in the same run.
+fn postgres(rt: &tokio::runtime::Runtime, window: Duration) {
+    let cluster = pg::Cluster::start_durable().unwrap_or_else(|e| panic!("{e}"));
+    let state = one_kib_state();
+    println!("# PostgreSQL backend, `sync`, 1 KiB states ({} s per point)\n", window.as_secs());
+    println!("| server | clients | checkpoints (or commits)/s | p50 | p99 | vs pgbench |");
+    println!("|---|---|---|---|---|---|");
+    let clients = [1, 16, 64];
+    let raw: Vec<f64> = clients.iter().map(|&n| pgbench(rt, &cluster, n, window)).collect();
+    for (n, tps) in clients.iter().zip(&raw) {
+        println!("| pgbench, one 1 KiB insert per transaction | {n} | {tps:.0} | | | 1.00x |");
+    }
+    let mut rows = Vec::new();
+    for servers in [1, 2] {
+        let url = rt.block_on(cluster.create_database());
+        let running: Vec<Server> = (0..servers).map(|_| Server::checkpointd_on_database(&url)).collect();
+        let urls: Vec<&str> = running.iter().map(|s| s.url.as_str()).collect();
+        for &n in &clients {
+            let s = rt.block_on(write_load(&urls, n, window, &state));
+            rows.push((
+                format!("checkpointd on PostgreSQL, {servers} server{}", if servers > 1 { "s" } else { "" }),
+                n,
+                s,
+            ));
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sled = Server::checkpointd(dir.path(), "sync");
+    for &n in &clients {
+        rows.push(("checkpointd on sled".to_string(), n, rt.block_on(write_load(&[&sled.url], n, window, &state))));
+    }
+    for (name, n, s) in rows {
+        let tps = raw[clients.iter().position(|&c| c == n).expect("a measured count")];
+        println!("| {name} | {n} | {:.0} | {} | {} | {:.2}x |", s.rate, ms(s.p50), ms(s.p99), s.rate / tps);
+    }
+}
+
+/// `pgbench` on `cluster`: `clients` connections, each committing one 1 KiB
+/// insert per transaction for `window`; transactions per second.
+fn pgbench(rt: &tokio::runtime::Runtime, cluster: &pg::Cluster, clients: usize, window: Duration) -> f64 {
+    let url = rt.block_on(cluster.create_database());
+    // postgresql://postgres@/NAME?host=DIR
+    let db = url.split_once("@/").and_then(|(_, rest)| rest.split_once('?')).map(|(db, _)| db.to_string()).expect("db");
+    let host = cluster.dir().to_str().expect("a UTF-8 path").to_string();
+    let run = |program: &str, args: &[&str]| {
+        let out = cluster.tool(program).args(["-h", &host, "-U", "postgres"]).args(args).output().expect(program);
+        assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run("psql", &["-d", &db, "-q", "-c", "CREATE TABLE raw (id bigserial PRIMARY KEY, v text)"]);
+    let script = cluster.dir().join(format!("{db}.sql"));
+    std::fs::write(&script, "INSERT INTO raw (v) VALUES (repeat('x', 1024));\n").expect("pgbench script");
+    let (c, j, t) = (clients.to_string(), clients.min(4).to_string(), window.as_secs().max(1).to_string());
+    let out = run("pgbench", &["-n", "-c", &c, "-j", &j, "-T", &t, "-f", script.to_str().expect("path"), &db]);
+    out.lines()
+        .find_map(|l| l.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no tps in pgbench's output: {out}"))
 }
 
 /// Appends `size` bytes and fdatasyncs, one write after another.
@@ -195,11 +267,12 @@ fn stats(mut latencies: Vec<Duration>, elapsed: Duration) -> Stats {
     Stats { rate: latencies.len() as f64 / elapsed.as_secs_f64(), p50: pick(0.5), p99: pick(0.99) }
 }
 
-/// `clients` connections, each with one checkpoint in flight, for `window`.
-async fn write_load(url: &str, clients: usize, window: Duration, state: &Value) -> Stats {
+/// `clients` connections (spread over `urls` in turn), each with one
+/// checkpoint in flight, for `window`.
+async fn write_load(urls: &[&str], clients: usize, window: Duration, state: &Value) -> Stats {
     let mut conns = Vec::new();
-    for _ in 0..clients {
-        let mut c = Client::connect(url).await.expect("connect");
+    for i in 0..clients {
+        let mut c = Client::connect(urls[i % urls.len()]).await.expect("connect");
         let session = c.create_session("bench").await.expect("session");
         conns.push((c, session));
     }
@@ -315,6 +388,13 @@ impl Server {
         Server::spawn(cmd)
     }
 
+    fn checkpointd_on_database(url: &str) -> Server {
+        let bin = std::env::var_os("CHECKPOINTD_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_checkpointd").into());
+        let mut cmd = Command::new(bin);
+        cmd.args(["--listen", "127.0.0.1:0", "--durability", "sync", "--database-url", url]);
+        Server::spawn(cmd)
+    }
+
     fn null() -> Server {
         let mut cmd = Command::new(std::env::current_exe().expect("own path"));
         cmd.env(NULL_SERVER_ENV, "1");
@@ -325,7 +405,9 @@ impl Server {
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn server");
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read address");
-        let url = line.trim().strip_prefix("listening on ").expect("listening line").to_string();
+        // `listening on ws://ADDR`, maybe followed by what it serves.
+        let rest = line.trim().strip_prefix("listening on ").expect("listening line");
+        let url = rest.split_whitespace().next().expect("an address").to_string();
         Server { child, url }
     }
 }

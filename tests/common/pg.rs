@@ -74,8 +74,9 @@ stop
 /// tests stop PostgreSQL (even `-m immediate`) but never cut the machine's
 /// power, and what PostgreSQL wrote survives a process crash in the page
 /// cache, so fsync would only make the tests slower on a shared machine.
-fn server_options(dir: &Path) -> String {
-    format!("-c listen_addresses='' -k '{}' -c max_connections=500 -c fsync=off", dir.display())
+fn server_options(dir: &Path, fsync: bool) -> String {
+    let fsync = if fsync { "on" } else { "off" };
+    format!("-c listen_addresses='' -k '{}' -c max_connections=500 -c fsync={fsync}", dir.display())
 }
 
 /// A running private cluster; stopped and removed on drop.
@@ -83,6 +84,8 @@ pub struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
     as_postgres: bool,
+    /// Whether PostgreSQL fsyncs (see [`server_options`]).
+    fsync: bool,
     /// Held open while the cluster should run: closing it (on drop or when
     /// the process dies) makes the wrapper stop and remove it.
     keepalive: Mutex<Option<ChildStdin>>,
@@ -93,8 +96,17 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts a private cluster (blocking, up to [`START`]).
+    /// Starts a private cluster (blocking, up to [`START`]), without fsync.
     pub fn start() -> Result<Cluster, String> {
+        Cluster::start_with(false)
+    }
+
+    /// A private cluster that fsyncs, as a production one does (benchmarks).
+    pub fn start_durable() -> Result<Cluster, String> {
+        Cluster::start_with(true)
+    }
+
+    fn start_with(fsync: bool) -> Result<Cluster, String> {
         let bin = std::env::var_os("CHECKPOINTD_PG_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(PG_BIN));
         for program in ["postgres", "initdb", "pg_ctl"] {
             if !bin.join(program).is_file() {
@@ -120,7 +132,7 @@ impl Cluster {
             .arg(&dir)
             .arg(&bin)
             .arg(if as_postgres { "root" } else { "user" })
-            .arg(server_options(&dir))
+            .arg(server_options(&dir, fsync))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -150,6 +162,7 @@ impl Cluster {
             dir,
             bin,
             as_postgres,
+            fsync,
             keepalive: Mutex::new(Some(keepalive)),
             exited: Mutex::new(exited),
             next: AtomicU64::new(1),
@@ -209,17 +222,23 @@ impl Cluster {
         }
     }
 
+    /// A command running PostgreSQL's `program` (`psql`, `pgbench`) as the
+    /// cluster's owner.
+    pub fn tool(&self, program: &str) -> Command {
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(program));
+            c
+        } else {
+            Command::new(self.bin.join(program))
+        }
+    }
+
     /// Runs `pg_ctl ARGS` on the cluster (as `postgres` when root), bounded
     /// by its own `-t`.
     fn pg_ctl(&self, args: &[&str]) {
         let pg_ctl = self.bin.join("pg_ctl");
-        let mut cmd = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
-            c
-        } else {
-            Command::new(&pg_ctl)
-        };
+        let mut cmd = self.tool("pg_ctl");
         let data = self.dir.join("data");
         let log = self.dir.join("server.log");
         cmd.arg("-D").arg(&data).arg("-l").arg(&log).args(["-w", "-t", "60"]).args(args);
@@ -243,7 +262,7 @@ impl Cluster {
     /// Starts PostgreSQL again after [`Cluster::stop_immediate`] (crash
     /// recovery included); returns once it accepts connections.
     pub fn restart(&self) {
-        self.pg_ctl(&["-o", &server_options(&self.dir), "start"]);
+        self.pg_ctl(&["-o", &server_options(&self.dir, self.fsync), "start"]);
     }
 }
 
