@@ -64,6 +64,8 @@ pub struct PgStore {
     pool: Arc<Pool>,
     queue: mpsc::Sender<writer::Job>,
     journal: Arc<Journal>,
+    /// Told of every committed batch (metrics).
+    observer: Arc<writer::Observer>,
     durability: Durability,
     closed: AtomicBool,
     /// Shut down (in the background) when the store is dropped.
@@ -75,6 +77,7 @@ struct Opened {
     pool: Arc<Pool>,
     queue: mpsc::Sender<writer::Job>,
     journal: Arc<Journal>,
+    observer: Arc<writer::Observer>,
 }
 
 /// Threads of a store's own runtime.
@@ -129,10 +132,11 @@ impl PgStore {
 
     fn finish(runtime: tokio::runtime::Runtime, opened: Result<Opened>, config: &StoreConfig) -> Result<PgStore> {
         match opened {
-            Ok(Opened { pool, queue, journal }) => Ok(PgStore {
+            Ok(Opened { pool, queue, journal, observer }) => Ok(PgStore {
                 pool,
                 queue,
                 journal,
+                observer,
                 durability: config.durability,
                 closed: AtomicBool::new(false),
                 runtime: Some(runtime),
@@ -197,10 +201,11 @@ async fn open_on(
     conn.release();
     let journal = Arc::new(Journal::new(counters.event_seq));
     let (queue, jobs) = mpsc::channel(PG_WRITE_QUEUE);
-    tokio::spawn(writer::run(Arc::clone(&pool), jobs, Arc::clone(&journal), retention));
+    let observer = Arc::new(writer::Observer::default());
+    tokio::spawn(writer::run(Arc::clone(&pool), jobs, Arc::clone(&journal), Arc::clone(&observer), retention));
     tokio::spawn(events::read_loop(Arc::clone(&journal), Arc::clone(&pool)));
     tokio::spawn(events::listen_loop(Arc::clone(&journal), pool.config().clone()));
-    Ok(Opened { pool, queue, journal })
+    Ok(Opened { pool, queue, journal, observer })
 }
 
 /// Unexpected answer kind from the writer: a bug.
@@ -252,6 +257,12 @@ impl Backend for PgStore {
 
     fn data_dir(&self) -> Option<&std::path::Path> {
         None
+    }
+
+    /// Each committed batch: its writes, and how long its COMMIT (the WAL
+    /// flush, in `sync`) took.
+    fn observe_commits(&self, observer: Arc<dyn crate::storage::commit::CommitObserver>) {
+        let _ = self.observer.set(observer);
     }
 
     /// There is no local directory to copy: back up a PostgreSQL store

@@ -23,13 +23,22 @@ use tokio::sync::{mpsc, oneshot};
 /// The channel NOTIFY wakes event readers on.
 pub(crate) const CHANNEL: &str = "checkpointd_events";
 
+/// Where committed batches are reported (metrics), once one is set.
+pub(crate) type Observer = std::sync::OnceLock<Arc<dyn crate::storage::commit::CommitObserver>>;
+
 /// One queued write and where its answer goes.
 pub(crate) struct Job {
     pub write: Write,
     pub reply: oneshot::Sender<Result<Done>>,
 }
 
-pub(crate) async fn run(pool: Arc<Pool>, mut queue: mpsc::Receiver<Job>, journal: Arc<Journal>, retention: u64) {
+pub(crate) async fn run(
+    pool: Arc<Pool>,
+    mut queue: mpsc::Receiver<Job>,
+    journal: Arc<Journal>,
+    observer: Arc<Observer>,
+    retention: u64,
+) {
     while let Some(first) = queue.recv().await {
         let mut bytes = first.write.approx_bytes();
         let mut batch = vec![first];
@@ -44,8 +53,11 @@ pub(crate) async fn run(pool: Arc<Pool>, mut queue: mpsc::Receiver<Job>, journal
         }
         let (writes, replies): (Vec<Write>, Vec<_>) = batch.into_iter().map(|j| (j.write, j.reply)).unzip();
         match bounded("a write transaction", commit(&pool, writes, retention)).await {
-            Ok((results, counters)) => {
+            Ok((results, counters, committing)) => {
                 journal.committed(counters.event_seq);
+                if let Some(o) = observer.get() {
+                    o.committed(results.len() as u64, committing);
+                }
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }
@@ -60,9 +72,13 @@ pub(crate) async fn run(pool: Arc<Pool>, mut queue: mpsc::Receiver<Job>, journal
     }
 }
 
-/// One transaction: every write in its savepoint; the results, and the
-/// counters as committed.
-async fn commit(pool: &Arc<Pool>, writes: Vec<Write>, retention: u64) -> Result<(Vec<Result<Done>>, Counters)> {
+/// One transaction: every write in its savepoint; the results, the
+/// counters as committed, and how long the COMMIT took.
+async fn commit(
+    pool: &Arc<Pool>,
+    writes: Vec<Write>,
+    retention: u64,
+) -> Result<(Vec<Result<Done>>, Counters, std::time::Duration)> {
     let mut conn = pool.get().await?;
     let tx = conn.client().transaction().await.map_err(db_error)?;
     let row = tx.query_one(&format!("{} FOR UPDATE", read::COUNTERS), &[]).await.map_err(db_error)?;
@@ -118,7 +134,9 @@ async fn commit(pool: &Arc<Pool>, writes: Vec<Write>, retention: u64) -> Result<
         // journal is the table).
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &end.event_seq.to_string()]).await.map_err(db_error)?;
     }
+    let committing = std::time::Instant::now();
     tx.commit().await.map_err(db_error)?;
+    let committing = committing.elapsed();
     conn.release();
-    Ok((results, end))
+    Ok((results, end, committing))
 }
