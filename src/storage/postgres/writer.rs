@@ -9,7 +9,7 @@
 //! Only then is any write of the batch acknowledged; if the transaction
 //! fails, every write of it fails (`unavailable`) and none is applied.
 
-use super::conn::{Pool, bounded, db_error};
+use super::conn::{Cached, Db, Pool, bounded, db_error};
 use super::events::Journal;
 use super::ops::{Ctx, Done, Write, exhausted};
 use super::read::{self, bound};
@@ -64,7 +64,9 @@ pub(crate) async fn run(pool: Arc<Pool>, mut queue: mpsc::Receiver<Job>, journal
 /// counters as committed.
 async fn commit(pool: &Arc<Pool>, writes: Vec<Write>, retention: u64) -> Result<(Vec<Result<Done>>, Counters)> {
     let mut conn = pool.get().await?;
-    let tx = conn.client().transaction().await.map_err(db_error)?;
+    let (client, cache) = conn.parts();
+    let raw = client.transaction().await.map_err(db_error)?;
+    let tx = Cached { c: &raw, cache };
     let row = tx.query_one(&format!("{} FOR UPDATE", read::COUNTERS), &[]).await.map_err(db_error)?;
     let start = read::counters_of(&row);
     // Live times are stamped to the microsecond, as the sled store does.
@@ -72,24 +74,28 @@ async fn commit(pool: &Arc<Pool>, writes: Vec<Write>, retention: u64) -> Result<
         nanos(Utc::now().duration_trunc(TimeDelta::microseconds(1)).unwrap_or_else(|_| Utc::now())).unwrap_or(i64::MAX);
     let mut ctx = Ctx { tx: &tx, c: start, now };
     let mut results = Vec::with_capacity(writes.len());
+    // Whether the previous write's savepoint is still open: it is released
+    // in the same round trip that opens the next one, and the last one is
+    // committed with the transaction (a savepoint's changes are part of
+    // the transaction unless rolled back to).
+    let mut open = false;
     for write in writes {
         if exhausted(&ctx.c) {
             results.push(Err(StorageError::Failed(format!("sequence numbers are exhausted: {:?}", ctx.c))));
             continue;
         }
-        tx.batch_execute("SAVEPOINT w").await.map_err(db_error)?;
+        let savepoint = if open { "RELEASE SAVEPOINT w; SAVEPOINT w" } else { "SAVEPOINT w" };
+        raw.batch_execute(savepoint).await.map_err(db_error)?;
+        open = true;
         let before = ctx.c;
         match write.run(&mut ctx).await {
-            Ok(done) => {
-                tx.batch_execute("RELEASE SAVEPOINT w").await.map_err(db_error)?;
-                results.push(Ok(done));
-            }
+            Ok(done) => results.push(Ok(done)),
             Err(e) => {
                 // Refused: nothing of it stays, its numbers are given back.
                 // If even that fails, the connection is gone: the whole
-                // transaction fails.
+                // transaction fails. (The savepoint stays open, empty.)
                 ctx.c = before;
-                tx.batch_execute("ROLLBACK TO SAVEPOINT w").await.map_err(db_error)?;
+                raw.batch_execute("ROLLBACK TO SAVEPOINT w").await.map_err(db_error)?;
                 results.push(Err(e));
             }
         }
@@ -118,7 +124,7 @@ async fn commit(pool: &Arc<Pool>, writes: Vec<Write>, retention: u64) -> Result<
         // journal is the table).
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &end.event_seq.to_string()]).await.map_err(db_error)?;
     }
-    tx.commit().await.map_err(db_error)?;
+    raw.commit().await.map_err(db_error)?;
     conn.release();
     Ok((results, end))
 }
