@@ -286,8 +286,8 @@ async fn insert_checkpoint(x: &Ctx<'_>, r: CheckpointRow<'_>) -> Result<()> {
 async fn put_checkpoint(x: &mut Ctx<'_>, new: NewCheckpoint) -> Result<(CheckpointSummary, Option<Compaction>)> {
     // The session and an earlier checkpoint of the same external id are
     // asked for in one round trip (tokio-postgres pipelines the queries of
-    // one connection that are awaited together; PostgreSQL answers them in
-    // order, so a missing session is still the error).
+    // one connection that are awaited together). Both only read, so their
+    // order does not matter; a missing session is still the error.
     let (session, earlier) = match &new.external_id {
         Some(external) => futures_util::try_join!(
             read::session(x.tx, new.session_id),
@@ -333,8 +333,9 @@ async fn put_checkpoint(x: &mut Ctx<'_>, new: NewCheckpoint) -> Result<(Checkpoi
     let count_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&session_id, &last_sequence];
     let xr = &*x;
     // Its row, its session's count and its event are sent together (one
-    // round trip; a failure of any fails the write, rolled back to its
-    // savepoint).
+    // round trip once their statements are prepared; they do not depend on
+    // each other, so their order does not matter; a failure of any fails
+    // the write, rolled back to its savepoint).
     let written = async {
         futures_util::try_join!(
             insert_checkpoint(
@@ -363,18 +364,15 @@ async fn put_checkpoint(x: &mut Ctx<'_>, new: NewCheckpoint) -> Result<(Checkpoi
         )
         .map(|_| ())
     };
-    let (compaction, stored) = match &session.retention {
-        Some(policy) => {
-            written.await?;
-            let compaction = apply_policy(x, new.session_id, policy, false, 1).await?;
-            (compaction, read::summary(x.tx, id).await?)
-        }
-        // Nothing between the writes and the read back: all in one trip.
-        None => {
-            let ((), stored) = futures_util::try_join!(written, read::summary(x.tx, id))?;
-            (None, stored)
-        }
+    written.await?;
+    let compaction = match &session.retention {
+        Some(policy) => apply_policy(x, new.session_id, policy, false, 1).await?,
+        None => None,
     };
+    // Read back only after the writes were answered: a query awaited
+    // together with them could be sent first (its statement cached while
+    // theirs are still being prepared).
+    let stored = read::summary(x.tx, id).await?;
     let stored = stored.ok_or_else(|| checkpoint_not_found(id))?;
     Ok((stored, compaction))
 }
