@@ -5,9 +5,147 @@
 
 use crate::config::{Durability, PG_CONNECT_TIMEOUT, PG_CONNECTIONS, PG_TIMEOUT};
 use crate::storage::error::{Result, StorageError};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, GenericClient, NoTls, Row, Statement};
+
+/// Prepared statements cached per connection at most; past it the cache
+/// starts over (SQL built from a query's options can vary).
+const CACHED_STATEMENTS: usize = 256;
+
+/// One connection's prepared statements by SQL text. It lives beside its
+/// connection in the pool, and goes when the connection goes (a statement
+/// belongs to the session that prepared it). PostgreSQL keeps a prepared
+/// statement across rollbacks, so a cached one stays valid for the life of
+/// the connection.
+#[derive(Default)]
+pub(crate) struct StmtCache(Mutex<HashMap<String, Statement>>);
+
+impl StmtCache {
+    fn get(&self, sql: &str) -> Option<Statement> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(sql).cloned()
+    }
+
+    fn put(&self, sql: &str, statement: &Statement) {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= CACHED_STATEMENTS {
+            map.clear();
+        }
+        map.insert(sql.to_owned(), statement.clone());
+    }
+}
+
+type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+/// What the store's queries run on: a connection or a transaction, as is
+/// ([`GenericClient`]: every call prepares its statement), or [`Cached`].
+pub(crate) trait Db: Sync {
+    fn query<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> impl Future<Output = std::result::Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a;
+    fn query_opt<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> impl Future<Output = std::result::Result<Option<Row>, tokio_postgres::Error>> + Send + 'a;
+    fn query_one<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> impl Future<Output = std::result::Result<Row, tokio_postgres::Error>> + Send + 'a;
+    fn execute<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> impl Future<Output = std::result::Result<u64, tokio_postgres::Error>> + Send + 'a;
+}
+
+impl<C: GenericClient + Sync> Db for C {
+    fn query<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> impl Future<Output = std::result::Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a {
+        GenericClient::query(self, sql, params)
+    }
+    fn query_opt<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> impl Future<Output = std::result::Result<Option<Row>, tokio_postgres::Error>> + Send + 'a {
+        GenericClient::query_opt(self, sql, params)
+    }
+    fn query_one<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> impl Future<Output = std::result::Result<Row, tokio_postgres::Error>> + Send + 'a {
+        GenericClient::query_one(self, sql, params)
+    }
+    fn execute<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> impl Future<Output = std::result::Result<u64, tokio_postgres::Error>> + Send + 'a {
+        GenericClient::execute(self, sql, params)
+    }
+}
+
+/// A connection or transaction whose statements are prepared once per
+/// connection ([`StmtCache`]) instead of on every call: a query is one
+/// round trip instead of two.
+pub(crate) struct Cached<'c, C> {
+    pub c: &'c C,
+    pub cache: &'c StmtCache,
+}
+
+impl<C: GenericClient + Sync> Cached<'_, C> {
+    async fn statement(&self, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.cache.get(sql) {
+            return Ok(statement);
+        }
+        let statement = self.c.prepare(sql).await?;
+        self.cache.put(sql, &statement);
+        Ok(statement)
+    }
+}
+
+// The futures are spelled out to match the trait, which promises `Send`.
+#[allow(clippy::manual_async_fn)]
+impl<C: GenericClient + Sync> Db for Cached<'_, C> {
+    fn query<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> impl Future<Output = std::result::Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a {
+        async move { self.c.query(&self.statement(sql).await?, params).await }
+    }
+    fn query_opt<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> impl Future<Output = std::result::Result<Option<Row>, tokio_postgres::Error>> + Send + 'a {
+        async move { self.c.query_opt(&self.statement(sql).await?, params).await }
+    }
+    fn query_one<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> impl Future<Output = std::result::Result<Row, tokio_postgres::Error>> + Send + 'a {
+        async move { self.c.query_one(&self.statement(sql).await?, params).await }
+    }
+    fn execute<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> impl Future<Output = std::result::Result<u64, tokio_postgres::Error>> + Send + 'a {
+        async move { self.c.execute(&self.statement(sql).await?, params).await }
+    }
+}
 
 /// What PostgreSQL's error means here. Connection trouble, a server
 /// shutting down or starting, and exhausted resources are `Unavailable`
@@ -73,7 +211,7 @@ pub(crate) struct Pool {
     /// The store's own runtime: connections are opened and driven there,
     /// so they outlive the runtime of whoever asked for them.
     runtime: tokio::runtime::Handle,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<(Client, StmtCache)>>,
     permits: Arc<Semaphore>,
 }
 
@@ -102,18 +240,21 @@ impl Pool {
         };
         let reused = {
             let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            idle.retain(|c| !c.is_closed());
+            idle.retain(|(c, _)| !c.is_closed());
             idle.pop()
         };
-        let client = match reused {
-            Some(client) => client,
+        let conn = match reused {
+            Some(conn) => conn,
             None => {
                 let (config, durability) = (self.config.clone(), self.durability);
                 let connecting = self.runtime.spawn(async move { connect(&config, durability).await });
-                connecting.await.map_err(|e| StorageError::Unavailable(format!("connecting to PostgreSQL: {e}")))??
+                let client = connecting
+                    .await
+                    .map_err(|e| StorageError::Unavailable(format!("connecting to PostgreSQL: {e}")))??;
+                (client, StmtCache::default())
             }
         };
-        Ok(Pooled { client: Some(client), pool: Arc::clone(self), keep: false, _permit: permit })
+        Ok(Pooled { conn: Some(conn), pool: Arc::clone(self), keep: false, _permit: permit })
     }
 
     /// Drops every idle connection and refuses new ones.
@@ -125,9 +266,9 @@ impl Pool {
 
 /// A connection from the [`Pool`]. It goes back only when its user says it
 /// is in a clean state ([`Pooled::release`]): one dropped mid-request (a
-/// timeout, an error) is closed instead.
+/// timeout, an error) is closed instead, its statement cache with it.
 pub(crate) struct Pooled {
-    client: Option<Client>,
+    conn: Option<(Client, StmtCache)>,
     pool: Arc<Pool>,
     keep: bool,
     _permit: OwnedSemaphorePermit,
@@ -135,7 +276,13 @@ pub(crate) struct Pooled {
 
 impl Pooled {
     pub fn client(&mut self) -> &mut Client {
-        self.client.as_mut().expect("a pooled connection holds its client until dropped")
+        self.parts().0
+    }
+
+    /// The client and its prepared statements.
+    pub fn parts(&mut self) -> (&mut Client, &StmtCache) {
+        let (client, cache) = self.conn.as_mut().expect("a pooled connection holds its client until dropped");
+        (client, cache)
     }
 
     /// Returns the connection to the pool when it is dropped.
@@ -146,11 +293,11 @@ impl Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take()
+        if let Some(conn) = self.conn.take()
             && self.keep
-            && !client.is_closed()
+            && !conn.0.is_closed()
         {
-            self.pool.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(client);
+            self.pool.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(conn);
         }
     }
 }

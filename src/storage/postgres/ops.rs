@@ -7,7 +7,7 @@
 //! messages) are the sled store's (`storage::writes`), through the same
 //! shared functions of [`crate::model`].
 
-use super::conn::db_error;
+use super::conn::{Cached, Db, db_error};
 use super::read::{self, bound, checkpoint_not_found, num, storable};
 use crate::config::MAX_CHANGE_CHECKPOINTS;
 use crate::model::{
@@ -111,7 +111,8 @@ impl Write {
 /// One transaction's state: the counters as they will be after it, and
 /// its time (every record a write stamps gets it).
 pub(crate) struct Ctx<'t> {
-    pub tx: &'t Transaction<'t>,
+    /// The transaction, its statements prepared once per connection.
+    pub tx: &'t Cached<'t, Transaction<'t>>,
     pub c: Counters,
     pub now: i64,
 }
@@ -126,12 +127,23 @@ pub(crate) fn exhausted(c: &Counters) -> bool {
 impl Ctx<'_> {
     /// Journals an event with the next event sequence.
     async fn event(&mut self, session: SessionId, kind: EventKind) -> Result<()> {
+        let seq = self.next_event();
+        self.insert_event(seq, session, &kind).await
+    }
+
+    /// Takes the next event sequence, for [`Ctx::insert_event`].
+    fn next_event(&mut self) -> u64 {
         self.c.event_seq += 1;
-        let kind = serde_json::to_string(&kind).map_err(|e| StorageError::Internal(format!("event: {e}")))?;
+        self.c.event_seq
+    }
+
+    /// Journals an event with a sequence taken by [`Ctx::next_event`].
+    async fn insert_event(&self, seq: u64, session: SessionId, kind: &EventKind) -> Result<()> {
+        let kind = serde_json::to_string(kind).map_err(|e| StorageError::Internal(format!("event: {e}")))?;
         self.tx
             .execute(
                 "INSERT INTO events (seq, session_id, ts, kind) VALUES ($1, $2, $3, $4)",
-                &[&bound(self.c.event_seq), &session.0, &self.now, &kind],
+                &[&bound(seq), &session.0, &self.now, &kind],
             )
             .await
             .map_err(db_error)?;
@@ -272,10 +284,18 @@ async fn insert_checkpoint(x: &Ctx<'_>, r: CheckpointRow<'_>) -> Result<()> {
 }
 
 async fn put_checkpoint(x: &mut Ctx<'_>, new: NewCheckpoint) -> Result<(CheckpointSummary, Option<Compaction>)> {
-    let session = read::session(x.tx, new.session_id).await?;
-    if let Some(external) = &new.external_id
-        && let Some(stored) = read::by_external_id(x.tx, new.session_id, &new.namespace, external).await?
-    {
+    // The session and an earlier checkpoint of the same external id are
+    // asked for in one round trip (tokio-postgres pipelines the queries of
+    // one connection that are awaited together). Both only read, so their
+    // order does not matter; a missing session is still the error.
+    let (session, earlier) = match &new.external_id {
+        Some(external) => futures_util::try_join!(
+            read::session(x.tx, new.session_id),
+            read::by_external_id(x.tx, new.session_id, &new.namespace, external)
+        )?,
+        None => (read::session(x.tx, new.session_id).await?, None),
+    };
+    if let Some(stored) = earlier {
         return Ok((stored, None));
     }
     let parent = match (&new.parent_id, &new.parent_external_id) {
@@ -306,36 +326,54 @@ async fn put_checkpoint(x: &mut Ctx<'_>, new: NewCheckpoint) -> Result<(Checkpoi
     let id = CheckpointId::new();
     let state = new.state.as_ref().map_or("null", StateJson::get);
     let metadata = new.metadata.as_ref().map_or("{}", |m| m.get());
-    insert_checkpoint(
-        x,
-        CheckpointRow {
-            seq,
-            id,
-            session: new.session_id,
-            namespace: &new.namespace,
-            external_id: new.external_id.as_deref(),
-            ts: x.now,
-            message: &new.message,
-            tags: &new.tags,
-            trigger: new.trigger.to_string(),
-            metadata,
-            parent_id,
-            parent_external_id: parent_external_id.as_deref(),
-            state,
-        },
-    )
-    .await?;
-    x.exec(
-        "UPDATE sessions SET checkpoint_count = checkpoint_count + 1, last_sequence = $2 WHERE id = $1",
-        &[&new.session_id.0, &bound(seq)],
-    )
-    .await?;
-    x.event(new.session_id, EventKind::CheckpointCreated { checkpoint_id: id, sequence_number: seq }).await?;
+    let event_seq = x.next_event();
+    let kind = EventKind::CheckpointCreated { checkpoint_id: id, sequence_number: seq };
+    let last_sequence = bound(seq);
+    let session_id = new.session_id.0;
+    let count_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&session_id, &last_sequence];
+    let xr = &*x;
+    // Its row, its session's count and its event are sent together (one
+    // round trip once their statements are prepared; they do not depend on
+    // each other, so their order does not matter; a failure of any fails
+    // the write, rolled back to its savepoint).
+    let written = async {
+        futures_util::try_join!(
+            insert_checkpoint(
+                xr,
+                CheckpointRow {
+                    seq,
+                    id,
+                    session: new.session_id,
+                    namespace: &new.namespace,
+                    external_id: new.external_id.as_deref(),
+                    ts: xr.now,
+                    message: &new.message,
+                    tags: &new.tags,
+                    trigger: new.trigger.to_string(),
+                    metadata,
+                    parent_id,
+                    parent_external_id: parent_external_id.as_deref(),
+                    state,
+                },
+            ),
+            xr.exec(
+                "UPDATE sessions SET checkpoint_count = checkpoint_count + 1, last_sequence = $2 WHERE id = $1",
+                &count_params,
+            ),
+            xr.insert_event(event_seq, new.session_id, &kind),
+        )
+        .map(|_| ())
+    };
+    written.await?;
     let compaction = match &session.retention {
         Some(policy) => apply_policy(x, new.session_id, policy, false, 1).await?,
         None => None,
     };
-    let stored = read::summary(x.tx, id).await?.ok_or_else(|| checkpoint_not_found(id))?;
+    // Read back only after the writes were answered: a query awaited
+    // together with them could be sent first (its statement cached while
+    // theirs are still being prepared).
+    let stored = read::summary(x.tx, id).await?;
+    let stored = stored.ok_or_else(|| checkpoint_not_found(id))?;
     Ok((stored, compaction))
 }
 

@@ -1,7 +1,9 @@
 //! Every read of the PostgreSQL schema, written once: the store's answers,
 //! the write operations (inside their transaction) and the event feed use
-//! these functions on any [`GenericClient`].
+//! these functions on any [`Db`] (a connection or transaction, or one with
+//! its statements cached).
 
+use super::conn::Db;
 use super::conn::db_error;
 use crate::config::MAX_REPORTED_INVALID;
 use crate::model::{
@@ -12,7 +14,7 @@ use crate::model::{
 use crate::storage::error::{Result, StorageError};
 use crate::storage::pending::StoredWrite;
 use crate::storage::records::{Counters, from_nanos, raw_json};
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::Row;
 
 /// Rows one query of a chunked scan reads.
 const SCAN_CHUNK: i64 = 256;
@@ -66,7 +68,7 @@ pub(crate) fn counters_of(row: &Row) -> Counters {
     }
 }
 
-pub(crate) async fn counters(c: &impl GenericClient) -> Result<Counters> {
+pub(crate) async fn counters(c: &impl Db) -> Result<Counters> {
     let row = c.query_one(COUNTERS, &[]).await.map_err(db_error)?;
     Ok(counters_of(&row))
 }
@@ -97,25 +99,25 @@ pub(crate) fn session_of(row: &Row) -> Result<Session> {
     })
 }
 
-pub(crate) async fn session(c: &impl GenericClient, id: SessionId) -> Result<Session> {
+pub(crate) async fn session(c: &impl Db, id: SessionId) -> Result<Session> {
     let row = c.query_opt(&format!("{SESSION} WHERE id = $1"), &[&id.0]).await.map_err(db_error)?;
     session_of(&row.ok_or_else(|| session_not_found(id))?)
 }
 
 /// The session and its creation ordinal.
-pub(crate) async fn session_ordinal(c: &impl GenericClient, id: SessionId) -> Result<(Session, u64)> {
+pub(crate) async fn session_ordinal(c: &impl Db, id: SessionId) -> Result<(Session, u64)> {
     let row = c.query_opt(&format!("{SESSION} WHERE id = $1"), &[&id.0]).await.map_err(db_error)?;
     let row = row.ok_or_else(|| session_not_found(id))?;
     Ok((session_of(&row)?, num(row.get(8))))
 }
 
-pub(crate) async fn session_by_key(c: &impl GenericClient, key: &str) -> Result<Option<Session>> {
+pub(crate) async fn session_by_key(c: &impl Db, key: &str) -> Result<Option<Session>> {
     let row = c.query_opt(&format!("{SESSION} WHERE key = $1"), &[&key.as_bytes()]).await.map_err(db_error)?;
     row.map(|r| session_of(&r)).transpose()
 }
 
 pub(crate) async fn list_sessions(
-    c: &impl GenericClient,
+    c: &impl Db,
     after: Option<SessionId>,
     key_prefix: Option<&str>,
     limit: usize,
@@ -205,7 +207,7 @@ fn state_of(row: &Row, id: CheckpointId) -> Result<String> {
 }
 
 /// A full record from a row selected with `columns(true)`.
-pub(crate) async fn full_of(c: &impl GenericClient, row: &Row) -> Result<Checkpoint> {
+pub(crate) async fn full_of(c: &impl Db, row: &Row) -> Result<Checkpoint> {
     let mut summary = summary_of(row)?;
     let state = state_of(row, summary.id)?;
     let metadata: String = row.get(12);
@@ -231,20 +233,20 @@ pub(crate) async fn full_of(c: &impl GenericClient, row: &Row) -> Result<Checkpo
     })
 }
 
-pub(crate) async fn checkpoint(c: &impl GenericClient, id: CheckpointId) -> Result<Checkpoint> {
+pub(crate) async fn checkpoint(c: &impl Db, id: CheckpointId) -> Result<Checkpoint> {
     let sql = format!("SELECT {} FROM checkpoints c WHERE c.id = $1", columns(true));
     let row = c.query_opt(&sql, &[&id.0]).await.map_err(db_error)?;
     full_of(c, &row.ok_or_else(|| checkpoint_not_found(id))?).await
 }
 
 /// A checkpoint's summary, if stored.
-pub(crate) async fn summary(c: &impl GenericClient, id: CheckpointId) -> Result<Option<CheckpointSummary>> {
+pub(crate) async fn summary(c: &impl Db, id: CheckpointId) -> Result<Option<CheckpointSummary>> {
     let sql = format!("SELECT {SUMMARY} FROM checkpoints c WHERE c.id = $1");
     c.query_opt(&sql, &[&id.0]).await.map_err(db_error)?.map(|r| summary_of(&r)).transpose()
 }
 
 pub(crate) async fn by_external_id(
-    c: &impl GenericClient,
+    c: &impl Db,
     session: SessionId,
     namespace: &str,
     external: &str,
@@ -259,7 +261,7 @@ pub(crate) async fn by_external_id(
 /// The checkpoint with the client's id `external` in (session, namespace),
 /// or with `None` the newest there.
 pub(crate) async fn checkpoint_in(
-    c: &impl GenericClient,
+    c: &impl Db,
     session: SessionId,
     namespace: &str,
     external: Option<&str>,
@@ -287,7 +289,7 @@ pub(crate) async fn checkpoint_in(
     }
 }
 
-async fn external_bound(c: &impl GenericClient, session: SessionId, namespace: &str, external: &str) -> Result<u64> {
+async fn external_bound(c: &impl Db, session: SessionId, namespace: &str, external: &str) -> Result<u64> {
     let found = by_external_id(c, session, namespace, external).await?;
     found
         .map(|s| s.sequence_number)
@@ -297,7 +299,7 @@ async fn external_bound(c: &impl GenericClient, session: SessionId, namespace: &
 /// One page of a session's checkpoints, filled as the sled store fills it
 /// ([`PageFill`]); a metadata filter is applied to the rows as read, in
 /// chunks, so a page costs the rows it passes over.
-pub(crate) async fn list_page(c: &impl GenericClient, session: SessionId, q: &ListQuery, max: usize) -> Result<Page> {
+pub(crate) async fn list_page(c: &impl Db, session: SessionId, q: &ListQuery, max: usize) -> Result<Page> {
     self::session(c, session).await?;
     let limit = q.limit.unwrap_or(max).min(max);
     let namespace = q.namespace.as_deref().unwrap_or("");
@@ -349,7 +351,7 @@ pub(crate) async fn list_page(c: &impl GenericClient, session: SessionId, q: &Li
 /// Adds a row selected with `columns(page.wants_records())` unless the
 /// metadata filter refuses it.
 async fn push_row(
-    c: &impl GenericClient,
+    c: &impl Db,
     page: &mut PageFill,
     row: &Row,
     filter: Option<&serde_json::Map<String, serde_json::Value>>,
@@ -369,7 +371,7 @@ async fn push_row(
 }
 
 /// Checkpoints of every session, newest first, below `q.before`.
-pub(crate) async fn search(c: &impl GenericClient, q: &SearchQuery, max: usize) -> Result<Page> {
+pub(crate) async fn search(c: &impl Db, q: &SearchQuery, max: usize) -> Result<Page> {
     let limit = q.limit.unwrap_or(max).min(max);
     let mut page = PageFill::new(q.full, limit);
     let Some(high) = q.before.map_or(Some(u64::MAX), |b| b.checked_sub(1)) else { return Ok(page.done()) };
@@ -399,18 +401,14 @@ pub(crate) async fn search(c: &impl GenericClient, q: &SearchQuery, max: usize) 
     }
 }
 
-pub(crate) async fn list_by_sequence(
-    c: &impl GenericClient,
-    after: u64,
-    limit: usize,
-) -> Result<Vec<CheckpointSummary>> {
+pub(crate) async fn list_by_sequence(c: &impl Db, after: u64, limit: usize) -> Result<Vec<CheckpointSummary>> {
     let sql = format!("SELECT {SUMMARY} FROM checkpoints c WHERE c.seq > $1 ORDER BY c.seq LIMIT $2");
     let rows = c.query(&sql, &[&bound(after), &bound(limit as u64)]).await.map_err(db_error)?;
     rows.iter().map(summary_of).collect()
 }
 
 /// Checks every stored state against its CRC, in chunks.
-pub(crate) async fn validate(c: &impl GenericClient, session: Option<SessionId>) -> Result<Validation> {
+pub(crate) async fn validate(c: &impl Db, session: Option<SessionId>) -> Result<Validation> {
     if let Some(s) = session {
         self::session(c, s).await?;
     }
@@ -449,11 +447,11 @@ pub(crate) async fn validate(c: &impl GenericClient, session: Option<SessionId>)
 
 // ----- annotations and writes -------------------------------------------------------
 
-pub(crate) async fn annotations(c: &impl GenericClient, id: CheckpointId) -> Result<Vec<Annotation>> {
+pub(crate) async fn annotations(c: &impl Db, id: CheckpointId) -> Result<Vec<Annotation>> {
     Ok(annotations_indexed(c, id).await?.into_iter().map(|(_, a)| a).collect())
 }
 
-pub(crate) async fn annotations_indexed(c: &impl GenericClient, id: CheckpointId) -> Result<Vec<(u32, Annotation)>> {
+pub(crate) async fn annotations_indexed(c: &impl Db, id: CheckpointId) -> Result<Vec<(u32, Annotation)>> {
     let rows = c
         .query("SELECT idx, note, severity, ts FROM annotations WHERE checkpoint_id = $1 ORDER BY idx", &[&id.0])
         .await
@@ -490,7 +488,7 @@ const WRITE_COLS: &str = "session_id, namespace, external_id, task_id, idx, task
 
 /// A checkpoint's pending writes, ordered by (task path, task id, idx).
 pub(crate) async fn checkpoint_writes(
-    c: &impl GenericClient,
+    c: &impl Db,
     session: SessionId,
     namespace: &str,
     external: &str,
@@ -510,7 +508,7 @@ pub(crate) async fn checkpoint_writes(
 
 /// Every pending write of a session, in key order (namespace, external id,
 /// task id, idx).
-pub(crate) async fn session_writes(c: &impl GenericClient, session: SessionId) -> Result<Vec<StoredWrite>> {
+pub(crate) async fn session_writes(c: &impl Db, session: SessionId) -> Result<Vec<StoredWrite>> {
     let rows = c
         .query(
             &format!(
@@ -543,7 +541,7 @@ pub(crate) fn event_of(row: &Row) -> std::result::Result<JournalEvent, u64> {
 }
 
 pub(crate) async fn events(
-    c: &impl GenericClient,
+    c: &impl Db,
     after: u64,
     through: u64,
     session: Option<SessionId>,
@@ -569,7 +567,7 @@ pub(crate) async fn events(
     Ok(out)
 }
 
-pub(crate) async fn oldest_event(c: &impl GenericClient) -> Result<Option<u64>> {
+pub(crate) async fn oldest_event(c: &impl Db) -> Result<Option<u64>> {
     let row = c.query_one("SELECT min(seq) FROM events", &[]).await.map_err(db_error)?;
     Ok(row.get::<_, Option<i64>>(0).map(num))
 }

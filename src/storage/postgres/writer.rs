@@ -9,7 +9,7 @@
 //! Only then is any write of the batch acknowledged; if the transaction
 //! fails, every write of it fails (`unavailable`) and none is applied.
 
-use super::conn::{Pool, bounded, db_error};
+use super::conn::{Cached, Db, Pool, bounded, db_error};
 use super::events::Journal;
 use super::ops::{Ctx, Done, Write, exhausted};
 use super::read::{self, bound};
@@ -80,7 +80,9 @@ async fn commit(
     retention: u64,
 ) -> Result<(Vec<Result<Done>>, Counters, std::time::Duration)> {
     let mut conn = pool.get().await?;
-    let tx = conn.client().transaction().await.map_err(db_error)?;
+    let (client, cache) = conn.parts();
+    let raw = client.transaction().await.map_err(db_error)?;
+    let tx = Cached { c: &raw, cache };
     let row = tx.query_one(&format!("{} FOR UPDATE", read::COUNTERS), &[]).await.map_err(db_error)?;
     let start = read::counters_of(&row);
     // Live times are stamped to the microsecond, as the sled store does.
@@ -88,24 +90,28 @@ async fn commit(
         nanos(Utc::now().duration_trunc(TimeDelta::microseconds(1)).unwrap_or_else(|_| Utc::now())).unwrap_or(i64::MAX);
     let mut ctx = Ctx { tx: &tx, c: start, now };
     let mut results = Vec::with_capacity(writes.len());
+    // Whether the previous write's savepoint is still open: it is released
+    // in the same round trip that opens the next one, and the last one is
+    // committed with the transaction (a savepoint's changes are part of
+    // the transaction unless rolled back to).
+    let mut open = false;
     for write in writes {
         if exhausted(&ctx.c) {
             results.push(Err(StorageError::Failed(format!("sequence numbers are exhausted: {:?}", ctx.c))));
             continue;
         }
-        tx.batch_execute("SAVEPOINT w").await.map_err(db_error)?;
+        let savepoint = if open { "RELEASE SAVEPOINT w; SAVEPOINT w" } else { "SAVEPOINT w" };
+        raw.batch_execute(savepoint).await.map_err(db_error)?;
+        open = true;
         let before = ctx.c;
         match write.run(&mut ctx).await {
-            Ok(done) => {
-                tx.batch_execute("RELEASE SAVEPOINT w").await.map_err(db_error)?;
-                results.push(Ok(done));
-            }
+            Ok(done) => results.push(Ok(done)),
             Err(e) => {
                 // Refused: nothing of it stays, its numbers are given back.
                 // If even that fails, the connection is gone: the whole
-                // transaction fails.
+                // transaction fails. (The savepoint stays open, empty.)
                 ctx.c = before;
-                tx.batch_execute("ROLLBACK TO SAVEPOINT w").await.map_err(db_error)?;
+                raw.batch_execute("ROLLBACK TO SAVEPOINT w").await.map_err(db_error)?;
                 results.push(Err(e));
             }
         }
@@ -135,7 +141,7 @@ async fn commit(
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &end.event_seq.to_string()]).await.map_err(db_error)?;
     }
     let committing = std::time::Instant::now();
-    tx.commit().await.map_err(db_error)?;
+    raw.commit().await.map_err(db_error)?;
     let committing = committing.elapsed();
     conn.release();
     Ok((results, end, committing))
