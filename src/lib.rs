@@ -26,9 +26,11 @@
 //!    indexes, the counters and a `checkpoint_created` journal event into one
 //!    [`storage::change`], taking the next global sequence number; the change
 //!    is applied atomically (one intent record, then each key).
-//! 5. The write returns a ticket; [`storage::commit`] (group commit) flushes
-//!    sled and `fdatasync`s its files, shared by every writer waiting at that
-//!    moment, and only then wakes the writer: the reply is sent.
+//! 5. The write returns a ticket; [`storage::commit`] (group commit)
+//!    `fdatasync`s the state segments, where each change's intent is (the
+//!    first writer waiting syncs for everyone waiting at that moment; sled's
+//!    own log is flushed about once a second), and only then wakes the
+//!    writer: the reply is sent.
 //! 6. The same durable mark releases the journal event:
 //!    [`service::hub`]'s thread has been draining sled's `watch_prefix` on the events
 //!    tree, and now offers the event to each subscriber's bounded queue; the
@@ -43,7 +45,8 @@
 //! - [`rules`]: the input rules, for live operations and import alike.
 //! - [`storage`]: the storage interface ([`storage::Backend`], its contract)
 //!   and its sled implementation: trees ([`storage::keys`] is the whole key
-//!   schema), atomic changes, one read path, group commit, format versions.
+//!   schema), atomic changes, one read path, group commit, format versions;
+//!   and the PostgreSQL one ([`storage::postgres`], `--database-url`).
 //! - [`service`]: the operations, over the storage interface; the event hub.
 //! - [`protocol`]: request parsing and reply/event rendering: every JSON
 //!   shape on the wire.
@@ -52,7 +55,8 @@
 //! - [`client`]: a small async client for the protocol.
 //! - [`panics`]: panics caught around untrusted data, and one-line reports.
 //! - [`dump`]: the `checkpoint-dump` commands, read from a private copy of a
-//!   data directory ([`storage::inspect`]).
+//!   data directory ([`storage::inspect`]) or a read-only snapshot of a
+//!   PostgreSQL database, both through [`storage::source`].
 //! - [`transfer`]: export / import as JSON lines, and forge-reasoning import.
 //! - [`snapshot`]: consistent copies of a live data directory (a running
 //!   server pauses writes through its control socket) and backups.
