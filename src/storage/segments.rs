@@ -378,7 +378,7 @@ impl Segments {
 
     /// Cuts the zeros a crash left after the newest segment's last entry
     /// (at open, before anything is appended: no entry is ever written
-    /// there again, see [`Segments::create_next`]).
+    /// there again, see `create_next`).
     pub fn trim_newest(&self) -> io::Result<()> {
         let Some(id) = self.ids().last().copied() else { return Ok(()) };
         let (entries, tail) = self.entries(id)?;
