@@ -155,6 +155,10 @@ pub const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the journal is read without a notification: the fallback that
 /// finds events whose NOTIFY was lost (the listening connection was down).
 pub const PG_EVENT_POLL: Duration = Duration::from_millis(500);
+/// How long event dispatch waits before reading the journal again after a
+/// read failed (the database restarting): the event is retried, never
+/// skipped.
+pub const DISPATCH_RETRY: Duration = Duration::from_millis(100);
 /// Journal events read per query by the event feed.
 pub const PG_EVENT_PAGE: usize = 1024;
 /// Events the feed may hold for the hub's draining thread before the feed

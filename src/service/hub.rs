@@ -8,10 +8,10 @@
 //! in sequence order, into each subscriber's bounded queue. A full queue ends
 //! that subscription with a lag notice; nobody else waits for it.
 
-use crate::config::{REPLAY_PAGE_EVENTS, SUBSCRIBER_QUEUE_EVENTS, WATCH_FORWARD_EVENTS};
+use crate::config::{DISPATCH_RETRY, REPLAY_PAGE_EVENTS, SUBSCRIBER_QUEUE_EVENTS, WATCH_FORWARD_EVENTS};
 use crate::error::{Error, Result};
 use crate::model::{JournalEvent, SessionId};
-use crate::storage::{Appended, DurableMark, SharedBackend};
+use crate::storage::{Appended, DurableMark, SharedBackend, StorageError};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -104,6 +104,8 @@ impl Hub {
         // Once the task is gone (also aborted), the thread drops what it drains.
         let _close = CloseOnDrop(Arc::clone(&handover));
         let mut pending = BTreeMap::new();
+        // The last journal read failed (logged once per outage).
+        let mut failing = false;
         loop {
             tokio::select! {
                 () = handover.arrived.notified() => {}
@@ -118,10 +120,28 @@ impl Hub {
                 }
                 let mark = *marks.borrow_and_update();
                 let Some(hub) = hub.upgrade() else { return };
-                let all_out = hub.release(&mut pending, mark.event_seq).await.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "event dispatch failed to read the journal");
-                    true
-                });
+                let all_out = match hub.release(&mut pending, mark.event_seq).await {
+                    Ok(all_out) => {
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("event dispatch reads the journal again");
+                        }
+                        all_out
+                    }
+                    // The journal cannot be read now (a database restarting):
+                    // nothing is skipped; the same event is tried again.
+                    Err(e) if !mark.closed => {
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::warn!(error = %e, "event dispatch cannot read the journal; retrying");
+                        }
+                        drop(hub);
+                        tokio::time::sleep(DISPATCH_RETRY).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "event dispatch failed to read the journal after the store closed");
+                        true
+                    }
+                };
                 if mark.closed && all_out {
                     // The final flush's events are out; nothing follows them:
                     // every subscription ends after what it has queued.
@@ -204,10 +224,12 @@ impl Hub {
                     return Ok(Lookup::Found(event));
                 }
             }
-            Err(e) => {
+            Err(StorageError::Corrupt(e)) => {
                 tracing::error!(seq, error = %e, "undecodable journal event; not delivered");
                 return Ok(Lookup::Missing);
             }
+            // Unreadable for now (a database restarting): not a hole.
+            Err(e) => return Err(e.into()),
         }
         // The journal is a contiguous suffix, trimmed from its oldest end.
         Ok(match self.store.oldest_event().await? {
