@@ -140,16 +140,16 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
     let mut new_keys = HashSet::new();
     for s in batch.sessions {
         if r.contains_session(s.id)? || touched.contains_key(&s.id) {
-            return Err(StorageError::Conflict(format!("session {} already exists", s.id)));
+            return Err(StorageError::session_exists(s.id));
         }
         let ordinal = s.ordinal.unwrap_or(c.counters.sessions_created.saturating_add(1));
         if ordinal == 0 || !new_ordinals.insert(ordinal) || r.ordinal_in_use(ordinal)? {
-            return Err(StorageError::Conflict(format!("session {}: ordinal {ordinal} is taken", s.id)));
+            return Err(StorageError::ordinal_taken(s.id, ordinal));
         }
         if let Some(key) = &s.key
             && (!new_keys.insert(key.clone()) || r.session_by_key(key)?.is_some())
         {
-            return Err(StorageError::Conflict(format!("session {}: key {key:?} is taken", s.id)));
+            return Err(StorageError::key_taken(s.id, key));
         }
         c.counters.sessions_created = c.counters.sessions_created.max(ordinal);
         c.counters.active_sessions += 1;
@@ -175,19 +175,16 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
         let id = cp.id;
         let seq = cp.sequence_number;
         if new_ids.contains_key(&id) || r.contains_checkpoint(id)? {
-            return Err(StorageError::Conflict(format!("checkpoint {id} already exists")));
+            return Err(StorageError::checkpoint_exists(id));
         }
         if !new_seqs.insert(seq) || r.sequence_in_use(seq)? {
-            return Err(StorageError::Conflict(format!("checkpoint {id}: sequence {seq} is taken")));
+            return Err(StorageError::sequence_taken(id, seq));
         }
         if let Some(external) = &cp.external_id
             && (!new_externals.insert((cp.session_id, cp.namespace.clone(), external.clone()))
                 || r.checkpoint_by_external_id(cp.session_id, &cp.namespace, external)?.is_some())
         {
-            return Err(StorageError::Conflict(format!(
-                "checkpoint {id}: external id {external:?} is taken in namespace {:?}",
-                cp.namespace
-            )));
+            return Err(StorageError::external_taken(id, &cp.namespace, external));
         }
         if let Some(parent) = cp.parent_id {
             let owner = match new_ids.get(&parent) {
@@ -196,7 +193,7 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
                 None => None,
             };
             if owner.is_some_and(|s| s != cp.session_id) {
-                return Err(StorageError::Conflict(format!("checkpoint {id}: parent {parent} is in another session")));
+                return Err(StorageError::imported_parent_elsewhere(id, parent));
             }
         }
         if !touched.contains_key(&cp.session_id) {
@@ -232,7 +229,7 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
     for a in batch.annotations {
         let id = a.checkpoint_id;
         if !new_ids.contains_key(&id) && !r.contains_checkpoint(id)? {
-            return Err(StorageError::NotFound(format!("annotation of checkpoint {id}, which does not exist")));
+            return Err(StorageError::annotated_missing(id));
         }
         let next = match next_index.get(&id) {
             Some(&n) => n,
@@ -240,7 +237,7 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
         };
         let index = a.index.unwrap_or(next);
         if !new_notes.insert((id, index)) || r.annotation_exists(id, index)? {
-            return Err(StorageError::Conflict(format!("checkpoint {id}: annotation {index} already exists")));
+            return Err(StorageError::annotation_exists(id, index));
         }
         next_index.insert(id, next.max(index.saturating_add(1)));
         let rec = AnnotationRecord {
@@ -255,14 +252,11 @@ pub(crate) fn import(c: &mut Change, r: &Reader, batch: ImportBatch) -> Result<I
     for w in batch.writes {
         let session = w.session_id;
         if !touched.contains_key(&session) && !r.contains_session(session)? {
-            return Err(StorageError::NotFound(format!("pending write of session {session}, which does not exist")));
+            return Err(StorageError::write_session_missing(session));
         }
         let key = keys::write_key(session, &w.namespace, &w.external_id, &w.task_id, w.idx);
         if r.has_write_key(&key)? || !new_writes.insert(key.clone()) {
-            return Err(StorageError::Conflict(format!(
-                "pending write {} of task {:?} for {:?} in namespace {:?} of session {session} already exists",
-                w.idx, w.task_id, w.external_id, w.namespace
-            )));
+            return Err(StorageError::write_exists(&w));
         }
         let rec = WriteRecord { task_path: w.task_path, channel: w.channel, value: w.value.get().as_bytes().to_vec() };
         writes::store_write(c, &key, &rec)?;

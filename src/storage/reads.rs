@@ -37,14 +37,6 @@ pub struct Reader {
 
 type Entry = sled::Result<(IVec, IVec)>;
 
-fn session_not_found(id: SessionId) -> StorageError {
-    StorageError::NotFound(format!("session {id} not found"))
-}
-
-fn checkpoint_not_found(id: CheckpointId) -> StorageError {
-    StorageError::NotFound(format!("checkpoint {id} not found"))
-}
-
 pub(crate) fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointRecord> {
     codec::decode(bytes, "checkpoint")
 }
@@ -149,7 +141,7 @@ impl Reader {
     pub(crate) fn session_record(&self, id: SessionId) -> Result<SessionRecord> {
         match self.tree(TreeId::Sessions).get(keys::session_key(id))? {
             Some(bytes) => codec::decode(&bytes, "session"),
-            None => Err(session_not_found(id)),
+            None => Err(StorageError::session_not_found(id)),
         }
     }
 
@@ -254,7 +246,7 @@ impl Reader {
         let value = self
             .tree(TreeId::CheckpointIds)
             .get(keys::checkpoint_id_key(id))?
-            .ok_or_else(|| checkpoint_not_found(id))?;
+            .ok_or_else(|| StorageError::checkpoint_not_found(id))?;
         keys::decode_checkpoint_key(&value).ok_or_else(|| StorageError::corrupt(format!("bad index entry for {id}")))
     }
 
@@ -273,7 +265,7 @@ impl Reader {
         let bytes = self
             .tree(TreeId::Checkpoints)
             .get(keys::checkpoint_key(session, seq))?
-            .ok_or_else(|| checkpoint_not_found(id))?;
+            .ok_or_else(|| StorageError::checkpoint_not_found(id))?;
         Ok((decode_checkpoint(&bytes)?, codec::stored_checksum(&bytes).unwrap_or_default()))
     }
 
@@ -371,7 +363,9 @@ impl Reader {
         let id = rec.id;
         let state = self.state(&rec).map_err(|e| match e {
             // Deleted since its record was read.
-            StorageError::Corrupt(_) if !self.contains_checkpoint(id).unwrap_or(true) => checkpoint_not_found(id),
+            StorageError::Corrupt(_) if !self.contains_checkpoint(id).unwrap_or(true) => {
+                StorageError::checkpoint_not_found(id)
+            }
             e => e,
         })?;
         let annotations: Vec<_> = self.annotations(id)?.into_iter().map(|(_, a)| a).collect();
@@ -395,9 +389,7 @@ impl Reader {
     /// (session, namespace), for a list bound.
     fn external_bound(&self, session: SessionId, namespace: &str, external: &str) -> Result<u64> {
         let found = self.checkpoint_by_external_id(session, namespace, external)?;
-        found.map(|s| s.sequence_number).ok_or_else(|| {
-            StorageError::NotFound(format!("checkpoint {external:?} not found in namespace {namespace:?}"))
-        })
+        found.map(|s| s.sequence_number).ok_or_else(|| StorageError::bound_not_found(namespace, external))
     }
 
     /// One page of a session's checkpoints. Costs O(page), not O(session)

@@ -160,7 +160,7 @@ impl Core {
         let mut committed = self.writer.lock().map_err(|_| StorageError::poisoned())?;
         self.committer.check()?;
         if committed.exhausted() {
-            return Err(StorageError::Failed(format!("sequence numbers are exhausted: {:?}", *committed)));
+            return Err(StorageError::sequences_exhausted(&*committed));
         }
         let mut change = Change::new(
             *committed,
@@ -361,7 +361,7 @@ impl Backend for Store {
     async fn session_by_key(&self, key: &str) -> Result<Session> {
         let found = self.read.session_by_key(key).and_then(|id| match id {
             Some(id) => self.read.session(id),
-            None => Err(StorageError::NotFound(format!("no session has key {key:?}"))),
+            None => Err(StorageError::no_session_with_key(key)),
         });
         self.settled(found).await
     }
@@ -386,12 +386,7 @@ impl Backend for Store {
         };
         let found = found.and_then(|summary| match summary {
             Some(summary) => self.read.checkpoint(summary.id),
-            None => Err(StorageError::NotFound(match external {
-                Some(external) => {
-                    format!("checkpoint {external:?} not found in namespace {namespace:?} of session {session}")
-                }
-                None => format!("no checkpoint in namespace {namespace:?} of session {session}"),
-            })),
+            None => Err(StorageError::none_in_namespace(session, namespace, external)),
         });
         self.settled(found).await
     }

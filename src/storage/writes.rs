@@ -220,18 +220,14 @@ pub(crate) fn put_checkpoint(
         (Some(parent), _) => {
             let (rec, _) = r.checkpoint_record(*parent)?;
             if rec.session_id != new.session_id {
-                return Err(StorageError::Conflict(format!("parent checkpoint {parent} belongs to another session")));
+                return Err(StorageError::parent_in_other_session(*parent));
             }
             Some((rec.id, rec.external_id))
         }
         (None, Some(external)) => {
             let parent = r.checkpoint_by_external_id(new.session_id, &new.namespace, external)?;
-            let parent = parent.ok_or_else(|| {
-                StorageError::NotFound(format!(
-                    "parent checkpoint {external:?} not found in namespace {:?} of session {}",
-                    new.namespace, new.session_id
-                ))
-            })?;
+            let parent =
+                parent.ok_or_else(|| StorageError::parent_not_found(new.session_id, &new.namespace, external))?;
             Some((parent.id, parent.external_id))
         }
         (None, None) => None,
@@ -273,7 +269,7 @@ pub(crate) fn put_checkpoint(
 pub(crate) fn restore(c: &mut Change, r: &Reader, session: SessionId, id: CheckpointId) -> Result<Checkpoint> {
     let cp = r.checkpoint(id)?;
     if cp.summary.session_id != session {
-        return Err(StorageError::NotFound(format!("checkpoint {id} not found in session {session}")));
+        return Err(StorageError::not_in_session(id, session));
     }
     let sequence_number = cp.summary.sequence_number;
     c.event(session, EventKind::CheckpointRestored { checkpoint_id: id, sequence_number });
@@ -290,7 +286,7 @@ pub(crate) fn delete_checkpoint(
 ) -> Result<SessionId> {
     let (rec, _) = r.checkpoint_record(id)?;
     if session.is_some_and(|s| s != rec.session_id) {
-        return Err(StorageError::NotFound(format!("checkpoint {id} not found in this session")));
+        return Err(StorageError::not_in_this_session(id));
     }
     let mut sess = r.session_record(rec.session_id)?;
     remove_checkpoint(c, r, &rec)?;
@@ -316,7 +312,7 @@ pub(crate) fn annotate(
     r.locate(id)?;
     let next = r.next_annotation_index(id)?;
     if next >= max {
-        return Err(StorageError::Full(format!("checkpoint {id} already has {max} annotations")));
+        return Err(StorageError::annotations_full(id, max));
     }
     let rec = AnnotationRecord { note, severity, timestamp: c.now };
     store_annotation(c, id, next, &rec);
@@ -461,10 +457,7 @@ pub(crate) fn copy_session(
 ) -> Result<(Session, u64)> {
     let src = r.session_record(source)?;
     if src.checkpoint_count > MAX_CHANGE_CHECKPOINTS as u64 {
-        return Err(StorageError::Full(format!(
-            "session {source} has {} checkpoints; copy_session copies at most {MAX_CHANGE_CHECKPOINTS} at once",
-            src.checkpoint_count
-        )));
+        return Err(StorageError::copy_too_large(source, src.checkpoint_count));
     }
     let existing = match &key {
         Some(key) => r.session_by_key(key)?,
@@ -472,7 +465,7 @@ pub(crate) fn copy_session(
     };
     let mut target = match existing {
         Some(id) if id == source => {
-            return Err(StorageError::Conflict(format!("session {source} cannot be copied into itself")));
+            return Err(StorageError::copy_into_itself(source));
         }
         Some(id) => r.session_record(id)?,
         None => new_session(c, key, name, metadata),

@@ -389,9 +389,7 @@ impl Backend for PgStore {
         let key = key.to_string();
         self.read("a session", move |c| {
             Box::pin(async move {
-                read::session_by_key(&*c, &key)
-                    .await?
-                    .ok_or_else(|| StorageError::NotFound(format!("no session has key {key:?}")))
+                read::session_by_key(&*c, &key).await?.ok_or_else(|| StorageError::no_session_with_key(&key))
             })
         })
         .await

@@ -8,7 +8,7 @@
 //! shared functions of [`crate::model`].
 
 use super::conn::{Cached, Db, db_error};
-use super::read::{self, bound, checkpoint_not_found, num, storable};
+use super::read::{self, bound, num, storable};
 use crate::config::MAX_CHANGE_CHECKPOINTS;
 use crate::model::{
     Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, EventKind, MetadataFilter, NewCheckpoint,
@@ -300,20 +300,16 @@ async fn put_checkpoint(x: &mut Ctx<'_>, new: NewCheckpoint) -> Result<(Checkpoi
     }
     let parent = match (&new.parent_id, &new.parent_external_id) {
         (Some(parent), _) => {
-            let rec = read::summary(x.tx, *parent).await?.ok_or_else(|| checkpoint_not_found(*parent))?;
+            let rec = read::summary(x.tx, *parent).await?.ok_or_else(|| StorageError::checkpoint_not_found(*parent))?;
             if rec.session_id != new.session_id {
-                return Err(StorageError::Conflict(format!("parent checkpoint {parent} belongs to another session")));
+                return Err(StorageError::parent_in_other_session(*parent));
             }
             Some((rec.id, rec.external_id))
         }
         (None, Some(external)) => {
             let parent = read::by_external_id(x.tx, new.session_id, &new.namespace, external).await?;
-            let parent = parent.ok_or_else(|| {
-                StorageError::NotFound(format!(
-                    "parent checkpoint {external:?} not found in namespace {:?} of session {}",
-                    new.namespace, new.session_id
-                ))
-            })?;
+            let parent =
+                parent.ok_or_else(|| StorageError::parent_not_found(new.session_id, &new.namespace, external))?;
             Some((parent.id, parent.external_id))
         }
         (None, None) => None,
@@ -373,14 +369,14 @@ async fn put_checkpoint(x: &mut Ctx<'_>, new: NewCheckpoint) -> Result<(Checkpoi
     // together with them could be sent first (its statement cached while
     // theirs are still being prepared).
     let stored = read::summary(x.tx, id).await?;
-    let stored = stored.ok_or_else(|| checkpoint_not_found(id))?;
+    let stored = stored.ok_or_else(|| StorageError::checkpoint_not_found(id))?;
     Ok((stored, compaction))
 }
 
 async fn restore(x: &mut Ctx<'_>, session: SessionId, id: CheckpointId) -> Result<Checkpoint> {
     let cp = read::checkpoint(x.tx, id).await?;
     if cp.summary.session_id != session {
-        return Err(StorageError::NotFound(format!("checkpoint {id} not found in session {session}")));
+        return Err(StorageError::not_in_session(id, session));
     }
     let sequence_number = cp.summary.sequence_number;
     x.event(session, EventKind::CheckpointRestored { checkpoint_id: id, sequence_number }).await?;
@@ -405,9 +401,9 @@ async fn remove_checkpoints(x: &mut Ctx<'_>, seqs: &[i64]) -> Result<u64> {
 }
 
 async fn delete_checkpoint(x: &mut Ctx<'_>, id: CheckpointId, session: Option<SessionId>) -> Result<SessionId> {
-    let rec = read::summary(x.tx, id).await?.ok_or_else(|| checkpoint_not_found(id))?;
+    let rec = read::summary(x.tx, id).await?.ok_or_else(|| StorageError::checkpoint_not_found(id))?;
     if session.is_some_and(|s| s != rec.session_id) {
-        return Err(StorageError::NotFound(format!("checkpoint {id} not found in this session")));
+        return Err(StorageError::not_in_this_session(id));
     }
     read::session(x.tx, rec.session_id).await?;
     remove_checkpoints(x, &[bound(rec.sequence_number)]).await?;
@@ -419,7 +415,7 @@ async fn delete_checkpoint(x: &mut Ctx<'_>, id: CheckpointId, session: Option<Se
 
 async fn annotate(x: &mut Ctx<'_>, id: CheckpointId, note: String, severity: Severity, max: u32) -> Result<Annotation> {
     if read::summary(x.tx, id).await?.is_none() {
-        return Err(checkpoint_not_found(id));
+        return Err(StorageError::checkpoint_not_found(id));
     }
     let row =
         x.tx.query_one("SELECT max(idx) FROM annotations WHERE checkpoint_id = $1", &[&id.0])
@@ -430,7 +426,7 @@ async fn annotate(x: &mut Ctx<'_>, id: CheckpointId, note: String, severity: Sev
         None => 0,
     };
     if next >= max {
-        return Err(StorageError::Full(format!("checkpoint {id} already has {max} annotations")));
+        return Err(StorageError::annotations_full(id, max));
     }
     let index =
         i32::try_from(next).map_err(|_| StorageError::Full(format!("checkpoint {id}: too many annotations")))?;
@@ -571,10 +567,7 @@ async fn copy_session(
 ) -> Result<(Session, u64)> {
     let src = read::session(x.tx, source).await?;
     if src.checkpoint_count > MAX_CHANGE_CHECKPOINTS as u64 {
-        return Err(StorageError::Full(format!(
-            "session {source} has {} checkpoints; copy_session copies at most {MAX_CHANGE_CHECKPOINTS} at once",
-            src.checkpoint_count
-        )));
+        return Err(StorageError::copy_too_large(source, src.checkpoint_count));
     }
     let existing = match &key {
         Some(key) => read::session_by_key(x.tx, key).await?,
@@ -583,7 +576,7 @@ async fn copy_session(
     let copy_into_existing = existing.is_some();
     let target = match existing {
         Some(s) if s.id == source => {
-            return Err(StorageError::Conflict(format!("session {source} cannot be copied into itself")));
+            return Err(StorageError::copy_into_itself(source));
         }
         Some(s) => s,
         None => new_session(x, key, name, metadata).await?,
@@ -726,19 +719,19 @@ async fn import(x: &mut Ctx<'_>, batch: ImportBatch) -> Result<ImportCounts> {
     let mut touched = HashSet::new();
     for s in batch.sessions {
         if new_sessions.contains(&s.id) || exists(x, "SELECT 1 FROM sessions WHERE id = $1", &[&s.id.0]).await? {
-            return Err(StorageError::Conflict(format!("session {} already exists", s.id)));
+            return Err(StorageError::session_exists(s.id));
         }
         let ordinal = s.ordinal.unwrap_or(x.c.sessions_created.saturating_add(1));
         if ordinal == 0
             || !new_ordinals.insert(ordinal)
             || exists(x, "SELECT 1 FROM sessions WHERE ordinal = $1", &[&bound(ordinal)]).await?
         {
-            return Err(StorageError::Conflict(format!("session {}: ordinal {ordinal} is taken", s.id)));
+            return Err(StorageError::ordinal_taken(s.id, ordinal));
         }
         if let Some(key) = &s.key
             && (!new_keys.insert(key.clone()) || read::session_by_key(x.tx, key).await?.is_some())
         {
-            return Err(StorageError::Conflict(format!("session {}: key {key:?} is taken", s.id)));
+            return Err(StorageError::key_taken(s.id, key));
         }
         x.c.sessions_created = x.c.sessions_created.max(ordinal);
         x.c.active_sessions += 1;
@@ -766,19 +759,16 @@ async fn import(x: &mut Ctx<'_>, batch: ImportBatch) -> Result<ImportCounts> {
         let id = cp.id;
         let seq = cp.sequence_number;
         if new_ids.contains_key(&id) || read::summary(x.tx, id).await?.is_some() {
-            return Err(StorageError::Conflict(format!("checkpoint {id} already exists")));
+            return Err(StorageError::checkpoint_exists(id));
         }
         if !new_seqs.insert(seq) || exists(x, "SELECT 1 FROM checkpoints WHERE seq = $1", &[&bound(seq)]).await? {
-            return Err(StorageError::Conflict(format!("checkpoint {id}: sequence {seq} is taken")));
+            return Err(StorageError::sequence_taken(id, seq));
         }
         if let Some(external) = &cp.external_id
             && (!new_externals.insert((cp.session_id, cp.namespace.clone(), external.clone()))
                 || read::by_external_id(x.tx, cp.session_id, &cp.namespace, external).await?.is_some())
         {
-            return Err(StorageError::Conflict(format!(
-                "checkpoint {id}: external id {external:?} is taken in namespace {:?}",
-                cp.namespace
-            )));
+            return Err(StorageError::external_taken(id, &cp.namespace, external));
         }
         if let Some(parent) = cp.parent_id {
             let owner = match new_ids.get(&parent) {
@@ -786,7 +776,7 @@ async fn import(x: &mut Ctx<'_>, batch: ImportBatch) -> Result<ImportCounts> {
                 None => read::summary(x.tx, parent).await?.map(|p| p.session_id),
             };
             if owner.is_some_and(|s| s != cp.session_id) {
-                return Err(StorageError::Conflict(format!("checkpoint {id}: parent {parent} is in another session")));
+                return Err(StorageError::imported_parent_elsewhere(id, parent));
             }
         }
         if !new_sessions.contains(&cp.session_id) && !touched.contains(&cp.session_id) {
@@ -822,7 +812,7 @@ async fn import(x: &mut Ctx<'_>, batch: ImportBatch) -> Result<ImportCounts> {
     for a in batch.annotations {
         let id = a.checkpoint_id;
         if !new_ids.contains_key(&id) && read::summary(x.tx, id).await?.is_none() {
-            return Err(StorageError::NotFound(format!("annotation of checkpoint {id}, which does not exist")));
+            return Err(StorageError::annotated_missing(id));
         }
         let next = match next_index.get(&id) {
             Some(&n) => n,
@@ -841,7 +831,7 @@ async fn import(x: &mut Ctx<'_>, batch: ImportBatch) -> Result<ImportCounts> {
             || exists(x, "SELECT 1 FROM annotations WHERE checkpoint_id = $1 AND idx = $2", &[&id.0, &stored_index])
                 .await?
         {
-            return Err(StorageError::Conflict(format!("checkpoint {id}: annotation {index} already exists")));
+            return Err(StorageError::annotation_exists(id, index));
         }
         next_index.insert(id, next.max(index.saturating_add(1)));
         x.exec(
@@ -862,7 +852,7 @@ async fn import(x: &mut Ctx<'_>, batch: ImportBatch) -> Result<ImportCounts> {
         let session = w.session_id;
         if !new_sessions.contains(&session) && !exists(x, "SELECT 1 FROM sessions WHERE id = $1", &[&session.0]).await?
         {
-            return Err(StorageError::NotFound(format!("pending write of session {session}, which does not exist")));
+            return Err(StorageError::write_session_missing(session));
         }
         let key = (session, w.namespace.clone(), w.external_id.clone(), w.task_id.clone(), w.idx);
         let taken = exists(
@@ -873,10 +863,7 @@ async fn import(x: &mut Ctx<'_>, batch: ImportBatch) -> Result<ImportCounts> {
         )
         .await?;
         if taken || !new_writes.insert(key) {
-            return Err(StorageError::Conflict(format!(
-                "pending write {} of task {:?} for {:?} in namespace {:?} of session {session} already exists",
-                w.idx, w.task_id, w.external_id, w.namespace
-            )));
+            return Err(StorageError::write_exists(&w));
         }
         merge_write(
             x,

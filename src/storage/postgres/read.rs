@@ -45,14 +45,6 @@ fn opt_text(bytes: Option<Vec<u8>>, what: &str) -> Result<Option<String>> {
     bytes.map(|b| text(b, what)).transpose()
 }
 
-pub(crate) fn session_not_found(id: SessionId) -> StorageError {
-    StorageError::NotFound(format!("session {id} not found"))
-}
-
-pub(crate) fn checkpoint_not_found(id: CheckpointId) -> StorageError {
-    StorageError::NotFound(format!("checkpoint {id} not found"))
-}
-
 // ----- counters -------------------------------------------------------------------
 
 pub(crate) const COUNTERS: &str =
@@ -101,13 +93,13 @@ pub(crate) fn session_of(row: &Row) -> Result<Session> {
 
 pub(crate) async fn session(c: &impl Db, id: SessionId) -> Result<Session> {
     let row = c.query_opt(&format!("{SESSION} WHERE id = $1"), &[&id.0]).await.map_err(db_error)?;
-    session_of(&row.ok_or_else(|| session_not_found(id))?)
+    session_of(&row.ok_or_else(|| StorageError::session_not_found(id))?)
 }
 
 /// The session and its creation ordinal.
 pub(crate) async fn session_ordinal(c: &impl Db, id: SessionId) -> Result<(Session, u64)> {
     let row = c.query_opt(&format!("{SESSION} WHERE id = $1"), &[&id.0]).await.map_err(db_error)?;
-    let row = row.ok_or_else(|| session_not_found(id))?;
+    let row = row.ok_or_else(|| StorageError::session_not_found(id))?;
     Ok((session_of(&row)?, num(row.get(8))))
 }
 
@@ -236,7 +228,7 @@ pub(crate) async fn full_of(c: &impl Db, row: &Row) -> Result<Checkpoint> {
 pub(crate) async fn checkpoint(c: &impl Db, id: CheckpointId) -> Result<Checkpoint> {
     let sql = format!("SELECT {} FROM checkpoints c WHERE c.id = $1", columns(true));
     let row = c.query_opt(&sql, &[&id.0]).await.map_err(db_error)?;
-    full_of(c, &row.ok_or_else(|| checkpoint_not_found(id))?).await
+    full_of(c, &row.ok_or_else(|| StorageError::checkpoint_not_found(id))?).await
 }
 
 /// A checkpoint's summary, if stored.
@@ -280,20 +272,13 @@ pub(crate) async fn checkpoint_in(
     };
     match found {
         Some(summary) => checkpoint(c, summary.id).await,
-        None => Err(StorageError::NotFound(match external {
-            Some(external) => {
-                format!("checkpoint {external:?} not found in namespace {namespace:?} of session {session}")
-            }
-            None => format!("no checkpoint in namespace {namespace:?} of session {session}"),
-        })),
+        None => Err(StorageError::none_in_namespace(session, namespace, external)),
     }
 }
 
 async fn external_bound(c: &impl Db, session: SessionId, namespace: &str, external: &str) -> Result<u64> {
     let found = by_external_id(c, session, namespace, external).await?;
-    found
-        .map(|s| s.sequence_number)
-        .ok_or_else(|| StorageError::NotFound(format!("checkpoint {external:?} not found in namespace {namespace:?}")))
+    found.map(|s| s.sequence_number).ok_or_else(|| StorageError::bound_not_found(namespace, external))
 }
 
 /// One page of a session's checkpoints, filled as the sled store fills it

@@ -97,7 +97,7 @@ async fn commit(
     let mut open = false;
     for write in writes {
         if exhausted(&ctx.c) {
-            results.push(Err(StorageError::Failed(format!("sequence numbers are exhausted: {:?}", ctx.c))));
+            results.push(Err(StorageError::sequences_exhausted(&ctx.c)));
             continue;
         }
         let savepoint = if open { "RELEASE SAVEPOINT w; SAVEPOINT w" } else { "SAVEPOINT w" };
