@@ -15,7 +15,8 @@ use crate::model::{
     NewWrites, RetentionPolicy, Session, SessionId, Severity, StateJson, metadata_matches, write_replaces,
 };
 use crate::storage::error::{Result, StorageError};
-use crate::storage::import::{ImportBatch, ImportCounts};
+use crate::storage::import::{ImportBatch, ImportCheckpoint, ImportCounts, ImportSession, ImportTarget, apply};
+use crate::storage::pending::StoredWrite;
 use crate::storage::records::{Counters, stored_time};
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -498,21 +499,37 @@ async fn apply_policy(
 
 // ----- pending writes -----------------------------------------------------------------
 
+/// One pending write's row.
+struct WriteRow<'a> {
+    session: SessionId,
+    namespace: &'a str,
+    external_id: &'a str,
+    task_id: &'a str,
+    idx: i32,
+    task_path: &'a str,
+    channel: &'a str,
+    value: &'a str,
+}
+
+impl<'a> WriteRow<'a> {
+    fn of(w: &'a StoredWrite) -> Self {
+        WriteRow {
+            session: w.session_id,
+            namespace: &w.namespace,
+            external_id: &w.external_id,
+            task_id: &w.task_id,
+            idx: w.idx,
+            task_path: &w.task_path,
+            channel: &w.channel,
+            value: w.value.get(),
+        }
+    }
+}
+
 /// Stores one pending write by [`write_replaces`]' rule; returns whether it
 /// was stored.
-#[allow(clippy::too_many_arguments)]
-async fn merge_write(
-    x: &Ctx<'_>,
-    session: SessionId,
-    namespace: &str,
-    external: &str,
-    task_id: &str,
-    idx: i32,
-    task_path: &str,
-    channel: &str,
-    value: &str,
-) -> Result<bool> {
-    let on_conflict = if write_replaces(idx) {
+async fn merge_write(x: &Ctx<'_>, w: &WriteRow<'_>) -> Result<bool> {
+    let on_conflict = if write_replaces(w.idx) {
         "DO UPDATE SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel, value = EXCLUDED.value"
     } else {
         "DO NOTHING"
@@ -525,14 +542,14 @@ async fn merge_write(
                  ON CONFLICT (session_id, namespace, external_id, task_id, idx) {on_conflict}"
             ),
             &[
-                &session.0,
-                &namespace.as_bytes(),
-                &external.as_bytes(),
-                &task_id.as_bytes(),
-                &idx,
-                &task_path.as_bytes(),
-                &channel.as_bytes(),
-                &value,
+                &w.session.0,
+                &w.namespace.as_bytes(),
+                &w.external_id.as_bytes(),
+                &w.task_id.as_bytes(),
+                &w.idx,
+                &w.task_path.as_bytes(),
+                &w.channel.as_bytes(),
+                &w.value,
             ],
         )
         .await?;
@@ -544,9 +561,17 @@ async fn put_writes(x: &mut Ctx<'_>, new: NewWrites) -> Result<u64> {
     let NewWrites { session_id, namespace, external_id, task_id, task_path, writes } = new;
     let mut stored = 0;
     for (idx, channel, value) in writes {
-        if merge_write(x, session_id, &namespace, &external_id, &task_id, idx, &task_path, &channel, value.get())
-            .await?
-        {
+        let row = WriteRow {
+            session: session_id,
+            namespace: &namespace,
+            external_id: &external_id,
+            task_id: &task_id,
+            idx,
+            task_path: &task_path,
+            channel: &channel,
+            value: value.get(),
+        };
+        if merge_write(x, &row).await? {
             stored += 1;
         }
     }
@@ -636,18 +661,7 @@ async fn copy_session(
         copied += 1;
     }
     for w in read::session_writes(x.tx, source).await? {
-        merge_write(
-            x,
-            target.id,
-            &w.namespace,
-            &w.external_id,
-            &w.task_id,
-            w.idx,
-            &w.task_path,
-            &w.channel,
-            w.value.get(),
-        )
-        .await?;
+        merge_write(x, &WriteRow { session: target.id, ..WriteRow::of(&w) }).await?;
     }
     let target = recount(x, target.id).await?;
     x.event(target.id, EventKind::SessionCopied { source_session_id: source, copied }).await?;
@@ -708,36 +722,80 @@ async fn exists(x: &Ctx<'_>, sql: &str, params: &[&(dyn tokio_postgres::types::T
     Ok(x.tx.query_opt(sql, params).await.map_err(db_error)?.is_some())
 }
 
-/// Records written elsewhere, as they were; the sled store's `import`
-/// rules and refusals (a taken id, sequence, ordinal, key, annotation index
-/// or pending write refuses the whole batch).
+/// Records written elsewhere, as they were, by the rules both stores share
+/// ([`crate::storage::import::apply`]).
 async fn import(x: &mut Ctx<'_>, batch: ImportBatch) -> Result<ImportCounts> {
-    let mut counts = ImportCounts::default();
-    let mut new_sessions = HashSet::new();
-    let mut new_ordinals = HashSet::new();
-    let mut new_keys = HashSet::new();
-    let mut touched = HashSet::new();
-    for s in batch.sessions {
-        if new_sessions.contains(&s.id) || exists(x, "SELECT 1 FROM sessions WHERE id = $1", &[&s.id.0]).await? {
-            return Err(StorageError::session_exists(s.id));
-        }
-        let ordinal = s.ordinal.unwrap_or(x.c.sessions_created.saturating_add(1));
-        if ordinal == 0
-            || !new_ordinals.insert(ordinal)
-            || exists(x, "SELECT 1 FROM sessions WHERE ordinal = $1", &[&bound(ordinal)]).await?
-        {
-            return Err(StorageError::ordinal_taken(s.id, ordinal));
-        }
-        if let Some(key) = &s.key
-            && (!new_keys.insert(key.clone()) || read::session_by_key(x.tx, key).await?.is_some())
-        {
-            return Err(StorageError::key_taken(s.id, key));
-        }
-        x.c.sessions_created = x.c.sessions_created.max(ordinal);
-        x.c.active_sessions += 1;
+    apply(&mut PgImport { x, touched: HashSet::new() }, batch).await
+}
+
+struct PgImport<'a, 't> {
+    x: &'a mut Ctx<'t>,
+    /// Sessions given checkpoints: recounted at the end.
+    touched: HashSet<SessionId>,
+}
+
+impl ImportTarget for PgImport<'_, '_> {
+    fn counters(&mut self) -> &mut Counters {
+        &mut self.x.c
+    }
+
+    async fn session_exists(&mut self, id: SessionId) -> Result<bool> {
+        exists(self.x, "SELECT 1 FROM sessions WHERE id = $1", &[&id.0]).await
+    }
+
+    async fn ordinal_in_use(&mut self, ordinal: u64) -> Result<bool> {
+        exists(self.x, "SELECT 1 FROM sessions WHERE ordinal = $1", &[&bound(ordinal)]).await
+    }
+
+    async fn key_in_use(&mut self, key: &str) -> Result<bool> {
+        Ok(read::session_by_key(self.x.tx, key).await?.is_some())
+    }
+
+    async fn checkpoint_session(&mut self, id: CheckpointId) -> Result<Option<SessionId>> {
+        Ok(read::summary(self.x.tx, id).await?.map(|p| p.session_id))
+    }
+
+    async fn sequence_in_use(&mut self, seq: u64) -> Result<bool> {
+        exists(self.x, "SELECT 1 FROM checkpoints WHERE seq = $1", &[&bound(seq)]).await
+    }
+
+    async fn external_in_use(&mut self, session: SessionId, namespace: &str, external: &str) -> Result<bool> {
+        Ok(read::by_external_id(self.x.tx, session, namespace, external).await?.is_some())
+    }
+
+    async fn next_annotation_index(&mut self, id: CheckpointId) -> Result<u32> {
+        let row = self
+            .x
+            .tx
+            .query_one("SELECT max(idx) FROM annotations WHERE checkpoint_id = $1", &[&id.0])
+            .await
+            .map_err(db_error)?;
+        Ok(row.get::<_, Option<i32>>(0).map_or(0, |i| u32::try_from(i).unwrap_or_default().saturating_add(1)))
+    }
+
+    async fn annotation_exists(&mut self, id: CheckpointId, index: u32) -> Result<bool> {
+        let index = annotation_index(id, index)?;
+        exists(self.x, "SELECT 1 FROM annotations WHERE checkpoint_id = $1 AND idx = $2", &[&id.0, &index]).await
+    }
+
+    async fn write_exists(&mut self, w: &StoredWrite) -> Result<bool> {
+        exists(
+            self.x,
+            "SELECT 1 FROM writes WHERE session_id = $1 AND namespace = $2 AND external_id = $3 AND task_id = $4 \
+             AND idx = $5",
+            &[&w.session_id.0, &w.namespace.as_bytes(), &w.external_id.as_bytes(), &w.task_id.as_bytes(), &w.idx],
+        )
+        .await
+    }
+
+    fn storable(&self, value: u64, what: &str) -> Result<()> {
+        storable(value, what).map(|_| ())
+    }
+
+    async fn add_session(&mut self, s: ImportSession, ordinal: u64) -> Result<()> {
         let retention = s.retention.filter(|p| !p.is_empty());
         insert_session(
-            x,
+            self.x,
             NewSession {
                 id: s.id,
                 ordinal,
@@ -748,46 +806,16 @@ async fn import(x: &mut Ctx<'_>, batch: ImportBatch) -> Result<ImportCounts> {
                 retention: retention.as_ref(),
             },
         )
-        .await?;
-        new_sessions.insert(s.id);
-        counts.sessions += 1;
+        .await
     }
-    let mut new_ids: HashMap<CheckpointId, SessionId> = HashMap::new();
-    let mut new_seqs = HashSet::new();
-    let mut new_externals = HashSet::new();
-    for cp in batch.checkpoints {
-        let id = cp.id;
-        let seq = cp.sequence_number;
-        if new_ids.contains_key(&id) || read::summary(x.tx, id).await?.is_some() {
-            return Err(StorageError::checkpoint_exists(id));
-        }
-        if !new_seqs.insert(seq) || exists(x, "SELECT 1 FROM checkpoints WHERE seq = $1", &[&bound(seq)]).await? {
-            return Err(StorageError::sequence_taken(id, seq));
-        }
-        if let Some(external) = &cp.external_id
-            && (!new_externals.insert((cp.session_id, cp.namespace.clone(), external.clone()))
-                || read::by_external_id(x.tx, cp.session_id, &cp.namespace, external).await?.is_some())
-        {
-            return Err(StorageError::external_taken(id, &cp.namespace, external));
-        }
-        if let Some(parent) = cp.parent_id {
-            let owner = match new_ids.get(&parent) {
-                Some(&s) => Some(s),
-                None => read::summary(x.tx, parent).await?.map(|p| p.session_id),
-            };
-            if owner.is_some_and(|s| s != cp.session_id) {
-                return Err(StorageError::imported_parent_elsewhere(id, parent));
-            }
-        }
-        if !new_sessions.contains(&cp.session_id) && !touched.contains(&cp.session_id) {
-            read::session(x.tx, cp.session_id).await?;
-        }
-        touched.insert(cp.session_id);
+
+    async fn add_checkpoint(&mut self, cp: ImportCheckpoint) -> Result<()> {
+        self.touched.insert(cp.session_id);
         insert_checkpoint(
-            x,
+            self.x,
             CheckpointRow {
-                seq,
-                id,
+                seq: cp.sequence_number,
+                id: cp.id,
                 session: cp.session_id,
                 namespace: &cp.namespace,
                 external_id: cp.external_id.as_deref(),
@@ -801,97 +829,39 @@ async fn import(x: &mut Ctx<'_>, batch: ImportBatch) -> Result<ImportCounts> {
                 state: cp.state.get(),
             },
         )
-        .await?;
-        new_ids.insert(id, cp.session_id);
-        x.c.checkpoints += 1;
-        x.c.global_seq = x.c.global_seq.max(seq);
-        counts.checkpoints += 1;
+        .await
     }
-    let mut next_index: HashMap<CheckpointId, u32> = HashMap::new();
-    let mut new_notes = HashSet::new();
-    for a in batch.annotations {
-        let id = a.checkpoint_id;
-        if !new_ids.contains_key(&id) && read::summary(x.tx, id).await?.is_none() {
-            return Err(StorageError::annotated_missing(id));
+
+    async fn add_annotation(&mut self, id: CheckpointId, index: u32, annotation: Annotation) -> Result<()> {
+        self.x
+            .exec(
+                "INSERT INTO annotations (checkpoint_id, idx, note, severity, ts) VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &id.0,
+                    &annotation_index(id, index)?,
+                    &annotation.note.as_bytes(),
+                    &annotation.severity.as_str(),
+                    &stored_time(annotation.timestamp, "annotation")?,
+                ],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn add_write(&mut self, w: StoredWrite) -> Result<()> {
+        merge_write(self.x, &WriteRow::of(&w)).await.map(|_| ())
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        for id in &self.touched {
+            recount(self.x, *id).await?;
         }
-        let next = match next_index.get(&id) {
-            Some(&n) => n,
-            None => {
-                let row =
-                    x.tx.query_one("SELECT max(idx) FROM annotations WHERE checkpoint_id = $1", &[&id.0])
-                        .await
-                        .map_err(db_error)?;
-                row.get::<_, Option<i32>>(0).map_or(0, |i| u32::try_from(i).unwrap_or_default().saturating_add(1))
-            }
-        };
-        let index = a.index.unwrap_or(next);
-        let stored_index = i32::try_from(index)
-            .map_err(|_| StorageError::Refused(format!("checkpoint {id}: annotation index {index} is too large")))?;
-        if !new_notes.insert((id, index))
-            || exists(x, "SELECT 1 FROM annotations WHERE checkpoint_id = $1 AND idx = $2", &[&id.0, &stored_index])
-                .await?
-        {
-            return Err(StorageError::annotation_exists(id, index));
-        }
-        next_index.insert(id, next.max(index.saturating_add(1)));
-        x.exec(
-            "INSERT INTO annotations (checkpoint_id, idx, note, severity, ts) VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &id.0,
-                &stored_index,
-                &a.annotation.note.as_bytes(),
-                &a.annotation.severity.as_str(),
-                &stored_time(a.annotation.timestamp, "annotation")?,
-            ],
-        )
-        .await?;
-        counts.annotations += 1;
+        Ok(())
     }
-    let mut new_writes = HashSet::new();
-    for w in batch.writes {
-        let session = w.session_id;
-        if !new_sessions.contains(&session) && !exists(x, "SELECT 1 FROM sessions WHERE id = $1", &[&session.0]).await?
-        {
-            return Err(StorageError::write_session_missing(session));
-        }
-        let key = (session, w.namespace.clone(), w.external_id.clone(), w.task_id.clone(), w.idx);
-        let taken = exists(
-            x,
-            "SELECT 1 FROM writes WHERE session_id = $1 AND namespace = $2 AND external_id = $3 AND task_id = $4 \
-             AND idx = $5",
-            &[&session.0, &w.namespace.as_bytes(), &w.external_id.as_bytes(), &w.task_id.as_bytes(), &w.idx],
-        )
-        .await?;
-        if taken || !new_writes.insert(key) {
-            return Err(StorageError::write_exists(&w));
-        }
-        merge_write(
-            x,
-            session,
-            &w.namespace,
-            &w.external_id,
-            &w.task_id,
-            w.idx,
-            &w.task_path,
-            &w.channel,
-            w.value.get(),
-        )
-        .await?;
-        counts.writes += 1;
-    }
-    for id in &touched {
-        recount(x, *id).await?;
-    }
-    let floors = [
-        (batch.global_seq_floor, "global sequence floor"),
-        (batch.event_seq_floor, "event sequence floor"),
-        (batch.sessions_created_floor, "session ordinal floor"),
-    ];
-    for (floor, what) in floors {
-        storable(floor, what)?;
-    }
-    x.c.global_seq = x.c.global_seq.max(batch.global_seq_floor);
-    x.c.event_seq = x.c.event_seq.max(batch.event_seq_floor);
-    x.c.sessions_created = x.c.sessions_created.max(batch.sessions_created_floor);
-    Ok(counts)
+}
+
+/// An annotation index as its column holds it.
+fn annotation_index(id: CheckpointId, index: u32) -> Result<i32> {
+    i32::try_from(index)
+        .map_err(|_| StorageError::Refused(format!("checkpoint {id}: annotation index {index} is too large")))
 }
