@@ -12,6 +12,8 @@ use checkpointd::service::Service;
 use checkpointd::service::hub::Delivery;
 use checkpointd::storage::postgres::schema;
 use checkpointd::storage::{Backend, PgStore, SharedBackend, StorageError};
+use common::child::{DUMP, json_lines, run};
+use common::fixtures::fixture_file;
 use common::pg;
 use common::svc::{raw, within};
 use std::collections::BTreeSet;
@@ -72,6 +74,43 @@ async fn a_newer_schema_is_refused_and_the_oldest_is_migrated() {
     let store = open(&oldest).await;
     assert_eq!(store.format_version(), schema::CURRENT_SCHEMA);
     store.create_session("a".into(), raw("{}")).await.unwrap();
+}
+
+/// `tests/fixtures/pg-v1.sql`, a database of the oldest schema holding
+/// data written by an import and by a serving binary, opens with today's
+/// code (migrated to the current schema) and reads back exactly what it
+/// exported when it was written; then it takes writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_schema_fixture_opens_intact_with_current_code() {
+    let url = pg::database().await;
+    sql(&url, &std::fs::read_to_string(fixture_file("pg-v1.sql")).expect("the fixture")).await;
+    let read = |file: &str| std::fs::read_to_string(fixture_file(file)).expect("the fixture's export");
+    let at = url.clone();
+    let dump = move |args: &[&str]| {
+        let url = at.clone();
+        let mut all = vec!["--database-url", url.as_str()];
+        all.extend_from_slice(args);
+        let out = run(DUMP, &all, None);
+        assert!(out.status.success(), "checkpoint-dump {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    let without_exported_at = |export: &str| {
+        let mut lines = json_lines(export);
+        lines[0].as_object_mut().expect("header").remove("exported_at");
+        lines
+    };
+    let (export, events) =
+        tokio::task::spawn_blocking(move || (dump(&["export"]), dump(&["--json", "events"]))).await.expect("the dump");
+    assert_eq!(without_exported_at(&export), without_exported_at(&read("pg-v1.export.jsonl")));
+    assert_eq!(events, read("pg-v1.events.jsonl"));
+
+    let store = open(&url).await;
+    assert_eq!(store.format_version(), schema::CURRENT_SCHEMA);
+    let live = store.session_by_key("pg-fixture/live").await.expect("the fixture's live session");
+    let before = store.newest_event_sequence().await.unwrap();
+    let (cp, _) = store.put_checkpoint(NewCheckpoint::new(live.id, "after the upgrade")).await.unwrap();
+    assert_eq!(cp.sequence_number, 25, "numbers go on after the fixture's");
+    assert_eq!(store.newest_event_sequence().await.unwrap(), before + 1);
 }
 
 /// Two stores on one database, each with several concurrent writers: the
