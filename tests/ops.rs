@@ -597,18 +597,25 @@ fn import_export_and_migrations_report_progress_unless_quiet() {
 
     let file = dir.path().join("all.jsonl");
     std::fs::write(&file, &export.stdout).unwrap();
-    for (name, quiet) in [("loud", false), ("quiet", true)] {
+    // --quiet after the subcommand or before it.
+    for (name, quiet, before) in [("loud", false, false), ("quiet", true, false), ("quiet-first", true, true)] {
         let target = dir.path().join(name);
         let mut args = vec!["import", "--data-dir", target.to_str().unwrap(), file.to_str().unwrap()];
         if quiet {
-            args.push("--quiet");
+            args.insert(if before { 0 } else { args.len() }, "--quiet");
         }
         let out = checkpointd(&args, &[]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
         let err = text(&out.stderr);
-        assert_eq!(err.contains("import done: "), !quiet, "{err}");
+        assert_eq!(err.contains("import done: "), !quiet, "{args:?}: {err}");
         assert!(text(&out.stdout).starts_with("imported "), "{}", text(&out.stdout));
     }
+    // A serving option before a subcommand would be ignored by it: refused.
+    let target = dir.path().join("misplaced");
+    let out = checkpointd(&["--data-dir", target.to_str().unwrap(), "import", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--data-dir is a serving option: it cannot go before `import`"));
+    assert!(!target.exists());
     // On a terminal: a bar with items, bytes, rate and ETA; none with --quiet.
     for quiet in [false, true] {
         let target = dir.path().join(format!("on-a-terminal-{quiet}"));

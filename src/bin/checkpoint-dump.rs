@@ -18,19 +18,19 @@ use std::process::ExitCode;
 #[command(name = "checkpoint-dump", version)]
 struct Cli {
     /// Data directory to inspect.
-    #[arg(long, env = "CHECKPOINTD_DATA_DIR", default_value = "./checkpoint-data")]
+    #[arg(long, global = true, env = "CHECKPOINTD_DATA_DIR", default_value = "./checkpoint-data")]
     data_dir: PathBuf,
     /// Read this PostgreSQL database instead of a data directory, read-only,
     /// in one snapshot (servers may go on writing meanwhile).
-    #[arg(long, env = "CHECKPOINTD_DATABASE_URL", value_name = "URL", conflicts_with_all = ["data_dir", "snapshot"])]
+    #[arg(long, global = true, env = "CHECKPOINTD_DATABASE_URL", value_name = "URL", conflicts_with_all = ["data_dir", "snapshot"])]
     database_url: Option<String>,
     /// Print JSON lines (one object per row), for jq.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     /// Read a consistent copy of a directory a server is running on: the
     /// server pauses its writes while the files are copied (without a server,
     /// the directory's lock is taken as usual).
-    #[arg(long)]
+    #[arg(long, global = true)]
     snapshot: bool,
     /// No progress bar or progress lines (export, migrating a copy).
     #[arg(long, global = true)]
@@ -134,5 +134,16 @@ fn main() -> ExitCode {
             eprintln!("checkpoint-dump: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks the definition (names, conflicts, globals) only when asked.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -6,7 +6,9 @@ use checkpointd::config::{DEFAULT_EVENT_RETENTION, Durability, StoreConfig};
 use checkpointd::server::{self, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES, ServerConfig};
 use checkpointd::service::Service;
 use checkpointd::telemetry::LogFormat;
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +16,7 @@ use std::process::ExitCode;
 /// A durable checkpoint server: programs save snapshots of their state over
 /// WebSocket, list and restore them after a crash, and watch new ones live.
 #[derive(Parser)]
-#[command(version, args_conflicts_with_subcommands = true)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Mode>,
@@ -120,7 +122,7 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     checkpointd::panics::one_line("checkpointd");
-    let cli = Cli::parse();
+    let cli = parse();
     checkpointd::telemetry::init_logging(cli.log_format);
     checkpointd::progress::set_quiet(cli.quiet);
     let result = match cli.command {
@@ -137,6 +139,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line. Serving options given before a subcommand would be
+/// ignored by it, so they are refused; the global ones (`--log-format`,
+/// `--quiet`) go before or after it.
+fn parse() -> Cli {
+    let mut command = Cli::command();
+    let matches = command.get_matches_mut();
+    if let Some(sub) = matches.subcommand_name() {
+        let misplaced = command.get_arguments().find(|a| {
+            !a.is_global_set() && matches.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine)
+        });
+        if let Some(arg) = misplaced {
+            let flag = arg.get_long().map_or_else(|| arg.get_id().to_string(), |l| format!("--{l}"));
+            command
+                .error(ErrorKind::ArgumentConflict, format!("{flag} is a serving option: it cannot go before `{sub}`"))
+                .exit();
+        }
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 fn read_token(args: &ServeArgs) -> Result<Option<String>, String> {
@@ -317,5 +339,16 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks the definition (names, conflicts, globals) only when asked.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }
