@@ -89,6 +89,7 @@ impl Compactor {
 /// Compacts every sealed segment more than half dead; returns how many were
 /// removed. `stop` is asked between batches.
 pub(crate) async fn pass(core: &Core, stop: &dyn Fn() -> bool) -> Result<usize> {
+    let _one = core.compacting.lock().await;
     let mut removed = 0;
     for id in core.segments.compactable() {
         if stop() {

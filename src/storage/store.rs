@@ -65,6 +65,9 @@ pub struct Core {
     writer: Mutex<Counters>,
     committer: Committer,
     config: StoreConfig,
+    /// One compaction pass at a time (the background one, or one asked
+    /// for): two would both move a segment's values and remove its file.
+    pub(crate) compacting: tokio::sync::Mutex<()>,
 }
 
 impl Store {
@@ -88,7 +91,17 @@ impl Store {
             Committer::start(db.clone(), Arc::clone(&segments), &config.data_dir, config.durability, counters)?;
         let gate = Arc::new(tokio::sync::RwLock::new(()));
         let read = Reader::new(trees.clone(), Arc::clone(&segments));
-        let core = Arc::new(Core { db, segments, trees, read, gate, writer: Mutex::new(counters), committer, config });
+        let core = Arc::new(Core {
+            db,
+            segments,
+            trees,
+            read,
+            gate,
+            writer: Mutex::new(counters),
+            committer,
+            config,
+            compacting: tokio::sync::Mutex::new(()),
+        });
         let compactor = Compactor::start(Arc::clone(&core))?;
         let store = Store { core, compactor, _pre_log_sync: pre_log_sync };
         // The journal after its retention was lowered.
