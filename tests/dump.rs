@@ -232,12 +232,16 @@ fn usage_errors_exit_2_and_errors_exit_1() {
     for args in [
         &["frobnicate"][..],
         &["checkpoints"][..],
-        &["summary", "--json"][..],
+        &["summary", "--no-such-option"][..],
         &["checkpoint", "not-a-uuid"][..],
         &["events", "--since", "-1"][..],
     ] {
         assert_eq!(dump_unchanged(&dir, args).status.code(), Some(2), "{args:?}");
     }
+    // Options go before or after the command.
+    let after = dump_unchanged(&dir, &["summary", "--json"]);
+    assert_eq!(after.status.code(), Some(0), "{}", stderr(&after));
+    assert_eq!(after.stdout, dump_unchanged(&dir, &["--json", "summary"]).stdout);
     let unknown = uuid_like();
     let out = dump_unchanged(&dir, &["checkpoint", &unknown]);
     assert_eq!(out.status.code(), Some(1));

@@ -15,6 +15,7 @@ mod common;
 
 use checkpointd::client::{Client, ClientError};
 use common::child::Daemon;
+use common::http;
 use common::pg;
 use common::wire::{self, ok, s, u};
 use serde_json::{Value, json};
@@ -252,6 +253,26 @@ fn load_writer(url: &str, sid: &str, tag: &str, stop: watch::Receiver<bool>) -> 
     LoadWriter { acked, acks, unavailable, task }
 }
 
+/// Asks `/readyz` (paced, within [`PHASE`]) until it answers `status`.
+async fn readiness_becomes(d: &Daemon, status: u16) {
+    let addr = http::addr(d);
+    let deadline = tokio::time::Instant::now() + PHASE;
+    let mut last = String::new();
+    for _ in 0..1_000 {
+        let probe = addr.clone();
+        let (got, _, body) = tokio::task::spawn_blocking(move || http::get(&probe, "/readyz")).await.unwrap();
+        if got == status {
+            return;
+        }
+        last = format!("{got} {body}");
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("/readyz did not answer {status} within {PHASE:?}; last: {last}");
+}
+
 async fn wait_for(what: &str, rx: &mut watch::Receiver<usize>, at_least: usize) {
     bounded(what, rx.wait_for(|n| *n >= at_least)).await.expect("writer gone");
 }
@@ -352,12 +373,16 @@ async fn postgres_restarted_under_load_loses_nothing_and_subscriptions_resume() 
     let mut probe = b.connect().await;
     let (_, code) = wire::err(&mut probe, "list_checkpoints", json!({"session_id": sid})).await;
     assert_eq!(code, "unavailable");
+    // A load balancer's probe sees it too; the process itself is alive.
+    readiness_becomes(&b, 503).await;
+    assert_eq!(http::get(&http::addr(&b), "/healthz").0, 200);
     let before: Vec<usize> = writers.iter().map(|w| *w.acks.borrow()).collect();
     let c = Arc::clone(&cluster);
     tokio::task::spawn_blocking(move || c.restart()).await.unwrap();
     for (w, before) in writers.iter_mut().zip(before) {
         wait_for("writes after the restart", &mut w.acks, before + 20).await;
     }
+    readiness_becomes(&b, 200).await;
     stop_tx.send_replace(true);
     let mut acked = BTreeMap::new();
     for w in writers {

@@ -11,6 +11,7 @@ use checkpointd::client::Client;
 use common::child::{self, CHECKPOINTD, DUMP, Daemon, STEP, command, run_command};
 use common::fixtures::fixture;
 use common::fs::{copy_dir, data, tempdir};
+use common::http::{addr, get, http, response};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -18,34 +19,6 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-/// The `HOST:PORT` of a daemon's WebSocket URL.
-fn addr(d: &Daemon) -> String {
-    d.url().trim_start_matches("ws://").to_string()
-}
-
-/// One plain HTTP request over a fresh TCP connection: (status, head, body).
-fn http(addr: &str, request: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(STEP)).unwrap();
-    s.set_write_timeout(Some(STEP)).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    response(&mut s)
-}
-
-fn get(addr: &str, path: &str) -> (u16, String, String) {
-    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"))
-}
-
-/// Reads a whole response (the server closes the connection after it).
-fn response(s: &mut impl Read) -> (u16, String, String) {
-    let mut all = Vec::new();
-    s.read_to_end(&mut all).expect("read the response");
-    let text = String::from_utf8(all).expect("utf-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head: {text:?}"));
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("status: {head}"));
-    (status, head.to_string(), body.to_string())
-}
 
 /// Scrapes `/metrics` and parses it as Prometheus text.
 fn scrape(addr: &str) -> prometheus_parse::Scrape {

@@ -210,7 +210,7 @@ pub(crate) fn readiness(state: &ServerState) -> std::result::Result<(), &'static
     if state.is_draining() {
         Err("shutting down")
     } else if !state.service.store().healthy() {
-        Err("the store has failed and refuses writes")
+        Err("the store refuses writes (a write to disk failed, or its database is unreachable)")
     } else {
         Ok(())
     }

@@ -19,6 +19,7 @@
 //! - [`fs`]: temporary directories, `copy_dir`, raw sled opens, and the one
 //!   wait for a data directory's lock.
 //! - [`fixtures`]: `tests/fixtures/`, and a directory with one of everything.
+//! - [`http`]: plain HTTP requests to a server's probes and metrics.
 //!
 //! Rules every test keeps: servers bind port 0 on loopback only; every loop
 //! is bounded in count and time; nothing sleeps to synchronise (waits are on
@@ -29,6 +30,7 @@
 pub mod child;
 pub mod fixtures;
 pub mod fs;
+pub mod http;
 pub mod inproc;
 pub mod pg;
 pub mod svc;
