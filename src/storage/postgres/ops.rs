@@ -379,14 +379,22 @@ async fn put_checkpoint(x: &mut Ctx<'_>, new: NewCheckpoint) -> Result<(Checkpoi
             session
         }
         None => {
-            // The session is read in the same round trip as the writes; in
-            // whichever order they reach the server (a statement still to
-            // be prepared goes out after one already prepared), only its
-            // existence and retention are used, which the writes do not
-            // change. Its error comes first: without the session the
-            // insert fails too (its foreign key), and the savepoint takes
-            // back whatever did run.
-            let (session, written) = futures_util::join!(read::session(xr.tx, new.session_id), written);
+            // The session is read in the same round trip as the writes, and
+            // before them: its statement is prepared first (no round trip
+            // once cached, as it nearly always is), so its query is queued
+            // on the connection on the first poll of `join!`, before any of
+            // the writes' (a statement still to be prepared would go out
+            // after those already prepared). A missing session is found
+            // missing, and the insert then fails (its foreign key); the
+            // session's error is the answer and the savepoint takes back
+            // whatever did run.
+            let by_id = xr.tx.statement(&read::session_by_id_sql()).await.map_err(db_error)?;
+            let session_id = new.session_id;
+            let session = async {
+                let row = xr.tx.c.query_opt(&by_id, &[&session_id.0]).await.map_err(db_error)?;
+                read::session_of(&row.ok_or_else(|| read::session_not_found(session_id))?)
+            };
+            let (session, written) = futures_util::join!(session, written);
             let session = session?;
             written?;
             session
