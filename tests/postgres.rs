@@ -190,6 +190,85 @@ async fn a_refused_write_consumes_no_number() {
     assert_eq!((m.event_sequence, m.total_checkpoints), (12, 12));
 }
 
+/// What `put_checkpoint` answers (built from what it inserted, not read
+/// back) is what a later read of the checkpoint returns, whatever it
+/// carries; a write refused for a missing session, sent together with its
+/// insert, takes nothing and leaves the other writes of its batch alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_answers_what_a_read_returns() {
+    let url = pg::database().await;
+    let store = Arc::new(open(&url).await);
+    let s = store.create_session("answers".into(), raw("{}")).await.unwrap().id;
+    let mut root = NewCheckpoint::new(s, "root");
+    root.external_id = Some("r".into());
+    root.namespace = "ns".into();
+    let (root, _) = store.put_checkpoint(root).await.unwrap();
+    let mut full = NewCheckpoint::new(s, "full \u{e9}");
+    full.namespace = "ns".into();
+    full.external_id = Some("f".into());
+    full.tags = vec!["b".into(), "a".into(), "a".into()];
+    full.trigger = "auto:loop".parse().unwrap();
+    full.metadata = Some(raw(r#"{"k": [1, 2]}"#));
+    full.parent_external_id = Some("r".into());
+    let mut by_id = NewCheckpoint::new(s, "by id");
+    by_id.parent_id = Some(root.id);
+    by_id.trigger = "scheduled".parse().unwrap();
+    let mut again = NewCheckpoint::new(s, "again, not stored");
+    again.namespace = "ns".into();
+    again.external_id = Some("r".into());
+    let mut answers = vec![root];
+    for new in [full, by_id, again, NewCheckpoint::new(s, "plain")] {
+        answers.push(store.put_checkpoint(new).await.unwrap().0);
+    }
+    assert_eq!(answers[3], answers[0], "a repeated external id answers the first");
+    store
+        .set_retention(s, Some(RetentionPolicy { keep_recent: Some(1), preserve_tags: vec!["a".into()] }))
+        .await
+        .unwrap();
+    let (kept, compaction) = store.put_checkpoint(NewCheckpoint::new(s, "compacting")).await.unwrap();
+    assert!(compaction.is_some_and(|c| c.removed > 0), "the retention removed older checkpoints");
+    answers.push(kept);
+    for answer in &answers {
+        match store.checkpoint(answer.id).await {
+            Ok(read) => assert_eq!(&read.summary, answer),
+            Err(StorageError::NotFound(_)) => assert!(answer.tags.is_empty(), "only untagged ones were compacted"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // The tagged one and the newest stayed.
+    assert_eq!(store.checkpoint(answers[1].id).await.unwrap().summary, answers[1]);
+    assert_eq!(store.checkpoint(answers[5].id).await.unwrap().summary, answers[5]);
+    let listed = store.list_by_sequence(0, 100).await.unwrap();
+    assert_eq!(listed.last(), answers.last());
+
+    // Concurrent writes, every other one to a missing session: those are
+    // refused with their own error and take no number.
+    let missing = SessionId::new();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            store.put_checkpoint(NewCheckpoint::new(if i % 2 == 0 { s } else { missing }, format!("{i}"))).await
+        }));
+    }
+    let before = answers[5].sequence_number;
+    let mut seqs = BTreeSet::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match within("a writer", t).await.unwrap() {
+            Ok((cp, _)) => {
+                assert_eq!(i % 2, 0);
+                seqs.insert(cp.sequence_number);
+            }
+            Err(StorageError::NotFound(m)) => {
+                assert_eq!(i % 2, 1);
+                assert_eq!(m, format!("session {missing} not found"));
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(seqs, (before + 1..=before + 8).collect::<BTreeSet<u64>>());
+}
+
 /// Writes through store B reach a subscriber of store A's service, in
 /// order and without a gap; a retention policy set through A applies to
 /// writes through B.

@@ -104,7 +104,9 @@ pub(crate) struct Cached<'c, C> {
 }
 
 impl<C: GenericClient + Sync> Cached<'_, C> {
-    async fn statement(&self, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {
+    /// `sql` prepared on this connection: from the cache, or prepared
+    /// now (one round trip) and cached.
+    pub(crate) async fn statement(&self, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {
         if let Some(statement) = self.cache.get(sql) {
             return Ok(statement);
         }

@@ -17,7 +17,7 @@
 //! events are read, so the mark given to the hub ([`Journal::marks`]) moves
 //! to what was read, and events reach subscribers only once committed.
 
-use super::conn::{Pool, db_error};
+use super::conn::{Cached, Db, Pool, db_error};
 use super::read::{self, EVENT_COLS, bound};
 use super::writer::CHANNEL;
 use crate::config::{PG_CONNECT_TIMEOUT, PG_EVENT_PAGE, PG_EVENT_POLL};
@@ -129,24 +129,25 @@ impl Journal {
         let mut conn = pool.get().await?;
         loop {
             let fed = self.fed.load(Ordering::Acquire);
-            let client = conn.client();
-            let tx = client
+            let (client, cache) = conn.parts();
+            let raw = client
                 .build_transaction()
                 .isolation_level(IsolationLevel::RepeatableRead)
                 .read_only(true)
                 .start()
                 .await
                 .map_err(db_error)?;
-            let top = read::counters(&tx).await?.event_seq;
+            let tx = Cached { c: &raw, cache };
             let page = i64::try_from(PG_EVENT_PAGE).unwrap_or(i64::MAX);
-            let rows = tx
-                .query(
-                    &format!("SELECT {EVENT_COLS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"),
-                    &[&bound(fed), &page],
-                )
-                .await
-                .map_err(db_error)?;
-            tx.commit().await.map_err(db_error)?;
+            let sql = format!("SELECT {EVENT_COLS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2");
+            let fed_bound = bound(fed);
+            // Both in one round trip: one snapshot (repeatable read) sees
+            // the same committed state whichever runs first.
+            let (top, rows) = futures_util::try_join!(read::counters(&tx), async {
+                tx.query(&sql, &[&fed_bound, &page]).await.map_err(db_error)
+            })?;
+            let top = top.event_seq;
+            raw.commit().await.map_err(db_error)?;
             for row in &rows {
                 let seq = read::num(row.get(0));
                 self.hand_out(seq, read::event_of(row)).await;

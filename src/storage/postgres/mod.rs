@@ -47,7 +47,7 @@ use crate::model::{
 use crate::storage::backend::{Backend, DurableMark, EventFeed, WritePause};
 use crate::storage::error::{Result, StorageError};
 use crate::storage::import::{ImportBatch, ImportCounts};
-use conn::{Pool, bounded, db_error};
+use conn::{Cached, Db, Pool, StmtCache, bounded, db_error};
 use events::Journal;
 use ops::{Done, Write};
 use serde_json::value::RawValue;
@@ -166,11 +166,12 @@ impl PgStore {
     /// only when the read finished.
     async fn read<T, F>(&self, what: &str, f: F) -> Result<T>
     where
-        F: for<'c> FnOnce(&'c mut tokio_postgres::Client) -> futures_util::future::BoxFuture<'c, Result<T>>,
+        F: for<'c> FnOnce(Conn<'c>) -> futures_util::future::BoxFuture<'c, Result<T>>,
     {
         bounded(what, async {
             let mut conn = self.pool.get().await?;
-            let out = f(conn.client()).await;
+            let (client, cache) = conn.parts();
+            let out = f(Conn { client, cache }).await;
             if !matches!(out, Err(StorageError::Unavailable(_))) {
                 conn.release();
             }
@@ -213,19 +214,36 @@ fn mismatch() -> StorageError {
     StorageError::Internal("the group commit answered another kind of write".into())
 }
 
+/// A pooled connection lent to one read, with its prepared statements.
+struct Conn<'c> {
+    client: &'c mut tokio_postgres::Client,
+    cache: &'c StmtCache,
+}
+
+impl Conn<'_> {
+    /// The connection, its statements prepared once ([`Cached`]).
+    fn cached(&self) -> Cached<'_, tokio_postgres::Client> {
+        Cached { c: &*self.client, cache: self.cache }
+    }
+}
+
 /// Runs reads in one repeatable-read, read-only transaction: what they
-/// see is one committed state.
+/// see is one committed state. Its statements are the connection's cached
+/// ones (a statement prepared in a transaction outlives it).
 macro_rules! snapshot {
-    ($client:expr, $tx:ident => $body:expr) => {{
-        let $tx = $client
+    ($conn:expr, $tx:ident => $body:expr) => {{
+        let conn: Conn<'_> = $conn;
+        let raw = conn
+            .client
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()
             .await
             .map_err(db_error)?;
+        let $tx = Cached { c: &raw, cache: conn.cache };
         let out = $body;
-        $tx.commit().await.map_err(db_error)?;
+        raw.commit().await.map_err(db_error)?;
         Ok(out)
     }};
 }
@@ -382,14 +400,14 @@ impl Backend for PgStore {
     // ----- reads --------------------------------------------------------------
 
     async fn session(&self, id: SessionId) -> Result<Session> {
-        self.read("a session", move |c| Box::pin(async move { read::session(&*c, id).await })).await
+        self.read("a session", move |c| Box::pin(async move { read::session(&c.cached(), id).await })).await
     }
 
     async fn session_by_key(&self, key: &str) -> Result<Session> {
         let key = key.to_string();
         self.read("a session", move |c| {
             Box::pin(async move {
-                read::session_by_key(&*c, &key).await?.ok_or_else(|| StorageError::no_session_with_key(&key))
+                read::session_by_key(&c.cached(), &key).await?.ok_or_else(|| StorageError::no_session_with_key(&key))
             })
         })
         .await
@@ -442,15 +460,18 @@ impl Backend for PgStore {
     }
 
     async fn list_by_sequence(&self, after: u64, limit: usize) -> Result<Vec<CheckpointSummary>> {
-        self.read("checkpoints", move |c| Box::pin(async move { read::list_by_sequence(&*c, after, limit).await }))
-            .await
+        self.read("checkpoints", move |c| {
+            Box::pin(async move { read::list_by_sequence(&c.cached(), after, limit).await })
+        })
+        .await
     }
 
     async fn validate(&self, session: Option<SessionId>) -> Result<Validation> {
         // Not bounded by PG_TIMEOUT as a whole: it reads every state, in
         // chunks, each chunk bounded.
         let mut conn = self.pool.get().await?;
-        let out = snapshot_validate(conn.client(), session).await;
+        let (client, cache) = conn.parts();
+        let out = snapshot_validate(Conn { client, cache }, session).await;
         if out.is_ok() {
             conn.release();
         }
@@ -522,13 +543,13 @@ impl Backend for PgStore {
         limit: usize,
     ) -> Result<Vec<JournalEvent>> {
         self.read("journal events", move |c| {
-            Box::pin(async move { read::events(&*c, after, through, session, limit).await })
+            Box::pin(async move { read::events(&c.cached(), after, through, session, limit).await })
         })
         .await
     }
 
     async fn oldest_event(&self) -> Result<Option<u64>> {
-        self.read("the journal", |c| Box::pin(async move { read::oldest_event(&*c).await })).await
+        self.read("the journal", |c| Box::pin(async move { read::oldest_event(&c.cached()).await })).await
     }
 
     fn event_sequence(&self) -> u64 {
@@ -538,7 +559,7 @@ impl Backend for PgStore {
     /// Also what other servers committed: read from the database.
     async fn newest_event_sequence(&self) -> Result<u64> {
         let committed =
-            self.read("the counters", |c| Box::pin(async move { read::counters(&*c).await })).await?.event_seq;
+            self.read("the counters", |c| Box::pin(async move { read::counters(&c.cached()).await })).await?.event_seq;
         self.journal.saw(committed);
         Ok(self.journal.seen())
     }
@@ -552,7 +573,7 @@ impl Backend for PgStore {
     }
 }
 
-async fn snapshot_validate(c: &mut tokio_postgres::Client, session: Option<SessionId>) -> Result<Validation> {
+async fn snapshot_validate(c: Conn<'_>, session: Option<SessionId>) -> Result<Validation> {
     snapshot!(c, tx => read::validate(&tx, session).await?)
 }
 

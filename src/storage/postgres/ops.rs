@@ -12,12 +12,12 @@ use super::read::{self, bound, num, storable};
 use crate::config::MAX_CHANGE_CHECKPOINTS;
 use crate::model::{
     Annotation, Checkpoint, CheckpointId, CheckpointSummary, Compaction, EventKind, MetadataFilter, NewCheckpoint,
-    NewWrites, RetentionPolicy, Session, SessionId, Severity, StateJson, metadata_matches, write_replaces,
+    NewWrites, RetentionPolicy, Session, SessionId, Severity, StateJson, Trigger, metadata_matches, write_replaces,
 };
 use crate::storage::error::{Result, StorageError};
 use crate::storage::import::{ImportBatch, ImportCheckpoint, ImportCounts, ImportSession, ImportTarget, apply};
 use crate::storage::pending::StoredWrite;
-use crate::storage::records::{Counters, stored_time};
+use crate::storage::records::{Counters, from_nanos, stored_time};
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tokio_postgres::Transaction;
@@ -285,20 +285,28 @@ async fn insert_checkpoint(x: &Ctx<'_>, r: CheckpointRow<'_>) -> Result<()> {
 }
 
 async fn put_checkpoint(x: &mut Ctx<'_>, new: NewCheckpoint) -> Result<(CheckpointSummary, Option<Compaction>)> {
+    // Reads that decide what is written (an earlier checkpoint of the same
+    // external id, a parent) come first, the session with them. Without
+    // them the session is read in the round trip that writes (below).
+    let read_first = new.external_id.is_some() || new.parent_id.is_some() || new.parent_external_id.is_some();
     // The session and an earlier checkpoint of the same external id are
     // asked for in one round trip (tokio-postgres pipelines the queries of
     // one connection that are awaited together). Both only read, so their
     // order does not matter; a missing session is still the error.
-    let (session, earlier) = match &new.external_id {
-        Some(external) => futures_util::try_join!(
-            read::session(x.tx, new.session_id),
-            read::by_external_id(x.tx, new.session_id, &new.namespace, external)
-        )?,
-        None => (read::session(x.tx, new.session_id).await?, None),
+    let session = match &new.external_id {
+        Some(external) => {
+            let (session, earlier) = futures_util::try_join!(
+                read::session(x.tx, new.session_id),
+                read::by_external_id(x.tx, new.session_id, &new.namespace, external)
+            )?;
+            if let Some(stored) = earlier {
+                return Ok((stored, None));
+            }
+            Some(session)
+        }
+        None if read_first => Some(read::session(x.tx, new.session_id).await?),
+        None => None,
     };
-    if let Some(stored) = earlier {
-        return Ok((stored, None));
-    }
     let parent = match (&new.parent_id, &new.parent_external_id) {
         (Some(parent), _) => {
             let rec = read::summary(x.tx, *parent).await?.ok_or_else(|| StorageError::checkpoint_not_found(*parent))?;
@@ -328,6 +336,7 @@ async fn put_checkpoint(x: &mut Ctx<'_>, new: NewCheckpoint) -> Result<(Checkpoi
     let last_sequence = bound(seq);
     let session_id = new.session_id.0;
     let count_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&session_id, &last_sequence];
+    let trigger = new.trigger.to_string();
     let xr = &*x;
     // Its row, its session's count and its event are sent together (one
     // round trip once their statements are prepared; they do not depend on
@@ -346,7 +355,7 @@ async fn put_checkpoint(x: &mut Ctx<'_>, new: NewCheckpoint) -> Result<(Checkpoi
                     ts: xr.now,
                     message: &new.message,
                     tags: &new.tags,
-                    trigger: new.trigger.to_string(),
+                    trigger: trigger.clone(),
                     metadata,
                     parent_id,
                     parent_external_id: parent_external_id.as_deref(),
@@ -361,16 +370,56 @@ async fn put_checkpoint(x: &mut Ctx<'_>, new: NewCheckpoint) -> Result<(Checkpoi
         )
         .map(|_| ())
     };
-    written.await?;
+    let session = match session {
+        Some(session) => {
+            written.await?;
+            session
+        }
+        None => {
+            // The session is read in the same round trip as the writes, and
+            // before them: its statement is prepared first (no round trip
+            // once cached, as it nearly always is), so its query is queued
+            // on the connection on the first poll of `join!`, before any of
+            // the writes' (a statement still to be prepared would go out
+            // after those already prepared). A missing session is found
+            // missing, and the insert then fails (its foreign key); the
+            // session's error is the answer and the savepoint takes back
+            // whatever did run.
+            let by_id = xr.tx.statement(&read::session_by_id_sql()).await.map_err(db_error)?;
+            let session_id = new.session_id;
+            let session = async {
+                let row = xr.tx.c.query_opt(&by_id, &[&session_id.0]).await.map_err(db_error)?;
+                read::session_of(&row.ok_or_else(|| StorageError::session_not_found(session_id))?)
+            };
+            let (session, written) = futures_util::join!(session, written);
+            let session = session?;
+            written?;
+            session
+        }
+    };
     let compaction = match &session.retention {
         Some(policy) => apply_policy(x, new.session_id, policy, false, 1).await?,
         None => None,
     };
-    // Read back only after the writes were answered: a query awaited
-    // together with them could be sent first (its statement cached while
-    // theirs are still being prepared).
-    let stored = read::summary(x.tx, id).await?;
-    let stored = stored.ok_or_else(|| StorageError::checkpoint_not_found(id))?;
+    // What a read of the new row returns, built from what was inserted
+    // (`read::summary_of`): the trigger as parsed back from its stored
+    // text, the time as stored (the transaction's, to the microsecond),
+    // no annotations yet. The retention just applied never removes it (the
+    // newest of its session, exempt).
+    let stored = CheckpointSummary {
+        sequence_number: seq,
+        id,
+        session_id: new.session_id,
+        namespace: new.namespace,
+        external_id: new.external_id,
+        timestamp: from_nanos(x.now),
+        message: new.message,
+        tags: new.tags,
+        trigger: trigger.parse::<Trigger>().map_err(StorageError::corrupt)?,
+        parent_id,
+        parent_external_id,
+        has_notes: false,
+    };
     Ok((stored, compaction))
 }
 

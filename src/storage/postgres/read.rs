@@ -91,8 +91,13 @@ pub(crate) fn session_of(row: &Row) -> Result<Session> {
     })
 }
 
+/// The query of one session by id (`$1`).
+pub(crate) fn session_by_id_sql() -> String {
+    format!("{SESSION} WHERE id = $1")
+}
+
 pub(crate) async fn session(c: &impl Db, id: SessionId) -> Result<Session> {
-    let row = c.query_opt(&format!("{SESSION} WHERE id = $1"), &[&id.0]).await.map_err(db_error)?;
+    let row = c.query_opt(&session_by_id_sql(), &[&id.0]).await.map_err(db_error)?;
     session_of(&row.ok_or_else(|| StorageError::session_not_found(id))?)
 }
 

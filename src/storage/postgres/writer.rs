@@ -101,10 +101,21 @@ async fn commit(
             continue;
         }
         let savepoint = if open { "RELEASE SAVEPOINT w; SAVEPOINT w" } else { "SAVEPOINT w" };
-        raw.batch_execute(savepoint).await.map_err(db_error)?;
-        open = true;
         let before = ctx.c;
-        match write.run(&mut ctx).await {
+        // The savepoint goes out in the round trip of the write's first
+        // statements, and reaches the server before any of them:
+        // `join!` polls the savepoint's future first, and a simple query
+        // (`batch_execute`) is queued on the connection on its first poll,
+        // before it awaits anything; every statement of the write is queued
+        // after it (the connection sends its queue in order), a statement
+        // that is still to be prepared with its Parse now and its execution
+        // later, still after. If the savepoint fails, the statements after
+        // it fail or ran in a transaction that now fails as a whole: its
+        // error fails the transaction, whatever the write answered.
+        let (opened, outcome) = futures_util::join!(raw.batch_execute(savepoint), write.run(&mut ctx));
+        opened.map_err(db_error)?;
+        open = true;
+        match outcome {
             Ok(done) => results.push(Ok(done)),
             Err(e) => {
                 // Refused: nothing of it stays, its numbers are given back.
@@ -117,29 +128,45 @@ async fn commit(
         }
     }
     let end = ctx.c;
-    if end != start {
-        tx.execute(
-            "UPDATE counters SET global_seq = $1, event_seq = $2, sessions_created = $3, active_sessions = $4, \
-             checkpoints = $5 WHERE id = 1",
-            &[
-                &bound(end.global_seq),
-                &bound(end.event_seq),
-                &bound(end.sessions_created),
-                &bound(end.active_sessions),
-                &bound(end.checkpoints),
-            ],
-        )
-        .await
-        .map_err(db_error)?;
-    }
-    if end.event_seq != start.event_seq {
-        if let Some(keep_from) = end.event_seq.checked_sub(retention) {
-            tx.execute("DELETE FROM events WHERE seq <= $1", &[&bound(keep_from)]).await.map_err(db_error)?;
+    // The counters, the journal's trim and the wake-up are independent:
+    // sent together, in one round trip. A failure of any fails the
+    // transaction.
+    let counters = [
+        bound(end.global_seq),
+        bound(end.event_seq),
+        bound(end.sessions_created),
+        bound(end.active_sessions),
+        bound(end.checkpoints),
+    ];
+    let update = async {
+        if end != start {
+            tx.execute(
+                "UPDATE counters SET global_seq = $1, event_seq = $2, sessions_created = $3, active_sessions = $4, \
+                 checkpoints = $5 WHERE id = 1",
+                &[&counters[0], &counters[1], &counters[2], &counters[3], &counters[4]],
+            )
+            .await?;
         }
-        // Delivered at COMMIT, in commit order; only a wake-up (the
-        // journal is the table).
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &end.event_seq.to_string()]).await.map_err(db_error)?;
-    }
+        Ok(())
+    };
+    let journaled = end.event_seq != start.event_seq;
+    let keep_from = end.event_seq.checked_sub(retention).filter(|_| journaled).map(bound);
+    let trim = async {
+        if let Some(keep_from) = keep_from {
+            tx.execute("DELETE FROM events WHERE seq <= $1", &[&keep_from]).await?;
+        }
+        Ok(())
+    };
+    let notified = end.event_seq.to_string();
+    let notify = async {
+        if journaled {
+            // Delivered at COMMIT, in commit order; only a wake-up (the
+            // journal is the table).
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &notified]).await?;
+        }
+        Ok::<_, tokio_postgres::Error>(())
+    };
+    futures_util::try_join!(update, trim, notify).map_err(db_error)?;
     let committing = std::time::Instant::now();
     raw.commit().await.map_err(db_error)?;
     let committing = committing.elapsed();
