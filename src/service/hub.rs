@@ -167,7 +167,7 @@ impl Hub {
     /// raises the event sequence without writing events). Only "on its way"
     /// is worth waiting for, and the watch forwards appends in sequence
     /// order: once a later one has arrived, an earlier one is not coming.
-    async fn release(&self, pending: &mut BTreeMap<u64, Option<JournalEvent>>, durable: u64) -> Result<bool> {
+    async fn release(&self, pending: &mut BTreeMap<u64, Held>, durable: u64) -> Result<bool> {
         loop {
             // What is at hand is offered under the lock; an event that has
             // to be read back from the journal is read without it (only
@@ -175,8 +175,18 @@ impl Hub {
             let next = {
                 let mut state = self.state.lock().expect("hub lock");
                 // Anything at or below the mark was offered already (or predates us).
-                while pending.first_key_value().is_some_and(|(&seq, _)| seq <= state.dispatched) {
-                    pending.pop_first();
+                while let Some((seq, held)) = pending.pop_first() {
+                    if seq > state.dispatched {
+                        pending.insert(seq, held);
+                        break;
+                    }
+                    // What is left of a lost range still has to be passed.
+                    if let Held::Lost { through } = held
+                        && through > state.dispatched
+                    {
+                        pending.insert(state.dispatched + 1, Held::Lost { through });
+                        break;
+                    }
                 }
                 if state.dispatched >= durable {
                     return Ok(true);
@@ -184,7 +194,21 @@ impl Hub {
                 let next = state.dispatched + 1;
                 let watched = next > self.watched_after;
                 let at_hand = match pending.remove(&next) {
-                    Some(event) => Some(event),
+                    Some(Held::Event(event)) => Some(Some(event)),
+                    Some(Held::Undecodable) => Some(None),
+                    Some(Held::Lost { through }) => {
+                        // The feed could not read them (retention removed
+                        // them first): whose they were is unknown, so every
+                        // subscription ends with a lag notice rather than a
+                        // silent gap.
+                        let upto = through.min(durable);
+                        if upto < through {
+                            pending.insert(upto + 1, Held::Lost { through });
+                        }
+                        state.dispatched = upto;
+                        state.lag_all(upto);
+                        continue;
+                    }
                     // Not coming through the watch: never written.
                     None if watched && pending.first_key_value().is_some_and(|(&seq, _)| seq > next) => Some(None),
                     None => None,
@@ -210,7 +234,7 @@ impl Hub {
                     // got to it. Whose it was is unknown: rather than a
                     // silent gap, every subscription ends with a lag notice.
                     state.dispatched = next;
-                    state.lag_all();
+                    state.lag_all(next);
                 }
             }
         }
@@ -365,7 +389,7 @@ impl Handover {
     }
 
     /// Holds everything forwarded so far; returns whether the watch has ended.
-    fn take(&self, pending: &mut BTreeMap<u64, Option<JournalEvent>>) -> bool {
+    fn take(&self, pending: &mut BTreeMap<u64, Held>) -> bool {
         let (taken, ended) = match self.state.lock() {
             Ok(mut f) => (std::mem::take(&mut f.queue), f.ended),
             Err(_) => return true,
@@ -404,15 +428,27 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// Keeps what the watch forwarded until its sequence is durable; an
-/// undecodable event is kept as `None`, so dispatch passes over it.
-fn hold(pending: &mut BTreeMap<u64, Option<JournalEvent>>, appended: Appended) {
+/// What the watch forwarded, held until its sequence is durable.
+enum Held {
+    Event(JournalEvent),
+    /// Logged when it was read; dispatch passes over it.
+    Undecodable,
+    /// Every event from this key through `through` is lost to the feed.
+    Lost {
+        through: u64,
+    },
+}
+
+fn hold(pending: &mut BTreeMap<u64, Held>, appended: Appended) {
     match appended {
         Appended::Event(event) => {
-            pending.insert(event.seq, Some(event));
+            pending.insert(event.seq, Held::Event(event));
         }
         Appended::Undecodable { seq } => {
-            pending.insert(seq, None);
+            pending.insert(seq, Held::Undecodable);
+        }
+        Appended::Trimmed { from, through } => {
+            pending.insert(from, Held::Lost { through });
         }
     }
 }
@@ -429,10 +465,20 @@ impl HubState {
     }
 
     /// Ends every subscription after what it has queued, with a lag notice.
-    fn lag_all(&mut self) {
-        for sub in self.subs.drain().flat_map(|(_, subs)| subs) {
-            sub.lagged.store(true, Ordering::Release);
+    /// Events up to `through` cannot be delivered and whose they were is
+    /// unknown: every subscription that has not skipped past them ends
+    /// with a lag notice.
+    fn lag_all(&mut self, through: u64) {
+        for subs in self.subs.values_mut() {
+            subs.retain(|sub| {
+                let keep = sub.skip_through >= through;
+                if !keep {
+                    sub.lagged.store(true, Ordering::Release);
+                }
+                keep
+            });
         }
+        self.subs.retain(|_, subs| !subs.is_empty());
     }
 
     fn offer(&mut self, event: Arc<JournalEvent>) {

@@ -204,12 +204,19 @@ pub trait EventFeed: Send {
 }
 
 /// One journal append seen by an [`EventFeed`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Appended {
     Event(JournalEvent),
     /// An event whose record cannot be decoded (`verify` reports it): its
     /// sequence, so that dispatch passes over it instead of waiting.
     Undecodable {
         seq: u64,
+    },
+    /// Events `from..=through` were removed by retention before the feed
+    /// could read them (a feed that reads its journal: PostgreSQL's).
+    /// Whoever needed them has lost them.
+    Trimmed {
+        from: u64,
+        through: u64,
     },
 }

@@ -12,8 +12,11 @@
 //! The reader reads `events WHERE seq > fed ORDER BY seq` and the counters'
 //! event sequence in one snapshot. Writers hold the counters row lock until
 //! their COMMIT is visible, so committed events form a prefix without gaps:
-//! what one read returns is complete up to the counters it saw (a sequence
-//! raised by an import without events is passed over). Only committed
+//! what one read returns is complete up to the counters it saw. Numbers
+//! before the first row it returns were trimmed by retention before the
+//! reader got to them (or raised by an import without events): the feed
+//! says so ([`Appended::Trimmed`]), and the hub ends its subscriptions with
+//! a lag notice instead of leaving a silent gap. Only committed
 //! events are read, so the mark given to the hub ([`Journal::marks`]) moves
 //! to what was read, and events reach subscribers only once committed.
 
@@ -104,18 +107,15 @@ impl Journal {
         self.marks.send_modify(|m| m.closed = true);
     }
 
-    /// Gives one event to every feed, waiting while a feed is full.
-    async fn hand_out(&self, seq: u64, event: std::result::Result<crate::model::JournalEvent, u64>) {
+    /// Gives one event (or news of lost ones), up to `seq`, to every feed,
+    /// waiting while a feed is full.
+    async fn hand_out(&self, seq: u64, appended: Appended) {
         // Seen before the feeds are listed: a feed added after the list was
         // taken starts past this event (see `Hub::start`'s watched_after).
         self.saw(seq);
         let feeds = self.feeds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         for feed in feeds {
-            let appended = match &event {
-                Ok(e) => Appended::Event(e.clone()),
-                Err(seq) => Appended::Undecodable { seq: *seq },
-            };
-            if feed.send(appended).await.is_err() {
+            if feed.send(appended.clone()).await.is_err() {
                 let mut feeds = self.feeds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 feeds.retain(|f| !f.same_channel(&feed));
             }
@@ -148,11 +148,26 @@ impl Journal {
             })?;
             let top = top.event_seq;
             raw.commit().await.map_err(db_error)?;
+            let complete = rows.len() < PG_EVENT_PAGE;
+            // Committed numbers after `fed` that the journal no longer
+            // holds: retention removed them before this read (or an import
+            // raised the sequence without events). Said, not skipped.
+            let missing_through = match rows.first() {
+                Some(row) => read::num(row.get(0)).saturating_sub(1),
+                None if complete => top,
+                None => fed,
+            };
+            if missing_through > fed {
+                self.hand_out(missing_through, Appended::Trimmed { from: fed + 1, through: missing_through }).await;
+            }
             for row in &rows {
                 let seq = read::num(row.get(0));
-                self.hand_out(seq, read::event_of(row)).await;
+                let appended = match read::event_of(row) {
+                    Ok(event) => Appended::Event(event),
+                    Err(seq) => Appended::Undecodable { seq },
+                };
+                self.hand_out(seq, appended).await;
             }
-            let complete = rows.len() < PG_EVENT_PAGE;
             let reached =
                 if complete { top.max(self.fed.load(Ordering::Acquire)) } else { self.fed.load(Ordering::Acquire) };
             self.fed.fetch_max(reached, Ordering::AcqRel);
