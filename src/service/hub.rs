@@ -206,7 +206,7 @@ impl Hub {
                             pending.insert(upto + 1, Held::Lost { through });
                         }
                         state.dispatched = upto;
-                        state.lag_all(upto);
+                        state.lag_unskipped(upto);
                         continue;
                     }
                     // Not coming through the watch: never written.
@@ -234,7 +234,7 @@ impl Hub {
                     // got to it. Whose it was is unknown: rather than a
                     // silent gap, every subscription ends with a lag notice.
                     state.dispatched = next;
-                    state.lag_all(next);
+                    state.lag_unskipped(next);
                 }
             }
         }
@@ -468,7 +468,7 @@ impl HubState {
     /// Events up to `through` cannot be delivered and whose they were is
     /// unknown: every subscription that has not skipped past them ends
     /// with a lag notice.
-    fn lag_all(&mut self, through: u64) {
+    fn lag_unskipped(&mut self, through: u64) {
         for subs in self.subs.values_mut() {
             subs.retain(|sub| {
                 let keep = sub.skip_through >= through;
